@@ -1,0 +1,23 @@
+// Link-time set-up so that `target/*/mae` and the test binaries run without LD_LIBRARY_PATH
+// and see CUDA when the libtorch they are linked against has it.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=build.rs");
+    let Ok(libtorch) = std::env::var("LIBTORCH") else {
+        return;
+    };
+    let root = PathBuf::from(libtorch);
+    // Resolve the .libtorch symlink so the rpath names the wheel's real directory.
+    let lib = std::fs::canonicalize(root.join("lib")).unwrap_or_else(|_| root.join("lib"));
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        // Without --no-as-needed the linker drops libtorch_cuda (no symbol is referenced
+        // directly) and tch::Cuda::is_available() is false on GPU machines.
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,11 @@
+//! mae: Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022) on libtorch.
+//!
+//! A one-to-one port of facebookresearch/mae: `models_mae` ↔ `models_mae.py`,
+//! `models_vit` ↔ `models_vit.py`, `util::*` ↔ `util/*.py`. The timm parts MAE imports live in
+//! `timm`. VarStore names are the official `state_dict` keys.
+
+pub mod inspect;
+pub mod models_mae;
+pub mod models_vit;
+pub mod timm;
+pub mod util;

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up for mae: the pinned Python reference environment (which also provides
+# libtorch 2.11 for tch) and the Debian packages the tests use. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+REQ="$ROOT/tools/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+
+say() { echo "[setup] $*"; }
+die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+command -v python3 >/dev/null || die "python3 not found: install Python 3.10+ first"
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+
+want=$(sha256sum "$REQ" | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+  say "installing pinned packages from tools/requirements.txt (torch 2.11.0 is ~4.7 GB, first time only)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip || die "pip upgrade failed"
+  "$VENV/bin/python" -m pip install --quiet -r "$REQ" || die "pip install -r tools/requirements.txt failed"
+  echo "$want" > "$STAMP"
+else
+  say "Python packages already match tools/requirements.txt"
+fi
+
+tv=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)') || die "torch does not import from $VENV"
+case "$tv" in 2.11.0*) say "torch $tv";; *) die "torch $tv installed, tch 0.24 needs 2.11.0";; esac
+
+# libtorch for tch: point a stable path at the wheel's torch directory (.cargo/config.toml uses it).
+TORCH_DIR=$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"
+say "libtorch: .libtorch -> $TORCH_DIR"
+
+# Debian packages: Fashion-MNIST (pre-training / fine-tuning tests).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && ! ls /usr/share/dataset*/fashion-mnist* >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian package dataset-fashion-mnist"
+    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }) \
+      || die "apt-get install dataset-fashion-mnist failed"
+  else
+    say "WARNING: dataset-fashion-mnist missing and not root: run 'sudo apt-get install dataset-fashion-mnist'"
+  fi
+else
+  say "Fashion-MNIST present"
+fi
+
+# Reference checkpoints written by the official-format tool (small ones, for the README demo and tests).
+mkdir -p "$ROOT/target/fixtures"
+if [ ! -f "$ROOT/target/fixtures/mae_tiny_official.pth" ]; then
+  say "writing demo checkpoint target/fixtures/mae_tiny_official.pth"
+  "$VENV/bin/python" "$ROOT/tools/make_demo_checkpoint.py" "$ROOT/target/fixtures/mae_tiny_official.pth" \
+    || die "tools/make_demo_checkpoint.py failed"
+fi
+say "done"
