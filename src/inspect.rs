@@ -1,5 +1,200 @@
 //! `mae inspect`: what a checkpoint holds and which official model it matches.
+//!
+//! Detection works on key names and shapes only (no weights are needed), so it also runs on
+//! the key/shape lists in `../shared/reference/official_state_dicts.json` in the tests.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// What kind of official checkpoint a state_dict is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `models_mae.MaskedAutoencoderViT` with its decoder (`mae_visualize_*.pth`, training checkpoints).
+    MaePretrain,
+    /// MAE encoder only, decoder stripped (`mae_pretrain_vit_*.pth`): the start of fine-tuning.
+    MaeEncoder,
+    /// `models_vit.VisionTransformer` with a linear head (`mae_finetuned_vit_*.pth`).
+    Finetuned { global_pool: bool, num_classes: i64 },
+    /// `main_linprobe.py`'s model: cls-token ViT with a BatchNorm(affine=False) + Linear head.
+    Linprobe { num_classes: i64 },
+}
+
+/// The architecture read off a state_dict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    pub kind: Kind,
+    pub embed_dim: i64,
+    pub depth: i64,
+    pub patch_size: i64,
+    pub img_size: i64,
+    /// `base`, `large`, `huge`, or `custom` when the dims match no official size.
+    pub size: &'static str,
+    pub decoder_embed_dim: Option<i64>,
+    pub decoder_depth: Option<i64>,
+}
+
+/// The official size names: (name, embed_dim, depth, patch_size).
+const SIZES: [(&str, i64, i64, i64); 3] = [
+    ("base", 768, 12, 16),
+    ("large", 1024, 24, 16),
+    ("huge", 1280, 32, 14),
+];
+
+impl Detected {
+    /// The official model name (`--model`) this checkpoint loads into.
+    pub fn model_name(&self) -> String {
+        let arch = format!("vit_{}_patch{}", self.size, self.patch_size);
+        match self.kind {
+            Kind::MaePretrain => format!("mae_{arch}"),
+            Kind::MaeEncoder | Kind::Finetuned { .. } | Kind::Linprobe { .. } => arch,
+        }
+    }
+
+    /// One line for people, e.g. `vit_base_patch16 (fine-tuned, global pool, 1000 classes) ...`.
+    pub fn describe(&self) -> String {
+        let what = match &self.kind {
+            Kind::MaePretrain => format!(
+                "MAE pre-training model with decoder ({}-d, {} blocks)",
+                self.decoder_embed_dim.unwrap_or(0),
+                self.decoder_depth.unwrap_or(0)
+            ),
+            Kind::MaeEncoder => {
+                "MAE pre-trained encoder without decoder (fine-tune or linear-probe it)".into()
+            }
+            Kind::Finetuned {
+                global_pool,
+                num_classes,
+            } => format!(
+                "fine-tuned classifier, {} pooling, {num_classes} classes",
+                if *global_pool {
+                    "global average"
+                } else {
+                    "cls token"
+                }
+            ),
+            Kind::Linprobe { num_classes } => {
+                format!("linear probe (BatchNorm + Linear head), {num_classes} classes")
+            }
+        };
+        let mut s = format!(
+            "{}: {what}; input {}x{}, patch {}, embed_dim {}, depth {}",
+            self.model_name(),
+            self.img_size,
+            self.img_size,
+            self.patch_size,
+            self.embed_dim,
+            self.depth
+        );
+        if self.size == "custom" {
+            s.push_str(" (not an official size)");
+        }
+        if let Kind::Finetuned {
+            global_pool: false, ..
+        } = self.kind
+        {
+            s.push_str(" (load with --cls_token)");
+        }
+        s
+    }
+}
+
+fn count_blocks(shapes: &BTreeMap<&str, &[i64]>, prefix: &str) -> i64 {
+    let mut n = 0;
+    while shapes.contains_key(format!("{prefix}.{n}.norm1.weight").as_str()) {
+        n += 1;
+    }
+    n
+}
+
+/// Tell which official model a state_dict holds from its key names and shapes.
+pub fn detect<'a, I>(entries: I) -> anyhow::Result<Detected>
+where
+    I: IntoIterator<Item = (&'a str, &'a [i64])>,
+{
+    let shapes: BTreeMap<&str, &[i64]> = entries.into_iter().collect();
+    let shape = |k: &str| -> anyhow::Result<&[i64]> {
+        shapes.get(k).copied().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no `{k}` key: not a MAE/ViT state_dict (keys: {})",
+                preview(&shapes)
+            )
+        })
+    };
+    let proj = shape("patch_embed.proj.weight")?;
+    let [embed_dim, in_chans, patch_size, patch_w] = *proj else {
+        anyhow::bail!("patch_embed.proj.weight has shape {proj:?}, expected [embed_dim, 3, p, p]");
+    };
+    anyhow::ensure!(
+        patch_size == patch_w && in_chans > 0 && patch_size > 0,
+        "patch_embed.proj.weight has shape {proj:?}, expected square patches"
+    );
+    let pos = shape("pos_embed")?;
+    let num_patches = match *pos {
+        [1, l, d] if d == embed_dim && l >= 2 => l - 1,
+        _ => {
+            anyhow::bail!("pos_embed has shape {pos:?}, expected [1, 1 + num_patches, {embed_dim}]")
+        }
+    };
+    let grid = (num_patches as f64).sqrt().round() as i64;
+    anyhow::ensure!(
+        grid * grid == num_patches,
+        "pos_embed holds {num_patches} patches: not a square grid"
+    );
+    let depth = count_blocks(&shapes, "blocks");
+    anyhow::ensure!(depth > 0, "no `blocks.0.*` keys: not a ViT state_dict");
+    let size = SIZES
+        .iter()
+        .find(|(_, d, n, p)| *d == embed_dim && *n == depth && *p == patch_size)
+        .map(|(name, ..)| *name)
+        .unwrap_or("custom");
+
+    let has = |k: &str| shapes.contains_key(k);
+    let head_classes = |k: &str| shapes.get(k).and_then(|s| s.first().copied());
+    let (kind, decoder_embed_dim, decoder_depth) = if has("decoder_embed.weight") {
+        let dec = shape("decoder_embed.weight")?[0];
+        (
+            Kind::MaePretrain,
+            Some(dec),
+            Some(count_blocks(&shapes, "decoder_blocks")),
+        )
+    } else if has("head.1.weight") && has("head.0.running_mean") {
+        (
+            Kind::Linprobe {
+                num_classes: head_classes("head.1.weight").unwrap_or(0),
+            },
+            None,
+            None,
+        )
+    } else if let Some(num_classes) = head_classes("head.weight") {
+        (
+            Kind::Finetuned {
+                global_pool: has("fc_norm.weight"),
+                num_classes,
+            },
+            None,
+            None,
+        )
+    } else {
+        (Kind::MaeEncoder, None, None)
+    };
+    Ok(Detected {
+        kind,
+        embed_dim,
+        depth,
+        patch_size,
+        img_size: grid * patch_size,
+        size,
+        decoder_embed_dim,
+        decoder_depth,
+    })
+}
+
+fn preview(shapes: &BTreeMap<&str, &[i64]>) -> String {
+    let mut names: Vec<&str> = shapes.keys().take(6).copied().collect();
+    if shapes.len() > 6 {
+        names.push("…");
+    }
+    names.join(", ")
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -9,4 +204,34 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::bail!("inspect {}: not implemented yet", args.checkpoint.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(list: &[(&'static str, Vec<i64>)]) -> Vec<(&'static str, Vec<i64>)> {
+        list.to_vec()
+    }
+
+    #[test]
+    fn rejects_non_vit() {
+        let e = entries(&[("fc.weight", vec![10, 3])]);
+        let err = detect(e.iter().map(|(k, s)| (*k, s.as_slice()))).unwrap_err();
+        assert!(err.to_string().contains("patch_embed.proj.weight"), "{err}");
+    }
+
+    #[test]
+    fn custom_tiny_encoder() {
+        let e = entries(&[
+            ("patch_embed.proj.weight", vec![64, 3, 4, 4]),
+            ("pos_embed", vec![1, 65, 64]),
+            ("blocks.0.norm1.weight", vec![64]),
+            ("blocks.1.norm1.weight", vec![64]),
+            ("norm.weight", vec![64]),
+        ]);
+        let d = detect(e.iter().map(|(k, s)| (*k, s.as_slice()))).unwrap();
+        assert_eq!(d.kind, Kind::MaeEncoder);
+        assert_eq!((d.img_size, d.depth, d.size), (32, 2, "custom"));
+    }
 }
