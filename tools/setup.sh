@@ -51,11 +51,11 @@ else
   say "Fashion-MNIST present"
 fi
 
-# Reference checkpoints written by the official-format tool (small ones, for the README demo and tests).
+# The demo checkpoint README's first command inspects, written in the official format.
 mkdir -p "$ROOT/target/fixtures"
-if [ ! -f "$ROOT/target/fixtures/mae_tiny_official.pth" ]; then
-  say "writing demo checkpoint target/fixtures/mae_tiny_official.pth"
-  "$VENV/bin/python" "$ROOT/tools/make_demo_checkpoint.py" "$ROOT/target/fixtures/mae_tiny_official.pth" \
+if [ ! -f "$ROOT/target/fixtures/demo_vit_base_patch16.pth" ]; then
+  say "writing demo checkpoint target/fixtures/demo_vit_base_patch16.pth (official format, random weights)"
+  "$VENV/bin/python" "$ROOT/tools/make_demo_checkpoint.py" "$ROOT/target/fixtures/demo_vit_base_patch16.pth" \
     || die "tools/make_demo_checkpoint.py failed"
 fi
 say "done"
