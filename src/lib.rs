@@ -8,4 +8,5 @@ pub mod inspect;
 pub mod models_mae;
 pub mod models_vit;
 pub mod timm;
+pub mod torchvision;
 pub mod util;

@@ -1,0 +1,4 @@
+//! The torchvision (and Pillow) parts MAE's data pipeline uses, ported so that the tensors a
+//! model sees are identical to the official code's.
+
+pub mod pil;

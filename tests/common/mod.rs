@@ -1,0 +1,73 @@
+//! Shared by the integration tests: the pinned Python reference environment made by
+//! tools/setup.sh. Tests that need it fail (never skip) when it is missing.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `.venv/bin/python`, or a panic saying how to create it.
+pub fn python() -> PathBuf {
+    let py = root().join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run tools/setup.sh (the README test command does) to install the pinned references",
+        py.display()
+    );
+    py
+}
+
+/// Run `python script args…` from the repository root; panic with its stderr if it fails.
+pub fn run_python(script: &Path, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {:?} failed:\n{}",
+        script.display(),
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run an inline Python program (`python -c`), returning stdout.
+pub fn run_python_code(code: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("running python -c: {e}"));
+    assert!(
+        out.status.success(),
+        "python -c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch directory under target/ for fixtures of one test binary.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target/test-scratch").join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// The sample photos in ../shared/images (public domain, see SOURCES.md there).
+pub fn shared_image(name: &str) -> PathBuf {
+    let p = root().join("../shared/images").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: shared/ must sit beside the checkout",
+        p.display()
+    );
+    p
+}
