@@ -1,1 +1,158 @@
-//! (stub: being written)
+//! Port of models_vit.py: timm 0.3.2's VisionTransformer with MAE's global average pooling
+//! (`fc_norm` on the mean of the patch tokens instead of `norm` on the class token).
+
+use anyhow::{bail, Result};
+use tch::{nn, nn::ModuleT, Kind, Tensor};
+
+use crate::timm::{layer_norm, linear, trunc_normal_, AttentionImpl, Block, LinearInit, PatchEmbed};
+
+/// The keyword arguments of timm 0.3.2 `VisionTransformer.__init__` that MAE uses, with the
+/// defaults of `main_finetune.py` where it passes them. `drop_rate` / `attn_drop_rate` are left
+/// out: MAE never sets them (0), and timm 0.3.2 has no dropout before the head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitConfig {
+    pub img_size: i64,        // 224
+    pub patch_size: i64,      // 16
+    pub in_chans: i64,        // 3
+    pub num_classes: i64,     // 1000; 0 makes `head` the identity
+    pub embed_dim: i64,       // 768
+    pub depth: i64,           // 12
+    pub num_heads: i64,       // 12
+    pub mlp_ratio: f64,       // 4.
+    pub drop_path_rate: f64,  // 0.1 (main_finetune --drop_path)
+    pub global_pool: bool,    // true (main_finetune --global_pool); false: cls token
+}
+
+impl Default for VitConfig {
+    fn default() -> Self {
+        VitConfig {
+            img_size: 224,
+            patch_size: 16,
+            in_chans: 3,
+            num_classes: 1000,
+            embed_dim: 768,
+            depth: 12,
+            num_heads: 12,
+            mlp_ratio: 4.,
+            drop_path_rate: 0.1,
+            global_pool: true,
+        }
+    }
+}
+
+/// Vision Transformer with support for global average pooling.
+#[derive(Debug)]
+pub struct VisionTransformer {
+    pub patch_embed: PatchEmbed,
+    pub cls_token: Tensor,
+    pub pos_embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: Option<nn::LayerNorm>,    // cls-token pooling only (`del self.norm` with global_pool)
+    pub fc_norm: Option<nn::LayerNorm>, // global_pool only
+    pub head: Option<nn::Linear>,       // None is nn.Identity (num_classes == 0)
+    pub global_pool: bool,
+}
+
+impl VisionTransformer {
+    pub fn new(vs: &nn::Path, cfg: &VitConfig) -> Self {
+        // self.apply(self._init_weights): trunc_normal_(std=.02) Linear, zero bias; LayerNorm 1 / 0
+        let init = LinearInit::TruncNormal(0.02);
+        let patch_embed = PatchEmbed::new(vs / "patch_embed", cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+        let num_patches = patch_embed.num_patches;
+        let mut cls_token = vs.zeros("cls_token", &[1, 1, cfg.embed_dim]);
+        let mut pos_embed = vs.zeros("pos_embed", &[1, num_patches + 1, cfg.embed_dim]);
+        trunc_normal_(&mut pos_embed, 0.02);
+        trunc_normal_(&mut cls_token, 0.02);
+        let dpr = linspace_f32(0., cfg.drop_path_rate, cfg.depth); // stochastic depth decay rule
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::new(vs / "blocks" / i, cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, dpr[i as usize], init))
+            .collect();
+        let (norm, fc_norm) = if cfg.global_pool {
+            (None, Some(layer_norm(vs / "fc_norm", cfg.embed_dim)))
+        } else {
+            (Some(layer_norm(vs / "norm", cfg.embed_dim)), None)
+        };
+        let head = (cfg.num_classes > 0).then(|| linear(vs / "head", cfg.embed_dim, cfg.num_classes, init));
+        VisionTransformer { patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head, global_pool: cfg.global_pool }
+    }
+
+    /// Selects the attention kernel of every block.
+    pub fn set_attention_impl(&mut self, attn_impl: AttentionImpl) {
+        for blk in &mut self.blocks {
+            blk.attn.attn_impl = attn_impl;
+        }
+    }
+
+    /// x: [B, 3, H, W] -> the pooled features [B, D] the head sees.
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let b = x.size()[0];
+        let x = self.patch_embed.forward(x)?;
+
+        let cls_tokens = self.cls_token.expand([b, -1, -1], false); // stole cls_tokens impl from Phil Wang, thanks
+        let mut x = Tensor::cat(&[cls_tokens, x], 1) + &self.pos_embed;
+
+        for blk in &self.blocks {
+            x = blk.forward_t(&x, train);
+        }
+
+        Ok(match (&self.fc_norm, &self.norm) {
+            (Some(fc_norm), _) => {
+                let x = x.narrow(1, 1, x.size()[1] - 1).mean_dim(1, false, None::<Kind>); // global pool without cls token
+                x.apply(fc_norm)
+            }
+            (None, Some(norm)) => x.apply(norm).select(1, 0),
+            (None, None) => unreachable!("VisionTransformer has either norm or fc_norm"),
+        })
+    }
+
+    /// x: [B, 3, H, W] -> logits [B, num_classes] (features [B, D] when the head is Identity).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.forward_features(x, train)?;
+        Ok(match &self.head {
+            Some(head) => x.apply(head),
+            None => x,
+        })
+    }
+}
+
+/// `[x.item() for x in torch.linspace(start, end, steps)]`, computed in f32 as torch does.
+fn linspace_f32(start: f64, end: f64, steps: i64) -> Vec<f64> {
+    Vec::<f64>::try_from(Tensor::linspace(start, end, steps, (Kind::Float, tch::Device::Cpu)).to_kind(Kind::Double))
+        .expect("linspace")
+}
+
+fn vit(vs: &nn::Path, cfg: VitConfig, patch_size: i64, embed_dim: i64, depth: i64, num_heads: i64) -> VisionTransformer {
+    VisionTransformer::new(vs, &VitConfig { patch_size, embed_dim, depth, num_heads, mlp_ratio: 4., ..cfg })
+}
+
+pub fn vit_base_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+    vit(vs, cfg, 16, 768, 12, 12)
+}
+
+pub fn vit_large_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+    vit(vs, cfg, 16, 1024, 24, 16)
+}
+
+pub fn vit_huge_patch14(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+    vit(vs, cfg, 14, 1280, 32, 16)
+}
+
+/// Not in the reference: the encoder of `mae_vit_tiny_patch4`, for tests (pass `img_size: 32`).
+pub fn vit_tiny_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+    vit(vs, cfg, 4, 64, 2, 4)
+}
+
+/// The names `--model` accepts (`models_vit.__dict__[args.model]`).
+pub const MODEL_NAMES: [&str; 4] = ["vit_base_patch16", "vit_large_patch16", "vit_huge_patch14", "vit_tiny_patch4"];
+
+/// Builds the model named `name`; `cfg` carries the keyword arguments (`num_classes`,
+/// `drop_path_rate`, `global_pool`, `img_size`).
+pub fn build(name: &str, vs: &nn::Path, cfg: VitConfig) -> Result<VisionTransformer> {
+    Ok(match name {
+        "vit_base_patch16" => vit_base_patch16(vs, cfg),
+        "vit_large_patch16" => vit_large_patch16(vs, cfg),
+        "vit_huge_patch14" => vit_huge_patch14(vs, cfg),
+        "vit_tiny_patch4" => vit_tiny_patch4(vs, cfg),
+        _ => bail!("unknown model {name:?}; valid names: {}", MODEL_NAMES.join(", ")),
+    })
+}

@@ -1,1 +1,39 @@
-//! (stub: being written)
+//! The parts of timm 0.3.2 that MAE imports: `PatchEmbed`, `Attention`, `Mlp`, `Block`
+//! (timm/models/vision_transformer.py), `DropPath` (timm/models/layers/drop.py) and
+//! `trunc_normal_` (timm/models/layers/weight_init.py).
+
+mod drop;
+mod vision_transformer;
+mod weight_init;
+
+pub use drop::DropPath;
+pub use vision_transformer::{Attention, AttentionImpl, Block, Mlp, PatchEmbed};
+pub use weight_init::{trunc_normal_, xavier_uniform_};
+
+use tch::nn;
+
+/// `partial(nn.LayerNorm, eps=1e-6)`, the `norm_layer` of every MAE model (tch's default is 1e-5).
+pub fn layer_norm(vs: nn::Path, dim: i64) -> nn::LayerNorm {
+    let cfg = nn::LayerNormConfig { eps: 1e-6, ..Default::default() };
+    nn::layer_norm(vs, vec![dim], cfg)
+}
+
+/// How the owning model's `_init_weights` initialises every `nn.Linear` (biases are zeroed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinearInit {
+    /// models_mae.py: `xavier_uniform_` "following official JAX ViT".
+    XavierUniform,
+    /// timm 0.3.2 VisionTransformer: `trunc_normal_(std=.02)`.
+    TruncNormal(f64),
+}
+
+/// An `nn.Linear(in_dim, out_dim)` initialised as `init` says, with a zero bias.
+pub fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, init: LinearInit) -> nn::Linear {
+    let cfg = nn::LinearConfig { bs_init: Some(nn::Init::Const(0.)), ..Default::default() };
+    let mut fc = nn::linear(vs, in_dim, out_dim, cfg);
+    tch::no_grad(|| match init {
+        LinearInit::XavierUniform => xavier_uniform_(&mut fc.ws),
+        LinearInit::TruncNormal(std) => trunc_normal_(&mut fc.ws, std),
+    });
+    fc
+}
