@@ -1,1 +1,900 @@
-//! (stub: being written)
+//! PyTorch checkpoints without Python: `torch.save`'s zip format (read and written, like
+//! `torch.load(weights_only=True)` / `torch.save` in torch/serialization.py) and safetensors.
+//!
+//! The official MAE checkpoints are `{'model': OrderedDict(state_dict)}` (util/misc.py
+//! `save_model`); training checkpoints add `optimizer`, `epoch`, `scaler` and
+//! `args: argparse.Namespace`, which load here as opaque [`Value::Object`]s.
+//!
+//! Storages are read straight into their tensor's buffer (peak memory ≈ file size) and checked
+//! against the zip's CRC-32; every offset and length in the file is bounded by the file size.
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub use crate::util::pickle::Value;
+use crate::util::pickle::{self, TensorRef};
+
+/// Loads a `.pth` written by `torch.save` (zip format) or a `.safetensors` file (detected by
+/// magic bytes, not extension). Safetensors give a `Dict` of name → tensor in file order.
+pub fn load(path: &Path) -> Result<Value> {
+    load_inner(path).with_context(|| format!("cannot load checkpoint {}", path.display()))
+}
+
+/// The state dict of a loaded checkpoint: `root['model']` when the root is a dict holding
+/// `'model'` (as the official `load_model` does), else the root itself as a name → tensor dict.
+pub fn state_dict(root: Value) -> Result<Vec<(String, Tensor)>> {
+    let sd = match root {
+        Value::Dict(items) if items.iter().any(|(k, _)| k.as_str() == Some("model")) => items
+            .into_iter()
+            .find(|(k, _)| k.as_str() == Some("model"))
+            .map(|(_, v)| v),
+        root => Some(root),
+    };
+    let items = match sd {
+        Some(Value::Dict(items)) => items,
+        Some(other) => bail!(
+            "expected a state dict (dict of name → tensor), found {}",
+            other.type_name()
+        ),
+        None => bail!("empty checkpoint"),
+    };
+    let keys: Vec<String> = items.iter().take(8).map(|(k, _)| k.to_string()).collect();
+    items
+        .into_iter()
+        .map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Tensor(t)) => Ok((k, t)),
+            (k, v) => bail!(
+                "not a state dict: entry {k} is a {} (no 'model' entry; keys found: {}{})",
+                v.type_name(),
+                keys.join(", "),
+                if keys.len() == 8 { ", ..." } else { "" }
+            ),
+        })
+        .collect()
+}
+
+/// [`load`] then [`state_dict`].
+pub fn load_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    state_dict(load(path)?).with_context(|| format!("checkpoint {}", path.display()))
+}
+
+/// Writes `value` in `torch.save`'s zip format, atomically.
+pub fn save(path: &Path, value: &Value) -> Result<()> {
+    atomic_write(path, |w| write_torch_zip(w, path, value))
+        .with_context(|| format!("cannot save checkpoint {}", path.display()))
+}
+
+/// Writes `{'model': OrderedDict(sd)}` like the official `save_model`; Python reads it with
+/// `torch.load(path, weights_only=True)`.
+pub fn save_state_dict(path: &Path, sd: &[(String, Tensor)]) -> Result<()> {
+    let model = Value::Dict(
+        sd.iter()
+            .map(|(k, t)| (Value::Str(k.clone()), Value::Tensor(t.shallow_clone())))
+            .collect(),
+    );
+    let ordered = Value::Object {
+        class: "collections.OrderedDict".into(),
+        args: vec![model],
+        state: None,
+    };
+    save(
+        path,
+        &Value::Dict(vec![(Value::Str("model".into()), ordered)]),
+    )
+}
+
+/// Writes a safetensors file (tensors made contiguous one at a time), atomically.
+pub fn save_safetensors(path: &Path, sd: &[(String, Tensor)]) -> Result<()> {
+    atomic_write(path, |w| write_safetensors(w, sd))
+        .with_context(|| format!("cannot save safetensors {}", path.display()))
+}
+
+// ------------------------------------------------------------------------------------------
+// dtypes
+// ------------------------------------------------------------------------------------------
+
+/// `torch.<X>Storage` (the storage types `torch.save` writes) ↔ kind.
+const STORAGES: &[(&str, Kind)] = &[
+    ("FloatStorage", Kind::Float),
+    ("HalfStorage", Kind::Half),
+    ("BFloat16Storage", Kind::BFloat16),
+    ("DoubleStorage", Kind::Double),
+    ("LongStorage", Kind::Int64),
+    ("IntStorage", Kind::Int),
+    ("ShortStorage", Kind::Int16),
+    ("CharStorage", Kind::Int8),
+    ("ByteStorage", Kind::Uint8),
+    ("BoolStorage", Kind::Bool),
+];
+
+/// safetensors dtype names ↔ kind.
+const ST_DTYPES: &[(&str, Kind)] = &[
+    ("F32", Kind::Float),
+    ("F16", Kind::Half),
+    ("BF16", Kind::BFloat16),
+    ("F64", Kind::Double),
+    ("I64", Kind::Int64),
+    ("I32", Kind::Int),
+    ("I16", Kind::Int16),
+    ("I8", Kind::Int8),
+    ("U8", Kind::Uint8),
+    ("BOOL", Kind::Bool),
+];
+
+fn storage_kind(class: &str) -> Result<Kind> {
+    if matches!(
+        class,
+        "torch.UntypedStorage" | "torch.storage.UntypedStorage" | "torch.storage._UntypedStorage"
+    ) {
+        return Ok(Kind::Uint8);
+    }
+    let name = class.strip_prefix("torch.").unwrap_or(class);
+    STORAGES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, k)| k)
+        .ok_or_else(|| anyhow!("unsupported storage type {class}"))
+}
+
+fn storage_type(kind: Kind) -> Result<&'static str> {
+    STORAGES
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map(|&(n, _)| n)
+        .ok_or_else(|| anyhow!("cannot save tensors of kind {kind:?}"))
+}
+
+// ------------------------------------------------------------------------------------------
+// Reading
+// ------------------------------------------------------------------------------------------
+
+fn load_inner(path: &Path) -> Result<Value> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut magic = [0u8; 9];
+    let n = read_up_to(&mut file, &mut magic)?;
+    let magic = &magic[..n];
+    if magic.is_empty() {
+        bail!("empty file");
+    }
+    if magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06") {
+        return read_torch_zip(file, len);
+    }
+    if magic.len() >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
+        bail!(
+            "legacy (pre-1.6, non-zip) torch.save format is not supported: \
+             re-save it with torch.save(obj, path) in torch>=1.6"
+        );
+    }
+    if magic.len() == 9 && magic[8] == b'{' {
+        return read_safetensors(file, len);
+    }
+    bail!(
+        "not a PyTorch zip checkpoint nor safetensors (starts with {:02x?})",
+        magic
+    )
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 2)
+        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]) as u64)
+}
+fn le32(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 4)
+        .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) as u64)
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
+}
+
+/// Reads `n` bytes at `offset`, bounded by the file length.
+fn read_at(file: &mut File, file_len: u64, offset: u64, n: u64, what: &str) -> Result<Vec<u8>> {
+    ensure!(
+        offset.checked_add(n).is_some_and(|e| e <= file_len),
+        "{what}: {n} bytes at offset {offset} reach past the end of the file ({file_len} bytes; truncated?)"
+    );
+    let mut buf = vec![0u8; n as usize];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+struct Entry {
+    crc: u32,
+    size: u64,
+    header: u64,
+}
+
+struct Zip {
+    file: File,
+    len: u64,
+    entries: HashMap<String, Entry>,
+    first: String,
+}
+
+/// The central directory of a stored (uncompressed) zip, zip64 included.
+fn read_zip(mut file: File, len: u64) -> Result<Zip> {
+    ensure!(len >= 22, "truncated zip: {len} bytes");
+    let tail_len = len.min(22 + 65535);
+    let tail = read_at(
+        &mut file,
+        len,
+        len - tail_len,
+        tail_len,
+        "end of central directory",
+    )?;
+    let eocd = (0..=tail.len() - 22)
+        .rev()
+        .find(|&i| tail[i..i + 4] == *b"PK\x05\x06")
+        .ok_or_else(|| {
+            anyhow!("no zip end-of-central-directory record (truncated or not a zip)")
+        })?;
+    let eocd_at = len - tail_len + eocd as u64;
+    let mut count = le16(&tail, eocd + 10);
+    let mut cd_size = le32(&tail, eocd + 12);
+    let mut cd_offset = le32(&tail, eocd + 16);
+    // zip64: locator just before the EOCD, pointing at the zip64 EOCD record.
+    if eocd_at >= 20 {
+        let loc = read_at(&mut file, len, eocd_at - 20, 20, "zip64 locator")?;
+        if loc[..4] == *b"PK\x06\x07" {
+            let rec = read_at(
+                &mut file,
+                len,
+                le64(&loc, 8),
+                56,
+                "zip64 end of central directory",
+            )?;
+            ensure!(
+                rec[..4] == *b"PK\x06\x06",
+                "bad zip64 end-of-central-directory signature"
+            );
+            count = le64(&rec, 32);
+            cd_size = le64(&rec, 40);
+            cd_offset = le64(&rec, 48);
+        }
+    }
+    ensure!(
+        count <= cd_size / 46,
+        "zip claims {count} entries in a {cd_size}-byte central directory"
+    );
+    let cd = read_at(&mut file, len, cd_offset, cd_size, "central directory")?;
+    let mut entries = HashMap::new();
+    let mut first = String::new();
+    let mut p = 0usize;
+    for i in 0..count {
+        ensure!(
+            cd.get(p..p + 4) == Some(b"PK\x01\x02"),
+            "central directory entry {i}: bad signature at offset {}",
+            cd_offset + p as u64
+        );
+        ensure!(
+            p + 46 <= cd.len(),
+            "central directory entry {i} is truncated"
+        );
+        let method = le16(&cd, p + 10);
+        let crc = le32(&cd, p + 16) as u32;
+        let mut csize = le32(&cd, p + 20);
+        let mut size = le32(&cd, p + 24);
+        let (n, m, k) = (
+            le16(&cd, p + 28) as usize,
+            le16(&cd, p + 30) as usize,
+            le16(&cd, p + 32) as usize,
+        );
+        let mut header = le32(&cd, p + 42);
+        let name = cd
+            .get(p + 46..p + 46 + n)
+            .ok_or_else(|| anyhow!("central directory entry {i}: truncated name"))?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let extra = cd
+            .get(p + 46 + n..p + 46 + n + m)
+            .ok_or_else(|| anyhow!("entry {name}: truncated extra field"))?;
+        // zip64 extended information: the fields that are 0xFFFFFFFF, in this order.
+        let mut e = 0;
+        while e + 4 <= extra.len() {
+            let (id, sz) = (le16(extra, e), le16(extra, e + 2) as usize);
+            if id == 1 {
+                let mut q = e + 4;
+                for field in [&mut size, &mut csize, &mut header] {
+                    if *field == 0xFFFF_FFFF {
+                        ensure!(q + 8 <= e + 4 + sz, "entry {name}: short zip64 extra field");
+                        *field = le64(extra, q);
+                        q += 8;
+                    }
+                }
+            }
+            e += 4 + sz;
+        }
+        ensure!(
+            method == 0,
+            "entry {name}: compressed (method {method}); torch.save writes stored entries only"
+        );
+        ensure!(
+            csize == size,
+            "entry {name}: stored sizes disagree ({csize} vs {size})"
+        );
+        ensure!(
+            header.checked_add(30 + size).is_some_and(|end| end <= len),
+            "entry {name}: declares {size} bytes at offset {header}, past the end of the {len}-byte file"
+        );
+        if i == 0 {
+            first = name.clone();
+        }
+        ensure!(
+            entries
+                .insert(name.clone(), Entry { crc, size, header })
+                .is_none(),
+            "duplicate zip entry {name}"
+        );
+        p += 46 + n + m + k;
+    }
+    Ok(Zip {
+        file,
+        len,
+        entries,
+        first,
+    })
+}
+
+impl Zip {
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| anyhow!("missing zip entry {name}"))
+    }
+
+    /// Offset of an entry's data, from its local header.
+    fn data_offset(&mut self, name: &str) -> Result<(u64, u64, u32)> {
+        let (header, size, crc) = {
+            let e = self.entry(name)?;
+            (e.header, e.size, e.crc)
+        };
+        let h = read_at(&mut self.file, self.len, header, 30, name)?;
+        ensure!(
+            h[..4] == *b"PK\x03\x04",
+            "entry {name}: bad local header signature at offset {header}"
+        );
+        let start = header + 30 + le16(&h, 26) + le16(&h, 28);
+        ensure!(
+            start + size <= self.len,
+            "entry {name}: {size} bytes at offset {start} reach past the end of the file"
+        );
+        Ok((start, size, crc))
+    }
+
+    fn read(&mut self, name: &str) -> Result<Vec<u8>> {
+        let (start, size, crc) = self.data_offset(name)?;
+        let data = read_at(&mut self.file, self.len, start, size, name)?;
+        ensure!(
+            crc32fast::hash(&data) == crc,
+            "entry {name}: CRC-32 mismatch (corrupt file)"
+        );
+        Ok(data)
+    }
+
+    /// A storage of `numel` elements of `kind`, read into a fresh tensor's own buffer.
+    fn storage(&mut self, name: &str, kind: Kind, numel: i64, big_endian: bool) -> Result<Tensor> {
+        let (start, size, crc) = self.data_offset(name)?;
+        let elt = kind.elt_size_in_bytes() as u64;
+        let nbytes = u64::try_from(numel).ok().and_then(|n| n.checked_mul(elt));
+        ensure!(
+            nbytes == Some(size),
+            "storage {name} claims {numel} elements of {kind:?} but its entry holds {size} bytes"
+        );
+        let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
+        if size > 0 {
+            // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `size` bytes that nothing
+            // else references yet.
+            let buf =
+                unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, size as usize) };
+            self.file.seek(SeekFrom::Start(start))?;
+            self.file
+                .read_exact(buf)
+                .with_context(|| format!("reading {name}"))?;
+            ensure!(
+                crc32fast::hash(buf) == crc,
+                "entry {name}: CRC-32 mismatch (corrupt file)"
+            );
+            if big_endian && elt > 1 {
+                buf.chunks_exact_mut(elt as usize).for_each(|c| c.reverse());
+            }
+            if kind == Kind::Bool {
+                ensure!(
+                    buf.iter().all(|&b| b <= 1),
+                    "storage {name}: bool values other than 0/1"
+                );
+            }
+        }
+        Ok(t)
+    }
+}
+
+fn read_torch_zip(file: File, len: u64) -> Result<Value> {
+    let mut zip = read_zip(file, len)?;
+    // torch's reader: the archive name is the first entry's directory.
+    let prefix = zip.first.split('/').next().unwrap_or("").to_string();
+    let pkl = format!("{prefix}/data.pkl");
+    if !zip.entries.contains_key(&pkl) {
+        let mut names: Vec<&String> = zip.entries.keys().collect();
+        names.sort();
+        names.truncate(10);
+        bail!("not a torch.save archive: no {pkl} (entries: {names:?})");
+    }
+    let big_endian = match zip.entries.contains_key(&format!("{prefix}/byteorder")) {
+        true => match zip.read(&format!("{prefix}/byteorder"))?.as_slice() {
+            b"little" => false,
+            b"big" => true,
+            other => bail!("unknown byteorder {:?}", String::from_utf8_lossy(other)),
+        },
+        false => false,
+    };
+    let data = zip.read(&pkl)?;
+    let mut storages: HashMap<String, (Kind, Tensor)> = HashMap::new();
+    let mut persistent_load = |pid: Value| -> Result<Value> {
+        let (class, key, numel) = match pid.as_list() {
+            Some(
+                [tag, Value::Object { class, .. }, Value::Str(key), _location, Value::Int(numel)],
+            ) if tag.as_str() == Some("storage") => (class.clone(), key.clone(), *numel),
+            _ => bail!("unsupported persistent id {pid}"),
+        };
+        let kind = storage_kind(&class)?;
+        if let Some((k, t)) = storages.get(&key) {
+            ensure!(
+                *k == kind,
+                "storage {key} is used as both {k:?} and {kind:?}"
+            );
+            return Ok(Value::Tensor(t.shallow_clone()));
+        }
+        let t = zip.storage(&format!("{prefix}/data/{key}"), kind, numel, big_endian)?;
+        storages.insert(key, (kind, t.shallow_clone()));
+        Ok(Value::Tensor(t))
+    };
+    pickle::unpickle(&data, &mut persistent_load).with_context(|| format!("in {pkl}"))
+}
+
+/// safetensors: `u64` header length, JSON header, then the raw little-endian data.
+fn read_safetensors(mut file: File, len: u64) -> Result<Value> {
+    let n = le64(
+        &read_at(&mut file, len, 0, 8, "safetensors header length")?,
+        0,
+    );
+    ensure!(
+        n <= len - 8 && n <= 100 << 20,
+        "safetensors header of {n} bytes in a {len}-byte file"
+    );
+    let header: serde_json::Value =
+        serde_json::from_slice(&read_at(&mut file, len, 8, n, "safetensors header")?)
+            .context("safetensors header is not valid JSON")?;
+    let header = header
+        .as_object()
+        .ok_or_else(|| anyhow!("safetensors header is not a JSON object"))?;
+    let base = 8 + n;
+    let mut specs = vec![];
+    for (name, spec) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = spec["dtype"].as_str().unwrap_or("");
+        let kind = ST_DTYPES
+            .iter()
+            .find(|(d, _)| *d == dtype)
+            .map(|&(_, k)| k)
+            .ok_or_else(|| anyhow!("tensor {name}: unsupported dtype {dtype:?}"))?;
+        let shape: Vec<i64> = spec["shape"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().and_then(|d| i64::try_from(d).ok()))
+                    .collect()
+            })
+            .ok_or_else(|| anyhow!("tensor {name}: bad shape {}", spec["shape"]))?;
+        let offsets: Option<Vec<u64>> = spec["data_offsets"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let (b, e) = match offsets.as_deref() {
+            Some(&[b, e]) if b <= e && e <= len - base => (b, e),
+            _ => bail!(
+                "tensor {name}: data_offsets {} outside the {} data bytes",
+                spec["data_offsets"],
+                len - base
+            ),
+        };
+        let numel = shape
+            .iter()
+            .try_fold(1i64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| anyhow!("tensor {name}: shape overflows"))?;
+        ensure!(
+            (numel as u64).checked_mul(kind.elt_size_in_bytes() as u64) == Some(e - b),
+            "tensor {name}: shape {shape:?} of {dtype} needs {} bytes, data_offsets give {}",
+            numel as u128 * kind.elt_size_in_bytes() as u128,
+            e - b
+        );
+        specs.push((b, name.clone(), kind, shape, numel));
+    }
+    specs.sort_by_key(|s| s.0);
+    let mut items = vec![];
+    for (b, name, kind, shape, numel) in specs {
+        let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
+        let nbytes = numel as usize * kind.elt_size_in_bytes();
+        if nbytes > 0 {
+            // SAFETY: fresh contiguous CPU tensor of exactly `nbytes` bytes.
+            let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes) };
+            file.seek(SeekFrom::Start(base + b))?;
+            file.read_exact(buf)
+                .with_context(|| format!("reading tensor {name}"))?;
+        }
+        items.push((
+            Value::Str(name),
+            Value::Tensor(t.f_reshape(shape.as_slice())?),
+        ));
+    }
+    Ok(Value::Dict(items))
+}
+
+// ------------------------------------------------------------------------------------------
+// Writing
+// ------------------------------------------------------------------------------------------
+
+/// Writes through a temporary file in the same directory, fsyncs, then renames over `path`.
+fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("not a file path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut w = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A zip writer for stored entries, data aligned to 64 bytes like torch's `PyTorchStreamWriter`.
+struct ZipWriter<'a, W: Write> {
+    w: &'a mut W,
+    pos: u64,
+    central: Vec<u8>,
+    count: u64,
+}
+
+impl<W: Write> ZipWriter<'_, W> {
+    fn add(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let size = data.len() as u64;
+        let crc = crc32fast::hash(data);
+        let big = size >= 0xFFFF_FFFF;
+        let mut extra = vec![];
+        if big {
+            extra.extend_from_slice(&[1, 0, 16, 0]);
+            extra.extend_from_slice(&size.to_le_bytes());
+            extra.extend_from_slice(&size.to_le_bytes());
+        }
+        // Padding ("FB" field, as torch) so the data starts at a multiple of 64.
+        let unpadded = self.pos + 30 + name.len() as u64 + extra.len() as u64 + 4;
+        let pad = (64 - unpadded % 64) % 64;
+        extra.extend_from_slice(b"FB");
+        extra.extend_from_slice(&(pad as u16).to_le_bytes());
+        extra.resize(extra.len() + pad as usize, b'Z');
+        let size32 = if big { 0xFFFF_FFFF } else { size as u32 };
+        let mut h = vec![];
+        h.extend_from_slice(b"PK\x03\x04");
+        h.extend_from_slice(&(if big { 45u16 } else { 20 }).to_le_bytes()); // version needed
+        h.extend_from_slice(&[0; 8]); // flags, method (stored), time, date
+        h.extend_from_slice(&crc.to_le_bytes());
+        h.extend_from_slice(&size32.to_le_bytes());
+        h.extend_from_slice(&size32.to_le_bytes());
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        h.extend_from_slice(name.as_bytes());
+        h.extend_from_slice(&extra);
+        self.w.write_all(&h)?;
+        self.w.write_all(data)?;
+        // Central directory record, with zip64 fields where 32 bits do not suffice.
+        let far = self.pos >= 0xFFFF_FFFF;
+        let mut z64 = vec![];
+        if big {
+            z64.extend_from_slice(&size.to_le_bytes());
+            z64.extend_from_slice(&size.to_le_bytes());
+        }
+        if far {
+            z64.extend_from_slice(&self.pos.to_le_bytes());
+        }
+        let mut cextra = vec![];
+        if !z64.is_empty() {
+            cextra.extend_from_slice(&[1, 0]);
+            cextra.extend_from_slice(&(z64.len() as u16).to_le_bytes());
+            cextra.extend_from_slice(&z64);
+        }
+        let c = &mut self.central;
+        c.extend_from_slice(b"PK\x01\x02");
+        c.extend_from_slice(&[45, 3]); // made by: zip 4.5, unix
+        c.extend_from_slice(&(if big || far { 45u16 } else { 20 }).to_le_bytes());
+        c.extend_from_slice(&[0; 8]);
+        c.extend_from_slice(&crc.to_le_bytes());
+        c.extend_from_slice(&size32.to_le_bytes());
+        c.extend_from_slice(&size32.to_le_bytes());
+        c.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        c.extend_from_slice(&(cextra.len() as u16).to_le_bytes());
+        c.extend_from_slice(&[0; 10]); // comment length, disk, internal and external attributes
+        c.extend_from_slice(&(if far { 0xFFFF_FFFF } else { self.pos as u32 }).to_le_bytes());
+        c.extend_from_slice(name.as_bytes());
+        c.extend_from_slice(&cextra);
+        self.pos += h.len() as u64 + size;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Central directory, zip64 end record and locator (always, as torch), end record.
+    fn finish(self) -> Result<()> {
+        let (cd_offset, cd_size) = (self.pos, self.central.len() as u64);
+        self.w.write_all(&self.central)?;
+        let z64_at = cd_offset + cd_size;
+        let mut t = vec![];
+        t.extend_from_slice(b"PK\x06\x06");
+        t.extend_from_slice(&44u64.to_le_bytes());
+        t.extend_from_slice(&[45, 3, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        t.extend_from_slice(&self.count.to_le_bytes());
+        t.extend_from_slice(&self.count.to_le_bytes());
+        t.extend_from_slice(&cd_size.to_le_bytes());
+        t.extend_from_slice(&cd_offset.to_le_bytes());
+        t.extend_from_slice(b"PK\x06\x07\0\0\0\0");
+        t.extend_from_slice(&z64_at.to_le_bytes());
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+        let count16 = self.count.min(0xFFFF) as u16;
+        t.extend_from_slice(&count16.to_le_bytes());
+        t.extend_from_slice(&count16.to_le_bytes());
+        t.extend_from_slice(&(cd_size.min(0xFFFF_FFFF) as u32).to_le_bytes());
+        t.extend_from_slice(&(cd_offset.min(0xFFFF_FFFF) as u32).to_le_bytes());
+        t.extend_from_slice(&[0, 0]);
+        self.w.write_all(&t)?;
+        Ok(())
+    }
+}
+
+fn collect_tensors<'a>(v: &'a Value, out: &mut Vec<&'a Tensor>) {
+    match v {
+        Value::Tensor(t) => out.push(t),
+        Value::List(items) | Value::Tuple(items) => {
+            items.iter().for_each(|x| collect_tensors(x, out))
+        }
+        Value::Dict(items) => items.iter().for_each(|(k, x)| {
+            collect_tensors(k, out);
+            collect_tensors(x, out)
+        }),
+        Value::Object { args, state, .. } => {
+            args.iter().for_each(|x| collect_tensors(x, out));
+            if let Some(s) = state {
+                collect_tensors(s, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One storage to write: `numel` elements of `kind` starting at `base`'s first element.
+struct Storage<'a> {
+    base: &'a Tensor,
+    kind: Kind,
+    numel: i64,
+}
+
+/// Groups tensors whose memory overlaps (views of one storage) into one saved storage, so
+/// that Python sees them sharing memory as they did here. Returns the storages and, for
+/// each tensor, (storage index, element offset in it).
+fn plan_storages<'a>(tensors: &[&'a Tensor]) -> Result<(Vec<Storage<'a>>, Vec<(usize, i64)>)> {
+    struct Span {
+        i: usize,
+        lo: usize,
+        hi: usize,
+        dev: Device,
+        kind: Kind,
+    }
+    let mut spans = vec![];
+    let mut place = vec![(usize::MAX, 0i64); tensors.len()];
+    let mut storages: Vec<Storage> = vec![];
+    for (i, t) in tensors.iter().enumerate() {
+        ensure!(
+            !t.is_sparse() && !t.is_mkldnn(),
+            "cannot save sparse or mkldnn tensors"
+        );
+        let kind = t.kind();
+        storage_type(kind)?;
+        let (size, stride) = (t.size(), t.stride());
+        ensure!(
+            stride.iter().all(|&s| s >= 0),
+            "cannot save a tensor with negative strides {stride:?}"
+        );
+        if t.numel() == 0 {
+            place[i] = (storages.len(), 0);
+            storages.push(Storage {
+                base: t,
+                kind,
+                numel: 0,
+            });
+            continue;
+        }
+        let extent: i64 = 1 + size
+            .iter()
+            .zip(&stride)
+            .map(|(&n, &s)| (n - 1) * s)
+            .sum::<i64>();
+        let lo = t.data_ptr() as usize;
+        spans.push(Span {
+            i,
+            lo,
+            hi: lo + extent as usize * kind.elt_size_in_bytes(),
+            dev: t.device(),
+            kind,
+        });
+    }
+    spans.sort_by_key(|s| (format!("{:?}", s.dev), s.lo));
+    let mut g = 0;
+    while g < spans.len() {
+        let first = &spans[g];
+        let elt = first.kind.elt_size_in_bytes();
+        let (lo, mut hi) = (first.lo, first.hi);
+        let mut end = g + 1;
+        while end < spans.len() {
+            let s = &spans[end];
+            if s.dev != first.dev || s.kind != first.kind || s.lo >= hi || (s.lo - lo) % elt != 0 {
+                break;
+            }
+            hi = hi.max(s.hi);
+            end += 1;
+        }
+        for s in &spans[g..end] {
+            place[s.i] = (storages.len(), ((s.lo - lo) / elt) as i64);
+        }
+        storages.push(Storage {
+            base: tensors[first.i],
+            kind: first.kind,
+            numel: ((hi - lo) / elt) as i64,
+        });
+        g = end;
+    }
+    Ok((storages, place))
+}
+
+fn write_torch_zip<W: Write>(w: &mut W, path: &Path, value: &Value) -> Result<()> {
+    let mut tensors = vec![];
+    collect_tensors(value, &mut tensors);
+    let (storages, place) = plan_storages(&tensors)?;
+    let mut next = 0;
+    let pkl = pickle::pickle(value, &mut |t: &Tensor| {
+        let (s, offset) = *place
+            .get(next)
+            .ok_or_else(|| anyhow!("tensor count changed while saving"))?;
+        next += 1;
+        let storage = &storages[s];
+        Ok(TensorRef {
+            storage_type: storage_type(t.kind())?,
+            key: s.to_string(),
+            numel: storage.numel,
+            offset,
+            size: t.size(),
+            stride: if t.numel() == 0 {
+                vec![1; t.dim()]
+            } else {
+                t.stride()
+            },
+            requires_grad: t.requires_grad(),
+        })
+    })?;
+    // torch names the archive after the file.
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = if !stem.is_empty()
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        stem
+    } else {
+        "archive".into()
+    };
+    let mut zip = ZipWriter {
+        w,
+        pos: 0,
+        central: vec![],
+        count: 0,
+    };
+    zip.add(&format!("{prefix}/data.pkl"), &pkl)?;
+    zip.add(&format!("{prefix}/.format_version"), b"1")?;
+    zip.add(&format!("{prefix}/.storage_alignment"), b"64")?;
+    zip.add(&format!("{prefix}/byteorder"), b"little")?;
+    for (key, s) in storages.iter().enumerate() {
+        let bytes = storage_bytes(s)?;
+        // SAFETY: `bytes` is a contiguous CPU tensor of `numel` elements, alive for the call.
+        let data = unsafe {
+            std::slice::from_raw_parts(
+                bytes.data_ptr() as *const u8,
+                s.numel as usize * s.kind.elt_size_in_bytes(),
+            )
+        };
+        zip.add(
+            &format!("{prefix}/data/{key}"),
+            if s.numel == 0 { &[] } else { data },
+        )?;
+    }
+    zip.add(&format!("{prefix}/version"), b"3\n")?;
+    zip.finish()
+}
+
+/// The storage's elements as one contiguous CPU tensor (a view when already on the CPU).
+fn storage_bytes(s: &Storage) -> Result<Tensor> {
+    if s.numel == 0 {
+        return Ok(Tensor::f_empty([0], (s.kind, Device::Cpu))?);
+    }
+    // `None` keeps the base tensor's own storage offset: the view starts at its first element.
+    let flat = s.base.f_as_strided([s.numel], [1], None)?;
+    Ok(flat.f_to_device(Device::Cpu)?.f_contiguous()?)
+}
+
+fn write_safetensors<W: Write>(w: &mut W, sd: &[(String, Tensor)]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for (name, t) in sd {
+        let kind = t.kind();
+        let dtype = ST_DTYPES
+            .iter()
+            .find(|(_, k)| *k == kind)
+            .map(|&(d, _)| d)
+            .ok_or_else(|| anyhow!("tensor {name}: cannot save kind {kind:?}"))?;
+        let nbytes = (t.numel() * kind.elt_size_in_bytes()) as u64;
+        ensure!(header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [offset, offset + nbytes]})).is_none(), "duplicate tensor name {name}");
+        offset += nbytes;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))?;
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    w.write_all(&(json.len() as u64).to_le_bytes())?;
+    w.write_all(&json)?;
+    for (_, t) in sd {
+        if t.numel() == 0 {
+            continue;
+        }
+        let c = t.f_to_device(Device::Cpu)?.f_contiguous()?;
+        // SAFETY: `c` is a contiguous CPU tensor, alive for the call.
+        let data = unsafe {
+            std::slice::from_raw_parts(
+                c.data_ptr() as *const u8,
+                c.numel() * c.kind().elt_size_in_bytes(),
+            )
+        };
+        w.write_all(data)?;
+    }
+    Ok(())
+}
