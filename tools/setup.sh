@@ -38,17 +38,26 @@ TORCH_DIR=$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch
 ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"
 say "libtorch: .libtorch -> $TORCH_DIR"
 
-# Debian packages: Fashion-MNIST (pre-training / fine-tuning tests).
-if [ ! -d /usr/share/datasets/fashion-mnist ] && ! ls /usr/share/dataset*/fashion-mnist* >/dev/null 2>&1; then
+# Debian packages: cmake and nasm build the vendored libjpeg-turbo (Pillow-exact JPEG decoding).
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing Debian package dataset-fashion-mnist"
-    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }) \
-      || die "apt-get install dataset-fashion-mnist failed"
+    say "installing Debian packages: $*"
+    (apt-get install -y -q "$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }) \
+      || die "apt-get install $* failed"
   else
-    say "WARNING: dataset-fashion-mnist missing and not root: run 'sudo apt-get install dataset-fashion-mnist'"
+    die "missing $*: install them (Debian: sudo apt-get install $*) and re-run"
   fi
-else
+}
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v nasm >/dev/null || missing+=(nasm)
+[ ${#missing[@]} -eq 0 ] && say "cmake and nasm present" || apt_install "${missing[@]}"
+
+# Fashion-MNIST (pre-training / fine-tuning tests).
+if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   say "Fashion-MNIST present"
+else
+  apt_install dataset-fashion-mnist
 fi
 
 # The demo checkpoint README's first command inspects, written in the official format.

@@ -1,0 +1,133 @@
+//! The torchvision transforms MAE composes (`Resize`, `CenterCrop`, `ToTensor`, `Normalize`),
+//! on PIL-exact RGB images, giving the same float32 tensors as torchvision.
+use super::pil::{self, Filter};
+use image::RgbImage;
+use tch::Tensor;
+
+/// timm.data.constants.IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD.
+pub const IMAGENET_DEFAULT_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_DEFAULT_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// Python's `round()` (half to even), as torchvision's crop arithmetic uses it.
+fn round_half_even(x: f64) -> i64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        (r - x.signum()) as i64
+    } else {
+        r as i64
+    }
+}
+
+/// `transforms.Resize(size)` with an int: the shorter side becomes `size`, the longer
+/// `int(size * long / short)`; unchanged when already that size.
+pub fn resize(img: &RgbImage, size: u32, filter: Filter) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (size as f64 * long as f64 / short as f64) as u32;
+    let (nw, nh) = if w <= h {
+        (size, new_long)
+    } else {
+        (new_long, size)
+    };
+    if (nw, nh) == (w, h) {
+        return img.clone();
+    }
+    pil::resize(img, nw, nh, filter)
+}
+
+/// `PIL.Image.crop((left, top, left + width, top + height))`; areas outside the image are black.
+pub fn crop(img: &RgbImage, left: i64, top: i64, width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let (sx, sy) = (left + x as i64, top + y as i64);
+        if sx >= 0 && sy >= 0 && (sx as u32) < img.width() && (sy as u32) < img.height() {
+            *img.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// `transforms.CenterCrop(size)`: offsets rounded as torchvision does (`int(round(...))`);
+/// an image smaller than the crop is zero-padded around, like torchvision.
+pub fn center_crop(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    if w < width as i64 || h < height as i64 {
+        // torchvision pads (left/right = (cw - w) // 2, ...) then crops at the centre again.
+        let (pl, pt) = (
+            ((width as i64 - w).max(0)) / 2,
+            ((height as i64 - h).max(0)) / 2,
+        );
+        let (pr, pb) = (
+            (width as i64 - w + 1).max(0) / 2,
+            (height as i64 - h + 1).max(0) / 2,
+        );
+        let padded = crop(img, -pl, -pt, (w + pl + pr) as u32, (h + pt + pb) as u32);
+        return center_crop(&padded, width, height);
+    }
+    let top = round_half_even((h - height as i64) as f64 / 2.0);
+    let left = round_half_even((w - width as i64) as f64 / 2.0);
+    crop(img, left, top, width, height)
+}
+
+/// `transforms.RandomHorizontalFlip` once it decided to flip.
+pub fn hflip(img: &RgbImage) -> RgbImage {
+    image::imageops::flip_horizontal(img)
+}
+
+/// `ToTensor()` then `Normalize(mean, std)`: `[3, H, W]` float32, computed in float32 as
+/// torchvision does (`x / 255`, then `(x - mean) / std`).
+pub fn to_tensor_normalize(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Tensor {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut out = vec![0f32; 3 * h * w];
+    let (m, s) = (mean.map(|v| v as f32), std.map(|v| v as f32));
+    for (i, p) in img.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * h * w + i] = (p[c] as f32 / 255.0 - m[c]) / s[c];
+        }
+    }
+    Tensor::from_slice(&out).view([3, h as i64, w as i64])
+}
+
+/// MAE's `util/datasets.build_transform(is_train=False)`: Resize(int(input_size / crop_pct),
+/// bicubic) with crop_pct 224/256 up to 224 (1.0 above), CenterCrop(input_size), ToTensor,
+/// Normalize(ImageNet mean/std).
+pub fn eval_transform(img: &RgbImage, input_size: u32) -> Tensor {
+    let crop_pct = if input_size <= 224 {
+        224.0 / 256.0
+    } else {
+        1.0
+    };
+    let size = (input_size as f64 / crop_pct) as u32;
+    let img = resize(img, size, Filter::Bicubic);
+    let img = center_crop(&img, input_size, input_size);
+    to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_round() {
+        assert_eq!(
+            [0.5, 1.5, 2.5, -0.5, 3.2, 3.7].map(round_half_even),
+            [0, 2, 2, 0, 3, 4]
+        );
+    }
+
+    #[test]
+    fn resize_keeps_aspect_like_torchvision() {
+        let img = RgbImage::new(451, 300);
+        let out = resize(&img, 256, Filter::Bicubic);
+        // int(256 * 451 / 300) = 384
+        assert_eq!((out.width(), out.height()), (384, 256));
+    }
+
+    #[test]
+    fn center_crop_offsets() {
+        let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let c = center_crop(&img, 2, 2);
+        // left = round(1.5) = 2, top = round(1.0) = 1
+        assert_eq!(c.get_pixel(0, 0).0, [2, 1, 0]);
+    }
+}
