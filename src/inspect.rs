@@ -2,6 +2,9 @@
 //!
 //! Detection works on key names and shapes only (no weights are needed), so it also runs on
 //! the key/shape lists in `../shared/reference/official_state_dicts.json` in the tests.
+use crate::util::checkpoint;
+use crate::util::pickle::kind_name;
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -200,10 +203,68 @@ fn preview(shapes: &BTreeMap<&str, &[i64]>) -> String {
 pub struct Args {
     /// Checkpoint file (.pth written by torch.save, or .safetensors).
     pub checkpoint: PathBuf,
+    /// Containers longer than this are shortened in the top-level outline.
+    #[arg(long, default_value_t = 6)]
+    pub max_items: usize,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!("inspect {}: not implemented yet", args.checkpoint.display())
+    let path = &args.checkpoint;
+    let bytes = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let start = std::time::Instant::now();
+    let root = checkpoint::load(path)?;
+    println!(
+        "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
+        path.display(),
+        bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    println!("top level: {}", root.summary(args.max_items));
+    let where_ = if root.get("model").is_some() {
+        "checkpoint['model']"
+    } else {
+        "the top level"
+    };
+    let sd = checkpoint::state_dict(root)
+        .with_context(|| format!("{}: no state_dict", path.display()))?;
+    println!("\nstate_dict ({where_}): {} tensors", sd.len());
+    let width = sd.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut kinds = BTreeMap::new();
+    let mut numel: i64 = 0;
+    for (name, t) in &sd {
+        let kind = kind_name(t.kind());
+        *kinds.entry(kind).or_insert(0usize) += 1;
+        numel += t.numel() as i64;
+        println!("  {name:<width$}  {kind:<4}  {:?}", t.size());
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+    println!(
+        "parameters: {} ({:.2} M) in {} tensors; dtypes: {}",
+        group_thousands(numel),
+        numel as f64 / 1e6,
+        sd.len(),
+        kinds.join(", ")
+    );
+    let shapes: Vec<(String, Vec<i64>)> = sd.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    match detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))) {
+        Ok(d) => println!("model: {}", d.describe()),
+        Err(e) => println!("model: not an official MAE/ViT checkpoint ({e})"),
+    }
+    Ok(())
+}
+
+fn group_thousands(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
