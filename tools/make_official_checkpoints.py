@@ -244,7 +244,7 @@ def check_rust(pth, st, model=None):
     if model:
         # What the reference model's load_state_dict(strict=True) checks: same keys, same shapes.
         official = reference()[0][model]
-        assert list(sd.keys()) == list(official.keys()), "keys differ from the official state_dict"
+        assert sorted(sd.keys()) == sorted(official.keys()), "keys differ from the official state_dict"
         for k, shape in official.items():
             assert list(sd[k].shape) == shape, f"{k}: {list(sd[k].shape)} vs official {shape}"
     print(f"{pth}: {len(sd)} tensors bit-identical to {st} and the pattern")

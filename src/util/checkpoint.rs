@@ -702,86 +702,44 @@ fn collect_tensors<'a>(v: &'a Value, out: &mut Vec<&'a Tensor>) {
     }
 }
 
-/// One storage to write: `numel` elements of `kind` starting at `base`'s first element.
+/// One storage to write: its first `numel` elements of `kind`; `base` is any tensor on it.
 struct Storage<'a> {
     base: &'a Tensor,
     kind: Kind,
     numel: i64,
 }
 
-/// Groups tensors whose memory overlaps (views of one storage) into one saved storage, so
-/// that Python sees them sharing memory as they did here. Returns the storages and, for
-/// each tensor, (storage index, element offset in it).
+/// One saved storage per libtorch storage, so that views keep sharing memory in Python as
+/// here, with their offsets and strides. Returns the storages and, for each tensor, (storage
+/// index, storage offset).
 fn plan_storages<'a>(tensors: &[&'a Tensor]) -> Result<(Vec<Storage<'a>>, Vec<(usize, i64)>)> {
-    struct Span {
-        i: usize,
-        lo: usize,
-        hi: usize,
-        dev: Device,
-        kind: Kind,
-    }
-    let mut spans = vec![];
-    let mut place = vec![(usize::MAX, 0i64); tensors.len()];
     let mut storages: Vec<Storage> = vec![];
-    for (i, t) in tensors.iter().enumerate() {
-        ensure!(
-            !t.is_sparse() && !t.is_mkldnn(),
-            "cannot save sparse or mkldnn tensors"
-        );
+    let mut by_base: HashMap<(String, usize), usize> = HashMap::new();
+    let mut place = vec![];
+    for t in tensors {
+        ensure!(!t.is_sparse() && !t.is_mkldnn(), "cannot save sparse or mkldnn tensors");
         let kind = t.kind();
         storage_type(kind)?;
         let (size, stride) = (t.size(), t.stride());
-        ensure!(
-            stride.iter().all(|&s| s >= 0),
-            "cannot save a tensor with negative strides {stride:?}"
-        );
         if t.numel() == 0 {
-            place[i] = (storages.len(), 0);
-            storages.push(Storage {
-                base: t,
-                kind,
-                numel: 0,
-            });
+            place.push((storages.len(), 0));
+            storages.push(Storage { base: t, kind, numel: 0 });
             continue;
         }
-        let extent: i64 = 1 + size
-            .iter()
-            .zip(&stride)
-            .map(|(&n, &s)| (n - 1) * s)
-            .sum::<i64>();
-        let lo = t.data_ptr() as usize;
-        spans.push(Span {
-            i,
-            lo,
-            hi: lo + extent as usize * kind.elt_size_in_bytes(),
-            dev: t.device(),
-            kind,
+        ensure!(stride.iter().all(|&s| s >= 0), "cannot save a tensor with negative strides {stride:?}");
+        // A one-element view at storage offset 0 points at the start of the storage.
+        let start = t.f_as_strided([1], [1], 0)?.data_ptr() as usize;
+        let elt = kind.elt_size_in_bytes();
+        let offset = ((t.data_ptr() as usize - start) / elt) as i64;
+        let end = offset + 1 + size.iter().zip(&stride).map(|(&n, &s)| (n - 1) * s).sum::<i64>();
+        let i = *by_base.entry((format!("{:?}", t.device()), start)).or_insert_with(|| {
+            storages.push(Storage { base: t, kind, numel: 0 });
+            storages.len() - 1
         });
-    }
-    spans.sort_by_key(|s| (format!("{:?}", s.dev), s.lo));
-    let mut g = 0;
-    while g < spans.len() {
-        let first = &spans[g];
-        let elt = first.kind.elt_size_in_bytes();
-        let (lo, mut hi) = (first.lo, first.hi);
-        let mut end = g + 1;
-        while end < spans.len() {
-            let s = &spans[end];
-            if s.dev != first.dev || s.kind != first.kind || s.lo >= hi || (s.lo - lo) % elt != 0 {
-                break;
-            }
-            hi = hi.max(s.hi);
-            end += 1;
-        }
-        for s in &spans[g..end] {
-            place[s.i] = (storages.len(), ((s.lo - lo) / elt) as i64);
-        }
-        storages.push(Storage {
-            base: tensors[first.i],
-            kind: first.kind,
-            numel: ((hi - lo) / elt) as i64,
-        });
-        g = end;
+        let s = &mut storages[i];
+        ensure!(s.kind == kind, "cannot save tensors that view one storage as both {:?} and {kind:?}", s.kind);
+        s.numel = s.numel.max(end);
+        place.push((i, offset));
     }
     Ok((storages, place))
 }
@@ -853,13 +811,12 @@ fn write_torch_zip<W: Write>(w: &mut W, path: &Path, value: &Value) -> Result<()
     zip.finish()
 }
 
-/// The storage's elements as one contiguous CPU tensor (a view when already on the CPU).
+/// The storage's first `numel` elements as one contiguous CPU tensor (a view on the CPU).
 fn storage_bytes(s: &Storage) -> Result<Tensor> {
     if s.numel == 0 {
         return Ok(Tensor::f_empty([0], (s.kind, Device::Cpu))?);
     }
-    // `None` keeps the base tensor's own storage offset: the view starts at its first element.
-    let flat = s.base.f_as_strided([s.numel], [1], None)?;
+    let flat = s.base.f_as_strided([s.numel], [1], 0)?;
     Ok(flat.f_to_device(Device::Cpu)?.f_contiguous()?)
 }
 

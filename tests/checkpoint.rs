@@ -1,0 +1,678 @@
+//! `util::checkpoint` against files written by PyTorch (tools/make_official_checkpoints.py),
+//! files PyTorch must read back, and hostile or broken files.
+//!
+//! Fixtures go to target/fixtures/checkpoint (about 7.5 GB, generated once, ~40 s). Without the
+//! Python env (.venv) the Python-backed tests are skipped, unless CI=true, where they fail.
+use mae::util::checkpoint::{self, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use tch::{Kind, Tensor};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn python() -> Option<PathBuf> {
+    let py = Path::new(ROOT).join(".venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing",
+        py.display()
+    );
+    eprintln!("skipping: {} is missing (run tools/setup.sh)", py.display());
+    None
+}
+
+fn run_python(args: &[&str]) -> String {
+    let py = python().expect("python");
+    let out = Command::new(py)
+        .arg(Path::new(ROOT).join("tools/make_official_checkpoints.py"))
+        .args(args)
+        .output()
+        .expect("running tools/make_official_checkpoints.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "make_official_checkpoints.py {args:?} failed:\n{text}"
+    );
+    text
+}
+
+/// The fixture directory, generated (only what is missing) on first use.
+fn fixtures() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        python()?;
+        let dir = Path::new(ROOT).join("target/fixtures/checkpoint");
+        run_python(&["generate", dir.to_str().unwrap()]);
+        Some(dir)
+    })
+    .as_deref()
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = Path::new(ROOT).join("target/tmp/checkpoint").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = if t.kind() == Kind::Bool {
+        t.to_kind(Kind::Uint8)
+    } else {
+        t.shallow_clone()
+    };
+    let t = t.contiguous();
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    let mut v = vec![0u8; n];
+    if n > 0 {
+        t.reshape([-1])
+            .view_dtype(Kind::Uint8)
+            .copy_data_u8(&mut v, n);
+    }
+    v
+}
+
+/// Tensors by path: dict keys and list indices joined by '/', as the Python manifest.
+fn walk<'a>(v: &'a Value, path: &str, out: &mut Vec<(String, &'a Tensor)>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}/{k}")
+        }
+    };
+    match v {
+        Value::Tensor(t) => out.push((path.to_string(), t)),
+        Value::Dict(items) => {
+            for (k, x) in items {
+                let k = match k {
+                    Value::Str(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                walk(x, &join(&k), out);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| walk(x, &join(&i.to_string()), out)),
+        Value::Object { state: Some(s), .. } => walk(s, path, out),
+        _ => {}
+    }
+}
+
+fn kind_of(dtype: &str) -> Kind {
+    match dtype {
+        "float32" => Kind::Float,
+        "float16" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "float64" => Kind::Double,
+        "int64" => Kind::Int64,
+        "int32" => Kind::Int,
+        "int16" => Kind::Int16,
+        "int8" => Kind::Int8,
+        "uint8" => Kind::Uint8,
+        "bool" => Kind::Bool,
+        d => panic!("dtype {d}"),
+    }
+}
+
+/// Every tensor has the dtype, shape, stride and CRC-32 Python recorded, and tensors that
+/// shared a storage in Python share one here (same storage start).
+fn check_against_manifest(name: &str, root: &Value) -> serde_json::Value {
+    let dir = fixtures().unwrap();
+    let man: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.manifest.json"))).unwrap())
+            .unwrap();
+    let expected = man["tensors"].as_object().unwrap();
+    let mut got = vec![];
+    walk(root, "", &mut got);
+    let got_paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    let want_paths: Vec<&str> = expected.keys().map(|k| k.as_str()).collect();
+    let (mut a, mut b) = (got_paths.clone(), want_paths.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{name}: tensor paths");
+    let mut starts: HashMap<i64, usize> = HashMap::new();
+    for (path, t) in &got {
+        let e = &expected[path.as_str()];
+        let shape: Vec<i64> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        let stride: Vec<i64> = e["stride"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            t.kind(),
+            kind_of(e["dtype"].as_str().unwrap()),
+            "{name}: {path} dtype"
+        );
+        assert_eq!(t.size(), shape, "{name}: {path} shape");
+        if t.numel() > 0 {
+            assert_eq!(t.stride(), stride, "{name}: {path} stride");
+            let start = t.data_ptr() as usize
+                - e["storage_offset"].as_u64().unwrap() as usize * t.kind().elt_size_in_bytes();
+            let sid = e["storage"].as_i64().unwrap();
+            assert_eq!(
+                *starts.entry(sid).or_insert(start),
+                start,
+                "{name}: {path} does not share storage {sid}"
+            );
+        }
+        assert_eq!(
+            crc32fast::hash(&bytes_of(t)) as u64,
+            e["crc32"].as_u64().unwrap(),
+            "{name}: {path} values"
+        );
+    }
+    man
+}
+
+/// The official state_dict keys and shapes, from the reference facts.
+fn official(model: &str) -> Vec<(String, Vec<i64>)> {
+    let p = Path::new(ROOT).join("../shared/reference/official_state_dicts.json");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let sd = j[model].as_object().unwrap();
+    sd.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_i64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn check_official_keys(model: &str, sd: &[(String, Tensor)]) {
+    let mut want = official(model);
+    let mut got: Vec<(String, Vec<i64>)> = sd.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{model}: keys and shapes");
+}
+
+#[test]
+fn base_checkpoints_from_python_are_bit_exact() {
+    let Some(dir) = fixtures() else { return };
+    for (model, fine) in [("mae_vit_base_patch16", false), ("vit_base_patch16", true)] {
+        for d in ["f32", "f16", "bf16"] {
+            let name = format!("{model}_{d}");
+            let root = checkpoint::load(&dir.join(format!("{name}.pth"))).unwrap();
+            check_against_manifest(&name, &root);
+            if !fine {
+                // What the official training checkpoints carry besides the model.
+                assert_eq!(root.get("epoch").and_then(Value::as_int), Some(399));
+                let args = root.get("args").unwrap();
+                assert!(
+                    matches!(args, Value::Object { class, .. } if class == "argparse.Namespace")
+                );
+                assert_eq!(args.get("batch_size").and_then(Value::as_int), Some(64));
+                assert_eq!(args.get("mask_ratio").and_then(Value::as_float), Some(0.75));
+                assert!(args.get("lr").unwrap().is_none());
+                assert!(args
+                    .to_string()
+                    .starts_with("argparse.Namespace(batch_size=64, epochs=400,"));
+                assert_eq!(
+                    root.get("scaler")
+                        .and_then(|s| s.get("scale"))
+                        .and_then(Value::as_float),
+                    Some(65536.0)
+                );
+                let groups = root
+                    .get("optimizer")
+                    .and_then(|o| o.get("param_groups"))
+                    .and_then(Value::as_list)
+                    .unwrap();
+                assert_eq!(groups[0].get("betas").unwrap().to_string(), "(0.9, 0.95)");
+                assert_eq!(groups[1].get("params").unwrap().to_string(), "[3, 4, 5]");
+                let nested = root.get("views").and_then(|v| v.get("nested")).unwrap();
+                assert_eq!(
+                    nested.as_list().unwrap()[..3]
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>(),
+                    [
+                        "1",
+                        "(2, 3.25, 'x')",
+                        "{'k': None, 7: True, 'bytes': b'\\x00\\xffab'}"
+                    ]
+                );
+            }
+            // The Python-written safetensors of the contiguous state dict holds the same bits.
+            let sd = checkpoint::state_dict(root).unwrap();
+            check_official_keys(model, &sd);
+            let st = checkpoint::load_state_dict(&dir.join(format!("{name}.contig.safetensors")))
+                .unwrap();
+            let st: HashMap<String, Tensor> = st.into_iter().collect();
+            for (k, t) in &sd {
+                assert_eq!(bytes_of(t), bytes_of(&st[k]), "{name}: {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn large_and_huge_checkpoints_from_python_are_bit_exact() {
+    let Some(dir) = fixtures() else { return };
+    for (model, d) in [
+        ("mae_vit_large_patch16", "bf16"),
+        ("vit_large_patch16", "f32"),
+        ("mae_vit_huge_patch14", "f16"),
+        ("vit_huge_patch14", "bf16"),
+    ] {
+        let name = format!("{model}_{d}");
+        let root = checkpoint::load(&dir.join(format!("{name}.pth"))).unwrap();
+        check_against_manifest(&name, &root);
+        check_official_keys(model, &checkpoint::state_dict(root).unwrap());
+    }
+}
+
+#[test]
+fn python_to_rust_to_python_round_trip() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tmp_dir("py_rust_py");
+    for name in [
+        "mae_vit_base_patch16_bf16",
+        "mae_vit_base_patch16_f16",
+        "vit_base_patch16_f32",
+    ] {
+        let src = dir.join(format!("{name}.pth"));
+        let out = tmp.join(format!("{name}.pth"));
+        checkpoint::save(&out, &checkpoint::load(&src).unwrap()).unwrap();
+        let text = run_python(&["compare", src.to_str().unwrap(), out.to_str().unwrap()]);
+        assert!(text.contains("bit-identical"), "{text}");
+        // And Rust reads its own file back identically.
+        check_against_manifest(name, &checkpoint::load(&out).unwrap());
+    }
+}
+
+/// The values tools/make_official_checkpoints.py `pattern` expects.
+fn pattern(kind: Kind, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let i = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));
+    let k = (&i * 7).remainder(251);
+    let v = match kind {
+        Kind::Bool => i.remainder(2).to_kind(Kind::Bool),
+        Kind::Uint8 => k.to_kind(kind),
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double => {
+            ((k - 125).to_kind(Kind::Double) / 8.0).to_kind(kind)
+        }
+        _ => (k - 125).to_kind(kind),
+    };
+    v.reshape(shape)
+}
+
+#[test]
+fn rust_to_python_round_trip() {
+    if python().is_none() {
+        return;
+    }
+    let tmp = tmp_dir("rust_py");
+    let kinds = [
+        Kind::Float,
+        Kind::Half,
+        Kind::BFloat16,
+        Kind::Double,
+        Kind::Int64,
+        Kind::Int,
+        Kind::Int16,
+        Kind::Int8,
+        Kind::Uint8,
+        Kind::Bool,
+    ];
+    let mut sd: Vec<(String, Tensor)> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            (
+                format!("pattern.{}", mae::util::pickle::kind_name(k)),
+                pattern(k, &[3 + i as i64, 5, 2]),
+            )
+        })
+        .collect();
+    sd.push(("pattern.scalar".into(), pattern(Kind::Float, &[])));
+    sd.push(("pattern.empty".into(), pattern(Kind::Half, &[0, 4])));
+    let base = pattern(Kind::BFloat16, &[6, 10]);
+    sd.push(("views.transposed".into(), base.transpose(0, 1)));
+    sd.push(("views.narrow".into(), base.narrow(0, 2, 3)));
+    sd.push(("views.base".into(), base));
+    let pth = tmp.join("rust.pth");
+    let st = tmp.join("rust.safetensors");
+    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    checkpoint::save_safetensors(&st, &sd).unwrap();
+    let text = run_python(&["check-rust", pth.to_str().unwrap(), st.to_str().unwrap()]);
+    assert!(text.contains("bit-identical"), "{text}");
+    // Rust reads both back bit-exactly too.
+    for path in [&pth, &st] {
+        let back: HashMap<String, Tensor> = checkpoint::load_state_dict(path)
+            .unwrap()
+            .into_iter()
+            .collect();
+        for (k, t) in &sd {
+            assert_eq!(back[k].kind(), t.kind(), "{k}");
+            assert_eq!(back[k].size(), t.size(), "{k}");
+            assert_eq!(bytes_of(&back[k]), bytes_of(t), "{k}");
+        }
+    }
+
+    // A full official state dict that the reference model would accept (same keys, shapes).
+    let sd: Vec<(String, Tensor)> = official("vit_base_patch16")
+        .into_iter()
+        .map(|(k, shape)| (k, pattern(Kind::Float, &shape)))
+        .collect();
+    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    checkpoint::save_safetensors(&st, &sd).unwrap();
+    let text = run_python(&[
+        "check-rust",
+        pth.to_str().unwrap(),
+        st.to_str().unwrap(),
+        "vit_base_patch16",
+    ]);
+    assert!(text.contains("bit-identical"), "{text}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile and broken files (no Python needed)
+// ------------------------------------------------------------------------------------------
+
+/// A stored zip, written independently of the crate's writer; `declare` overrides the size
+/// the central directory states for an entry.
+fn zip(entries: &[(&str, &[u8])], declare: Option<(&str, u64)>) -> Vec<u8> {
+    let mut out = vec![];
+    let mut cd = vec![];
+    for (name, data) in entries {
+        let crc = crc32fast::hash(data);
+        let offset = out.len() as u32;
+        let size = match declare {
+            Some((n, s)) if n == *name => s as u32,
+            _ => data.len() as u32,
+        };
+        out.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        cd.extend_from_slice(b"PK\x01\x02\x14\x00\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+        cd.extend_from_slice(&crc.to_le_bytes());
+        cd.extend_from_slice(&size.to_le_bytes());
+        cd.extend_from_slice(&size.to_le_bytes());
+        cd.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        cd.extend_from_slice(&[0; 12]);
+        cd.extend_from_slice(&offset.to_le_bytes());
+        cd.extend_from_slice(name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&cd);
+    out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(cd.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// `{'w': <float32 tensor of `numel` from storage '0'>}` as torch pickles it.
+fn tensor_pickle(numel: u8) -> Vec<u8> {
+    let mut p = b"\x80\x02}q\x00X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage".to_vec();
+    p.extend_from_slice(b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK");
+    p.push(numel);
+    p.extend_from_slice(b"tQK\x00K");
+    p.push(numel);
+    p.extend_from_slice(b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtRs.");
+    p
+}
+
+fn expect_error(name: &str, bytes: &[u8], wanted: &[&str]) {
+    let dir = Path::new(ROOT).join("target/tmp/checkpoint/hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let err = match checkpoint::load(&path) {
+        Ok(v) => panic!("{name}: loaded {v}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains(name),
+        "{name}: error does not name the file: {err}"
+    );
+    for w in wanted {
+        assert!(err.contains(w), "{name}: error lacks {w:?}: {err}");
+    }
+}
+
+#[test]
+fn valid_hand_made_zip_loads() {
+    let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let bytes = zip(
+        &[
+            ("any name/data.pkl", &tensor_pickle(4)),
+            ("any name/data/0", &data),
+            ("any name/version", b"3\n"),
+        ],
+        None,
+    );
+    let dir = tmp_dir("hand_made");
+    std::fs::write(dir.join("ok.pth"), &bytes).unwrap();
+    let sd = checkpoint::load_state_dict(&dir.join("ok.pth")).unwrap();
+    assert_eq!(sd[0].0, "w");
+    assert_eq!(
+        Vec::<f32>::try_from(&sd[0].1).unwrap(),
+        [1.0, 2.0, 3.0, 4.0]
+    );
+}
+
+#[test]
+fn truncated_files_are_refused() {
+    let dir = tmp_dir("truncated_src");
+    let sd = vec![(
+        "a".to_string(),
+        Tensor::arange(1000, (Kind::Float, tch::Device::Cpu)),
+    )];
+    let path = dir.join("full.pth");
+    checkpoint::save_state_dict(&path, &sd).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [
+        1,
+        4,
+        30,
+        100,
+        bytes.len() / 2,
+        bytes.len() - 200,
+        bytes.len() - 23,
+        bytes.len() - 1,
+    ] {
+        expect_error(&format!("truncated_{cut}.pth"), &bytes[..cut], &[]);
+    }
+}
+
+#[test]
+fn flipped_pickle_byte_is_refused() {
+    let data = [0u8; 16];
+    let pkl = tensor_pickle(4);
+    let good = zip(&[("a/data.pkl", &pkl), ("a/data/0", &data)], None);
+    // Caught by the CRC.
+    let mut bad = good.clone();
+    bad[30 + "a/data.pkl".len() + 20] ^= 0x40;
+    expect_error("flipped.pth", &bad, &["CRC"]);
+    // With a matching CRC, every single-byte corruption of the pickle errors or loads, no panic.
+    for i in 0..pkl.len() {
+        for x in [0x01, 0x80, 0xff] {
+            let mut p = pkl.clone();
+            p[i] ^= x;
+            let path = tmp_dir("flip_each").join("f.pth");
+            std::fs::write(&path, zip(&[("a/data.pkl", &p), ("a/data/0", &data)], None)).unwrap();
+            let _ = checkpoint::load(&path);
+        }
+    }
+}
+
+#[test]
+fn os_system_is_refused_and_not_run() {
+    let marker = Path::new(ROOT).join("target/tmp/checkpoint/pwned");
+    let _ = std::fs::remove_file(&marker);
+    let cmd = format!("touch {}", marker.display());
+    let mut p = b"\x80\x02cos\nsystem\nX".to_vec();
+    p.extend_from_slice(&(cmd.len() as u32).to_le_bytes());
+    p.extend_from_slice(cmd.as_bytes());
+    p.extend_from_slice(b"\x85R.");
+    expect_error(
+        "os_system.pth",
+        &zip(&[("a/data.pkl", &p)], None),
+        &["os.system", "could execute code"],
+    );
+    let mut p2 = p.clone();
+    p2.splice(3..12, b"posix\nsystem\n".iter().copied());
+    expect_error(
+        "posix_system.pth",
+        &zip(&[("a/data.pkl", &p2)], None),
+        &["posix.system"],
+    );
+    let p3 = b"\x80\x02csubprocess\nPopen\nX\x02\x00\x00\x00ls\x85R.";
+    expect_error(
+        "subprocess.pth",
+        &zip(&[("a/data.pkl", p3)], None),
+        &["subprocess.Popen"],
+    );
+    assert!(!marker.exists(), "the pickle's command ran");
+}
+
+#[test]
+fn builtins_eval_is_refused() {
+    let p = b"\x80\x02cbuiltins\neval\nX\x0b\x00\x00\x00print(\"hi\")\x85R.";
+    expect_error(
+        "eval.pth",
+        &zip(&[("a/data.pkl", p)], None),
+        &["builtins.eval"],
+    );
+    // The protocol-4 spelling: STACK_GLOBAL.
+    let p = b"\x80\x04\x8c\x08builtins\x8c\x04exec\x93X\x01\x00\x00\x001\x85R.";
+    expect_error(
+        "exec.pth",
+        &zip(&[("a/data.pkl", p)], None),
+        &["builtins.exec"],
+    );
+    let p = b"\x80\x02cbuiltins\ngetattr\n.";
+    expect_error(
+        "getattr.pth",
+        &zip(&[("a/data.pkl", p)], None),
+        &["builtins.getattr"],
+    );
+}
+
+#[test]
+fn unknown_globals_stay_opaque() {
+    // A Namespace-like class that is merely referenced: printed, never called.
+    let p = b"\x80\x02}X\x01\x00\x00\x00acmymodule\nThing\n)\x81}X\x01\x00\x00\x00xK\x05sbs.";
+    let dir = tmp_dir("opaque");
+    std::fs::write(dir.join("o.pth"), zip(&[("a/data.pkl", p)], None)).unwrap();
+    let v = checkpoint::load(&dir.join("o.pth")).unwrap();
+    assert_eq!(v.to_string(), "{'a': mymodule.Thing(x=5)}");
+    let err = format!(
+        "{:#}",
+        checkpoint::load_state_dict(&dir.join("o.pth")).unwrap_err()
+    );
+    assert!(
+        err.contains("'a'") && err.contains("mymodule.Thing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn storage_larger_than_its_entry_is_refused() {
+    let data = [0u8; 16]; // 4 floats, but the pickle claims 200
+    let bytes = zip(
+        &[("a/data.pkl", &tensor_pickle(200)), ("a/data/0", &data)],
+        None,
+    );
+    expect_error(
+        "short_storage.pth",
+        &bytes,
+        &["a/data/0", "claims 200 elements", "16 bytes"],
+    );
+}
+
+#[test]
+fn view_past_its_storage_is_refused() {
+    let mut p = tensor_pickle(4);
+    // size (4,) -> (9,) with the storage still 4 elements
+    let at = p.windows(3).position(|w| w == b"K\x04\x85").unwrap();
+    p[at + 1] = 9;
+    let bytes = zip(&[("a/data.pkl", &p), ("a/data/0", &[0u8; 16])], None);
+    expect_error("view_past_storage.pth", &bytes, &["reach past the storage"]);
+}
+
+#[test]
+fn zip_bomb_sizes_are_refused() {
+    let data = [0u8; 16];
+    let bytes = zip(
+        &[("a/data.pkl", &tensor_pickle(4)), ("a/data/0", &data)],
+        Some(("a/data/0", 0xFFFF_FFF0)),
+    );
+    expect_error("bomb.pth", &bytes, &["a/data/0", "past the end"]);
+    let bytes = zip(
+        &[("a/data.pkl", &tensor_pickle(4)), ("a/data/0", &data)],
+        Some(("a/data.pkl", 3_000_000_000)),
+    );
+    expect_error("bomb_pkl.pth", &bytes, &["a/data.pkl"]);
+}
+
+#[test]
+fn legacy_empty_and_garbage_files_are_refused() {
+    let legacy = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.";
+    expect_error(
+        "legacy.pth",
+        legacy,
+        &["legacy", "torch.save(obj, path) in torch>=1.6"],
+    );
+    expect_error("empty.pth", b"", &["empty file"]);
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    expect_error("garbage.pth", &garbage, &["not a PyTorch"]);
+    let mut zipish = b"PK\x03\x04".to_vec();
+    zipish.extend_from_slice(&garbage);
+    expect_error("garbage_zip.pth", &zipish, &["end-of-central-directory"]);
+    expect_error(
+        "no_pickle.pth",
+        &zip(&[("a/version", b"3\n")], None),
+        &["no a/data.pkl"],
+    );
+    let mut st = 100u64.to_le_bytes().to_vec();
+    st.extend_from_slice(
+        b"{\"w\": {\"dtype\": \"F32\", \"shape\": [1000000], \"data_offsets\": [0, 4000000]}}",
+    );
+    st.resize(108, b' ');
+    expect_error("short.safetensors", &st, &["data_offsets"]);
+}
