@@ -14,7 +14,7 @@ const TOL: f64 = 1e-5;
 /// Runs every (tag, mask_ratio) of the fixture with both attention kernels; returns the worst
 /// relative error over latent, pred and the two losses.
 fn check_mae(group: &str, name: &str, runs: &[(&str, f64)]) -> f64 {
-    let Some(dir) = fixtures(group) else { return 0. };
+    let dir = fixtures(group);
     let io = load_io(&dir, &format!("{name}_io"));
     let mut vs = nn::VarStore::new(Device::Cpu);
     let mut model = models_mae::build(name, &vs.root(), MaeConfig::default()).unwrap();
@@ -28,17 +28,39 @@ fn check_mae(group: &str, name: &str, runs: &[(&str, f64)]) -> f64 {
             let what = |t: &str| format!("{name} {tag} {attn_impl:?} {t}");
             let noise = &io[&format!("{tag}.noise")];
             tch::no_grad(|| {
-                let (latent, mask, ids_restore) = model.forward_encoder(imgs, *mask_ratio, Some(noise)).unwrap();
+                let (latent, mask, ids_restore) = model
+                    .forward_encoder(imgs, *mask_ratio, Some(noise))
+                    .unwrap();
                 assert!(mask.equal(&io[&format!("{tag}.mask")]), "{}", what("mask"));
-                assert!(ids_restore.equal(&io[&format!("{tag}.ids_restore")]), "{}", what("ids_restore"));
-                worst = worst.max(check(&what("latent"), &latent, &io[&format!("{tag}.latent")], TOL));
+                assert!(
+                    ids_restore.equal(&io[&format!("{tag}.ids_restore")]),
+                    "{}",
+                    what("ids_restore")
+                );
+                worst = worst.max(check(
+                    &what("latent"),
+                    &latent,
+                    &io[&format!("{tag}.latent")],
+                    TOL,
+                ));
                 let pred = model.forward_decoder(&latent, &ids_restore);
-                worst = worst.max(check(&what("pred"), &pred, &io[&format!("{tag}.pred")], TOL));
+                worst = worst.max(check(
+                    &what("pred"),
+                    &pred,
+                    &io[&format!("{tag}.pred")],
+                    TOL,
+                ));
                 for norm_pix_loss in [false, true] {
                     model.norm_pix_loss = norm_pix_loss;
                     let want = &io[&format!("{tag}.loss_norm_pix{}", norm_pix_loss as u8)];
-                    let (loss, pred2, mask2) = model.forward_with_noise(imgs, *mask_ratio, Some(noise)).unwrap();
-                    assert!(pred2.equal(&pred) && mask2.equal(&mask), "{}", what("forward"));
+                    let (loss, pred2, mask2) = model
+                        .forward_with_noise(imgs, *mask_ratio, Some(noise))
+                        .unwrap();
+                    assert!(
+                        pred2.equal(&pred) && mask2.equal(&mask),
+                        "{}",
+                        what("forward")
+                    );
                     worst = worst.max(check(&what("loss"), &loss.reshape([1]), want, TOL));
                 }
             });
@@ -50,7 +72,11 @@ fn check_mae(group: &str, name: &str, runs: &[(&str, f64)]) -> f64 {
 
 #[test]
 fn tiny_mask_ratios_and_norm_pix_loss() {
-    check_mae("tiny", "mae_vit_tiny_patch4", &[("r75", 0.75), ("r50", 0.5)]);
+    check_mae(
+        "tiny",
+        "mae_vit_tiny_patch4",
+        &[("r75", 0.75), ("r50", 0.5)],
+    );
 }
 
 #[test]
@@ -73,7 +99,7 @@ fn huge_patch14_224() {
 
 #[test]
 fn unpatchify_inverts_patchify_on_the_fixture() {
-    let Some(dir) = fixtures("tiny") else { return };
+    let dir = fixtures("tiny");
     let io = load_io(&dir, "mae_vit_tiny_patch4_io");
     let vs = nn::VarStore::new(Device::Cpu);
     let model = models_mae::mae_vit_tiny_patch4(&vs.root(), MaeConfig::default());

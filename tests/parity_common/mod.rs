@@ -4,40 +4,22 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 use tch::{Kind, Tensor};
 
+#[path = "../common/mod.rs"]
+mod common;
+
 /// Generates (once; the script skips groups whose stamp matches its hash) and returns the fixture
-/// directory, or None when the Python reference env is missing outside CI (loudly). With
-/// CI=true a missing env fails the test.
-pub fn fixtures(group: &str) -> Option<PathBuf> {
+/// directory. A missing Python reference env fails the test (common::python panics).
+pub fn fixtures(group: &str) -> PathBuf {
     static GEN: Mutex<()> = Mutex::new(());
     let _guard = GEN.lock().unwrap_or_else(|e| e.into_inner());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("target/fixtures/parity");
-    let python = root.join(".venv/bin/python");
-    if !python.exists() {
-        let msg = format!("{} missing: run tools/setup.sh to build the reference env", python.display());
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true and {msg}");
-        }
-        if dir.join(format!("{group}.stamp")).exists() {
-            eprintln!("WARNING: {msg}; using existing fixtures for {group}");
-            return Some(dir);
-        }
-        eprintln!("SKIPPED (parity group {group}): {msg}");
-        return None;
-    }
-    let status = Command::new(&python)
-        .arg(root.join("tools/make_parity_fixtures.py"))
-        .arg(&dir)
-        .arg(group)
-        .status()
-        .expect("running tools/make_parity_fixtures.py");
-    assert!(status.success(), "tools/make_parity_fixtures.py {group} failed");
-    Some(dir)
+    let dir = common::root().join("target/fixtures/parity");
+    let script = common::root().join("tools/make_parity_fixtures.py");
+    common::run_python(&script, &[dir.to_str().expect("utf-8 path"), group]);
+    dir
 }
 
 /// Big models run one at a time: memory (ViT-H is 2.5 GB per copy) and 2 cores.
@@ -54,7 +36,10 @@ pub fn load_checkpoint(dir: &Path, name: &str) -> Vec<(String, Tensor)> {
 
 pub fn load_io(dir: &Path, name: &str) -> HashMap<String, Tensor> {
     let path = dir.join(format!("{name}.safetensors"));
-    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
+    Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
 }
 
 /// ‖a − b‖ / ‖b‖ in f64 (NaN when either holds a NaN).
