@@ -454,6 +454,7 @@ fn expect_error(name: &str, bytes: &[u8], wanted: &[&str]) {
         Ok(v) => panic!("{name}: loaded {v}"),
         Err(e) => format!("{e:#}"),
     };
+    eprintln!("{err}");
     assert!(
         err.contains(name),
         "{name}: error does not name the file: {err}"

@@ -1315,3 +1315,177 @@ fn write_value(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn load(data: &[u8]) -> Result<Value> {
+        unpickle(data, &mut |pid| bail!("unexpected persistent id {pid}"))
+    }
+
+    // pickle.dumps(obj, protocol=N) from CPython 3.11.
+    const P2: &str = "80027d71002858010000006171014b0158010000006271025d710328473ff80000000000004e88896558010000006371044b014b024b038771055801000000647106580600000068c3a96c6c6f710758010000006571084a90eefeff58010000006671098a06000000000001580100000067710a8a080000000000000080580100000068710b8a09000000000000000040580100000069710c635f636f646563730a656e636f64650a710d580300000000c3bf710e58060000006c6174696e31710f8671105271114b072958010000006a71124b0485711358010000006b71144b054b0686711558010000006c71165d7117284b014b024b034b0474711861752e";
+    const P4_2: &str = "80027d71002858010000006171014b0158010000006271025d710328473ff80000000000004e88655801000000647104580600000068c3a96c6c6f71055801000000697106635f636f646563730a656e636f64650a7107580300000000c3bf710858060000006c6174696e31710986710a52710b580100000073710c635f5f6275696c74696e5f5f0a7365740a710d5d710e4b036185710f52711058010000006e71116361726770617273650a4e616d6573706163650a7112298171137d71142858010000007871154b01580100000079711658010000007a71177562752e";
+    const P4_4: &str = "80049571000000000000007d94288c0161944b018c0162945d9428473ff80000000000004e88658c0164948c0668c3a96c6c6f948c016994430200ff948c0173948f94284b03908c016e948c086172677061727365948c094e616d6573706163659493942981947d94288c0178944b018c0179948c017a947562752e";
+    const P4_5: &str = "80059571000000000000007d94288c0161944b018c0162945d9428473ff80000000000004e88658c0164948c0668c3a96c6c6f948c016994430200ff948c0173948f94284b03908c016e948c086172677061727365948c094e616d6573706163659493942981947d94288c0178944b018c0179948c017a947562752e";
+    const ORDERED: &str = "800263636f6c6c656374696f6e730a4f726465726564446963740a7100295271012858010000007871024b0158010000007971035d71044b0261752e";
+
+    #[test]
+    fn scalars_containers_and_big_ints() {
+        let v = load(&hex(P2)).unwrap();
+        assert_eq!(
+            v.to_string(),
+            "{'a': 1, 'b': [1.5, None, True, False], 'c': (1, 2, 3), 'd': 'héllo', 'e': -70000, \
+             'f': 1099511627776, 'g': -9223372036854775808, \
+             'h': builtins.int(b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00@'), 'i': b'\\x00\\xff', \
+             7: (), 'j': (4,), 'k': (5, 6), 'l': [(1, 2, 3, 4)]}"
+        );
+        assert_eq!(v.get("g").and_then(Value::as_int), Some(i64::MIN));
+        assert_eq!(v.get("d").and_then(Value::as_str), Some("héllo"));
+    }
+
+    #[test]
+    fn protocols_2_4_5_agree() {
+        let want = "{'a': 1, 'b': [1.5, None, True], 'd': 'héllo', 'i': b'\\x00\\xff', \
+                    's': builtins.set([3]), 'n': argparse.Namespace(x=1, y='z')}";
+        for p in [P4_2, P4_4, P4_5] {
+            let v = load(&hex(p)).unwrap();
+            assert_eq!(v.to_string(), want);
+            assert_eq!(
+                v.get("n").and_then(|n| n.get("y")).and_then(Value::as_str),
+                Some("z")
+            );
+        }
+    }
+
+    #[test]
+    fn ordered_dict_and_memo_sharing() {
+        assert_eq!(
+            load(&hex(ORDERED)).unwrap().to_string(),
+            "{'x': 1, 'y': [2]}"
+        );
+        // l = []; [l, l]: the memo refers to the same list.
+        assert_eq!(
+            load(&hex("80025d7100285d71016801652e"))
+                .unwrap()
+                .to_string(),
+            "[[], []]"
+        );
+        // A list memoized empty and filled afterwards is seen filled through the memo.
+        let p = b"\x80\x02]q\x00(K\x01K\x02e]q\x01(h\x00h\x00e.";
+        assert_eq!(load(p).unwrap().to_string(), "[[1, 2], [1, 2]]");
+        // Duplicate keys: last wins, first position kept.
+        let p = b"}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00bK\x02X\x01\x00\x00\x00aK\x03u.";
+        assert_eq!(load(p).unwrap().to_string(), "{'a': 3, 'b': 2}");
+    }
+
+    #[test]
+    fn writer_round_trips() {
+        for p in [P2, P4_4, ORDERED] {
+            let v = load(&hex(p)).unwrap();
+            let bytes = pickle(&v, &mut |_| bail!("no tensors")).unwrap();
+            assert_eq!(load(&bytes).unwrap().to_string(), v.to_string());
+        }
+        for i in [
+            0,
+            255,
+            256,
+            65535,
+            65536,
+            -1,
+            i32::MIN as i64,
+            i32::MAX as i64 + 1,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let bytes = pickle(&Value::Int(i), &mut |_| bail!("no tensors")).unwrap();
+            assert_eq!(load(&bytes).unwrap().as_int(), Some(i));
+        }
+    }
+
+    #[test]
+    fn dangerous_globals_are_refused() {
+        for (m, n) in [
+            ("os", "system"),
+            ("posix", "system"),
+            ("nt", "system"),
+            ("builtins", "eval"),
+            ("__builtin__", "__import__"),
+            ("subprocess", "check_output"),
+            ("builtins", "getattr"),
+        ] {
+            let p = format!("\u{80}\u{2}c{m}\n{n}\n.");
+            let bytes: Vec<u8> = p.chars().map(|c| c as u8).collect();
+            let err = format!("{:#}", load(&bytes).unwrap_err());
+            assert!(err.contains(&format!("{m}.{n}")), "{err}");
+        }
+        // Harmless builtins and unknown classes are fine (opaque, never called).
+        assert_eq!(
+            load(b"c__builtin__\nset\n)R.").unwrap().to_string(),
+            "builtins.set([])"
+        );
+        assert_eq!(
+            load(b"ctorch\nfloat32\n.").unwrap().to_string(),
+            "torch.float32()"
+        );
+    }
+
+    #[test]
+    fn malformed_pickles_error_without_panicking() {
+        for (p, want) in [
+            (&b""[..], "without STOP"),
+            (b"\x80\x02", "without STOP"),
+            (b"\x80\x09.", "protocol 9"),
+            (b"a.", "underflow"),
+            (b"(u.", "stack underflow"),
+            (b"\xff", "unknown opcode"),
+            (b"h\x05.", "memo key 5"),
+            (b"X\xff\xff\xff\xff", "exceeds"),
+            (b"\x8d\xff\xff\xff\xff\xff\xff\xff\xff", "exceeds"),
+            (b"K\x01K\x02R.", "not a tuple"),
+            (b"N)R.", "not a global"),
+            (b"\x80\x02(K\x01d.", "odd number"),
+            (b"\x97.", "out-of-band"),
+        ] {
+            let err = format!("{:#}", load(p).unwrap_err());
+            assert!(err.contains(want), "{p:?}: {err}");
+        }
+        // Every prefix and every single-byte change of a real pickle: an error or a value.
+        let good = hex(P4_2);
+        for i in 0..good.len() {
+            let _ = load(&good[..i]);
+            for x in [0x01u8, 0x40, 0xff] {
+                let mut b = good.clone();
+                b[i] ^= x;
+                let _ = load(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_and_expansion_are_bounded() {
+        // 100000 nested lists.
+        let mut p = vec![b']'; 100_000];
+        p.extend(std::iter::repeat_n(b'a', 99_999));
+        p.push(b'.');
+        assert!(format!("{:#}", load(&p).unwrap_err()).contains("nested deeper"));
+        // Billion laughs: each level is a list of the previous one twice.
+        let mut p = b"]q\x00".to_vec();
+        for i in 0..60u8 {
+            p.extend_from_slice(&[b']', b'(', b'h', i, b'h', i, b'e', b'q', i + 1]);
+        }
+        p.push(b'.');
+        assert!(format!("{:#}", load(&p).unwrap_err()).contains("too many"));
+        // A self-containing list (a cycle).
+        let p = b"]q\x00h\x00a.";
+        assert!(format!("{:#}", load(p).unwrap_err()).contains("nested deeper"));
+    }
+}
