@@ -709,35 +709,63 @@ struct Storage<'a> {
     numel: i64,
 }
 
+type Plan<'a> = (Vec<Storage<'a>>, Vec<(usize, i64)>);
+
 /// One saved storage per libtorch storage, so that views keep sharing memory in Python as
 /// here, with their offsets and strides. Returns the storages and, for each tensor, (storage
 /// index, storage offset).
-fn plan_storages<'a>(tensors: &[&'a Tensor]) -> Result<(Vec<Storage<'a>>, Vec<(usize, i64)>)> {
+fn plan_storages<'a>(tensors: &[&'a Tensor]) -> Result<Plan<'a>> {
     let mut storages: Vec<Storage> = vec![];
     let mut by_base: HashMap<(String, usize), usize> = HashMap::new();
     let mut place = vec![];
     for t in tensors {
-        ensure!(!t.is_sparse() && !t.is_mkldnn(), "cannot save sparse or mkldnn tensors");
+        ensure!(
+            !t.is_sparse() && !t.is_mkldnn(),
+            "cannot save sparse or mkldnn tensors"
+        );
         let kind = t.kind();
         storage_type(kind)?;
         let (size, stride) = (t.size(), t.stride());
         if t.numel() == 0 {
             place.push((storages.len(), 0));
-            storages.push(Storage { base: t, kind, numel: 0 });
+            storages.push(Storage {
+                base: t,
+                kind,
+                numel: 0,
+            });
             continue;
         }
-        ensure!(stride.iter().all(|&s| s >= 0), "cannot save a tensor with negative strides {stride:?}");
+        ensure!(
+            stride.iter().all(|&s| s >= 0),
+            "cannot save a tensor with negative strides {stride:?}"
+        );
         // A one-element view at storage offset 0 points at the start of the storage.
         let start = t.f_as_strided([1], [1], 0)?.data_ptr() as usize;
         let elt = kind.elt_size_in_bytes();
         let offset = ((t.data_ptr() as usize - start) / elt) as i64;
-        let end = offset + 1 + size.iter().zip(&stride).map(|(&n, &s)| (n - 1) * s).sum::<i64>();
-        let i = *by_base.entry((format!("{:?}", t.device()), start)).or_insert_with(|| {
-            storages.push(Storage { base: t, kind, numel: 0 });
-            storages.len() - 1
-        });
+        let end = offset
+            + 1
+            + size
+                .iter()
+                .zip(&stride)
+                .map(|(&n, &s)| (n - 1) * s)
+                .sum::<i64>();
+        let i = *by_base
+            .entry((format!("{:?}", t.device()), start))
+            .or_insert_with(|| {
+                storages.push(Storage {
+                    base: t,
+                    kind,
+                    numel: 0,
+                });
+                storages.len() - 1
+            });
         let s = &mut storages[i];
-        ensure!(s.kind == kind, "cannot save tensors that view one storage as both {:?} and {kind:?}", s.kind);
+        ensure!(
+            s.kind == kind,
+            "cannot save tensors that view one storage as both {:?} and {kind:?}",
+            s.kind
+        );
         s.numel = s.numel.max(end);
         place.push((i, offset));
     }

@@ -7,7 +7,7 @@
 //! can be printed but is never called; globals that could run code (`os.system`, `builtins.eval`,
 //! `subprocess.*`, …) are refused. Every length is bounded by the bytes that remain, containers
 //! live in an arena (no recursive drop), and the final tree has a depth and size budget.
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
@@ -232,6 +232,7 @@ impl fmt::Display for Value {
             Value::Tuple(v) if v.len() == 1 => write!(f, "({},)", v[0]),
             Value::Tuple(v) => write!(f, "({})", join(v, |x| x.to_string())),
             Value::Dict(v) => write!(f, "{{{}}}", join(v, |(k, x)| format!("{k}: {x}"))),
+            Value::Tensor(t) if t.dim() == 0 => write!(f, "Tensor[{}]", kind_name(t.kind())),
             Value::Tensor(t) => {
                 write!(
                     f,
@@ -367,6 +368,7 @@ struct Unpickler<'a> {
     memo: HashMap<u32, Ref>,
     arena: Vec<Node>,
     persistent_load: &'a mut dyn FnMut(Value) -> Result<Value>,
+    nested_calls: usize,
 }
 
 const MAX_DEPTH: usize = 256;
@@ -384,6 +386,7 @@ pub fn unpickle(
         memo: HashMap::new(),
         arena: Vec::new(),
         persistent_load,
+        nested_calls: 0,
     };
     let root = u.run()?;
     let mut budget = 1_000_000 + 4 * data.len();
@@ -644,7 +647,7 @@ impl Unpickler<'_> {
             b']' => self.node(Node::List(vec![])),
             b'}' => self.node(Node::Dict(vec![])),
             0x8f => self.node(Node::Set(vec![])),
-            0x85 | 0x86 | 0x87 => {
+            0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let floor = self.marks.last().copied().unwrap_or(0);
                 if self.stack.len() < floor + n {
@@ -910,7 +913,12 @@ impl Unpickler<'_> {
                         .items_of(*a)
                         .ok_or_else(|| anyhow!("{name}: arguments are not a tuple"))?
                         .to_vec();
-                    self.call(*f, a)?
+                    // Nested rebuilds are a chain of tuples as long as the pickle: bound it.
+                    self.nested_calls += 1;
+                    ensure!(self.nested_calls <= 8, "{module}.{name}: nested too deeply");
+                    let r = self.call(*f, a)?;
+                    self.nested_calls -= 1;
+                    r
                 }
                 _ => bail!("{module}.{name}: expected 4 arguments"),
             },
@@ -1117,7 +1125,7 @@ impl Unpickler<'_> {
 }
 
 fn pairs(items: Vec<Ref>) -> Result<Vec<(Ref, Ref)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!("odd number of items for a dict");
     }
     Ok(items.chunks_exact(2).map(|c| (c[0], c[1])).collect())
