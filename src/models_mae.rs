@@ -4,7 +4,9 @@
 use anyhow::{bail, ensure, Result};
 use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
 
-use crate::timm::{layer_norm, linear, xavier_uniform_, AttentionImpl, Block, LinearInit, PatchEmbed};
+use crate::timm::{
+    layer_norm, linear, xavier_uniform_, AttentionImpl, Block, LinearInit, PatchEmbed,
+};
 use crate::util::pos_embed::get_2d_sincos_pos_embed;
 
 /// `MaskedAutoencoderViT.__init__` keyword arguments, with its defaults.
@@ -65,15 +67,37 @@ impl MaskedAutoencoderViT {
     pub fn new(vs: &nn::Path, cfg: &MaeConfig) -> Self {
         // self.apply(self._init_weights): xavier_uniform Linear, zero bias; LayerNorm 1 / 0
         let init = LinearInit::XavierUniform;
-        let patch_embed = PatchEmbed::new(vs / "patch_embed", cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+        let patch_embed = PatchEmbed::new(
+            vs / "patch_embed",
+            cfg.img_size,
+            cfg.patch_size,
+            cfg.in_chans,
+            cfg.embed_dim,
+        );
         let num_patches = patch_embed.num_patches;
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(vs / "blocks" / i, cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, 0., init))
+            .map(|i| {
+                Block::new(
+                    vs / "blocks" / i,
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    cfg.mlp_ratio,
+                    0.,
+                    init,
+                )
+            })
             .collect();
         let decoder_blocks = (0..cfg.decoder_depth)
             .map(|i| {
                 let p = vs / "decoder_blocks" / i;
-                Block::new(p, cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, 0., init)
+                Block::new(
+                    p,
+                    cfg.decoder_embed_dim,
+                    cfg.decoder_num_heads,
+                    cfg.mlp_ratio,
+                    0.,
+                    init,
+                )
             })
             .collect();
         let mut model = MaskedAutoencoderViT {
@@ -82,9 +106,17 @@ impl MaskedAutoencoderViT {
             pos_embed: vs.zeros_no_train("pos_embed", &[1, num_patches + 1, cfg.embed_dim]),
             blocks,
             norm: layer_norm(vs / "norm", cfg.embed_dim),
-            decoder_embed: linear(vs / "decoder_embed", cfg.embed_dim, cfg.decoder_embed_dim, init),
+            decoder_embed: linear(
+                vs / "decoder_embed",
+                cfg.embed_dim,
+                cfg.decoder_embed_dim,
+                init,
+            ),
             mask_token: vs.zeros("mask_token", &[1, 1, cfg.decoder_embed_dim]),
-            decoder_pos_embed: vs.zeros_no_train("decoder_pos_embed", &[1, num_patches + 1, cfg.decoder_embed_dim]),
+            decoder_pos_embed: vs.zeros_no_train(
+                "decoder_pos_embed",
+                &[1, num_patches + 1, cfg.decoder_embed_dim],
+            ),
             decoder_blocks,
             decoder_norm: layer_norm(vs / "decoder_norm", cfg.decoder_embed_dim),
             decoder_pred: linear(
@@ -106,9 +138,11 @@ impl MaskedAutoencoderViT {
         tch::no_grad(|| {
             // initialize (and freeze) pos_embed by sin-cos embedding
             let d = self.pos_embed.size()[2];
-            self.pos_embed.copy_(&get_2d_sincos_pos_embed(d, grid_size, true).unsqueeze(0));
+            self.pos_embed
+                .copy_(&get_2d_sincos_pos_embed(d, grid_size, true).unsqueeze(0));
             let d = self.decoder_pos_embed.size()[2];
-            self.decoder_pos_embed.copy_(&get_2d_sincos_pos_embed(d, grid_size, true).unsqueeze(0));
+            self.decoder_pos_embed
+                .copy_(&get_2d_sincos_pos_embed(d, grid_size, true).unsqueeze(0));
 
             // initialize patch_embed like nn.Linear (instead of nn.Conv2d)
             let w = &self.patch_embed.proj.ws;
@@ -148,7 +182,12 @@ impl MaskedAutoencoderViT {
         let (p, c) = (self.patch_embed.patch_size, self.in_chans);
         let (n, l, d) = x.size3()?;
         let h = (l as f64).sqrt() as i64;
-        ensure!(h * h == l && d == p * p * c, "patches must be [N, h*h, {}], got {:?}", p * p * c, x.size());
+        ensure!(
+            h * h == l && d == p * p * c,
+            "patches must be [N, h*h, {}], got {:?}",
+            p * p * c,
+            x.size()
+        );
         let x = x.reshape([n, h, h, p, p, c]);
         let x = x.permute([0, 5, 1, 3, 2, 4]); // nhwpqc->nchpwq
         Ok(x.reshape([n, c, h * p, h * p]))
@@ -158,12 +197,21 @@ impl MaskedAutoencoderViT {
     /// Per-sample shuffling is done by argsort random noise.
     /// x: [N, L, D], sequence. `noise` ([N, L] in [0, 1]) defaults to `torch.rand(N, L)`, drawn
     /// here as the reference does, so a `tch::manual_seed` masks the same patches as PyTorch.
-    pub fn random_masking(&self, x: &Tensor, mask_ratio: f64, noise: Option<&Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn random_masking(
+        &self,
+        x: &Tensor,
+        mask_ratio: f64,
+        noise: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, l, d) = x.size3()?; // batch, length, dim
         let len_keep = (l as f64 * (1. - mask_ratio)) as i64;
         let noise = match noise {
             Some(t) => {
-                ensure!(t.size() == [n, l], "noise must be [{n}, {l}], got {:?}", t.size());
+                ensure!(
+                    t.size() == [n, l],
+                    "noise must be [{n}, {l}], got {:?}",
+                    t.size()
+                );
                 t.to_device(x.device())
             }
             None => Tensor::rand([n, l], (Kind::Float, x.device())), // noise in [0, 1]
@@ -187,7 +235,12 @@ impl MaskedAutoencoderViT {
     }
 
     /// Returns (latent [N, 1 + len_keep, D], mask [N, L], ids_restore [N, L]).
-    pub fn forward_encoder(&self, x: &Tensor, mask_ratio: f64, noise: Option<&Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn forward_encoder(
+        &self,
+        x: &Tensor,
+        mask_ratio: f64,
+        noise: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         // embed patches
         let x = self.patch_embed.forward(x)?;
 
@@ -216,7 +269,9 @@ impl MaskedAutoencoderViT {
         let (n, t, d) = x.size3().unwrap();
 
         // append mask tokens to sequence
-        let mask_tokens = self.mask_token.repeat([n, ids_restore.size()[1] + 1 - t, 1]);
+        let mask_tokens = self
+            .mask_token
+            .repeat([n, ids_restore.size()[1] + 1 - t, 1]);
         let x_ = Tensor::cat(&[x.narrow(1, 1, t - 1), mask_tokens], 1); // no cls token
         let x_ = x_.gather(1, &ids_restore.unsqueeze(-1).repeat([1, 1, d]), false); // unshuffle
         let x = Tensor::cat(&[x.narrow(1, 0, 1), x_], 1); // append cls token
@@ -256,7 +311,12 @@ impl MaskedAutoencoderViT {
     }
 
     /// [`Self::forward`] with explicit masking noise [N, L] (as HF's `ViTMAEForPreTraining(noise=)`).
-    pub fn forward_with_noise(&self, imgs: &Tensor, mask_ratio: f64, noise: Option<&Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn forward_with_noise(
+        &self,
+        imgs: &Tensor,
+        mask_ratio: f64,
+        noise: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (latent, mask, ids_restore) = self.forward_encoder(imgs, mask_ratio, noise)?;
         let pred = self.forward_decoder(&latent, &ids_restore); // [N, L, p*p*3]
         let loss = self.forward_loss(imgs, &pred, &mask)?;
@@ -265,24 +325,85 @@ impl MaskedAutoencoderViT {
 }
 
 pub fn mae_vit_base_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig { patch_size: 16, embed_dim: 768, depth: 12, num_heads: 12, ..cfg };
-    MaskedAutoencoderViT::new(vs, &MaeConfig { decoder_embed_dim: 512, decoder_depth: 8, decoder_num_heads: 16, mlp_ratio: 4., ..arch })
+    let arch = MaeConfig {
+        patch_size: 16,
+        embed_dim: 768,
+        depth: 12,
+        num_heads: 12,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(
+        vs,
+        &MaeConfig {
+            decoder_embed_dim: 512,
+            decoder_depth: 8,
+            decoder_num_heads: 16,
+            mlp_ratio: 4.,
+            ..arch
+        },
+    )
 }
 
 pub fn mae_vit_large_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig { patch_size: 16, embed_dim: 1024, depth: 24, num_heads: 16, ..cfg };
-    MaskedAutoencoderViT::new(vs, &MaeConfig { decoder_embed_dim: 512, decoder_depth: 8, decoder_num_heads: 16, mlp_ratio: 4., ..arch })
+    let arch = MaeConfig {
+        patch_size: 16,
+        embed_dim: 1024,
+        depth: 24,
+        num_heads: 16,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(
+        vs,
+        &MaeConfig {
+            decoder_embed_dim: 512,
+            decoder_depth: 8,
+            decoder_num_heads: 16,
+            mlp_ratio: 4.,
+            ..arch
+        },
+    )
 }
 
 pub fn mae_vit_huge_patch14_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig { patch_size: 14, embed_dim: 1280, depth: 32, num_heads: 16, ..cfg };
-    MaskedAutoencoderViT::new(vs, &MaeConfig { decoder_embed_dim: 512, decoder_depth: 8, decoder_num_heads: 16, mlp_ratio: 4., ..arch })
+    let arch = MaeConfig {
+        patch_size: 14,
+        embed_dim: 1280,
+        depth: 32,
+        num_heads: 16,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(
+        vs,
+        &MaeConfig {
+            decoder_embed_dim: 512,
+            decoder_depth: 8,
+            decoder_num_heads: 16,
+            mlp_ratio: 4.,
+            ..arch
+        },
+    )
 }
 
 /// Not in the reference: a 32×32 model (8×8 patches of 4) small enough for tests and CPU demos.
 pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig { img_size: 32, patch_size: 4, embed_dim: 64, depth: 2, num_heads: 4, ..cfg };
-    MaskedAutoencoderViT::new(vs, &MaeConfig { decoder_embed_dim: 32, decoder_depth: 2, decoder_num_heads: 4, mlp_ratio: 4., ..arch })
+    let arch = MaeConfig {
+        img_size: 32,
+        patch_size: 4,
+        embed_dim: 64,
+        depth: 2,
+        num_heads: 4,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(
+        vs,
+        &MaeConfig {
+            decoder_embed_dim: 32,
+            decoder_depth: 2,
+            decoder_num_heads: 4,
+            mlp_ratio: 4.,
+            ..arch
+        },
+    )
 }
 
 // set recommended archs
@@ -304,10 +425,19 @@ pub const MODEL_NAMES: [&str; 7] = [
 /// Builds the model named `name`; `cfg` carries the keyword arguments (`norm_pix_loss`, `img_size`).
 pub fn build(name: &str, vs: &nn::Path, cfg: MaeConfig) -> Result<MaskedAutoencoderViT> {
     Ok(match name {
-        "mae_vit_base_patch16_dec512d8b" | "mae_vit_base_patch16" => mae_vit_base_patch16_dec512d8b(vs, cfg),
-        "mae_vit_large_patch16_dec512d8b" | "mae_vit_large_patch16" => mae_vit_large_patch16_dec512d8b(vs, cfg),
-        "mae_vit_huge_patch14_dec512d8b" | "mae_vit_huge_patch14" => mae_vit_huge_patch14_dec512d8b(vs, cfg),
+        "mae_vit_base_patch16_dec512d8b" | "mae_vit_base_patch16" => {
+            mae_vit_base_patch16_dec512d8b(vs, cfg)
+        }
+        "mae_vit_large_patch16_dec512d8b" | "mae_vit_large_patch16" => {
+            mae_vit_large_patch16_dec512d8b(vs, cfg)
+        }
+        "mae_vit_huge_patch14_dec512d8b" | "mae_vit_huge_patch14" => {
+            mae_vit_huge_patch14_dec512d8b(vs, cfg)
+        }
         "mae_vit_tiny_patch4" => mae_vit_tiny_patch4(vs, cfg),
-        _ => bail!("unknown model {name:?}; valid names: {}", MODEL_NAMES.join(", ")),
+        _ => bail!(
+            "unknown model {name:?}; valid names: {}",
+            MODEL_NAMES.join(", ")
+        ),
     })
 }

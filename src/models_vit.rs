@@ -4,23 +4,25 @@
 use anyhow::{bail, Result};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
-use crate::timm::{layer_norm, linear, trunc_normal_, AttentionImpl, Block, LinearInit, PatchEmbed};
+use crate::timm::{
+    layer_norm, linear, trunc_normal_, AttentionImpl, Block, LinearInit, PatchEmbed,
+};
 
 /// The keyword arguments of timm 0.3.2 `VisionTransformer.__init__` that MAE uses, with the
 /// defaults of `main_finetune.py` where it passes them. `drop_rate` / `attn_drop_rate` are left
 /// out: MAE never sets them (0), and timm 0.3.2 has no dropout before the head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VitConfig {
-    pub img_size: i64,        // 224
-    pub patch_size: i64,      // 16
-    pub in_chans: i64,        // 3
-    pub num_classes: i64,     // 1000; 0 makes `head` the identity
-    pub embed_dim: i64,       // 768
-    pub depth: i64,           // 12
-    pub num_heads: i64,       // 12
-    pub mlp_ratio: f64,       // 4.
-    pub drop_path_rate: f64,  // 0.1 (main_finetune --drop_path)
-    pub global_pool: bool,    // true (main_finetune --global_pool); false: cls token
+    pub img_size: i64,       // 224
+    pub patch_size: i64,     // 16
+    pub in_chans: i64,       // 3
+    pub num_classes: i64,    // 1000; 0 makes `head` the identity
+    pub embed_dim: i64,      // 768
+    pub depth: i64,          // 12
+    pub num_heads: i64,      // 12
+    pub mlp_ratio: f64,      // 4.
+    pub drop_path_rate: f64, // 0.1 (main_finetune --drop_path)
+    pub global_pool: bool,   // true (main_finetune --global_pool); false: cls token
 }
 
 impl Default for VitConfig {
@@ -47,9 +49,9 @@ pub struct VisionTransformer {
     pub cls_token: Tensor,
     pub pos_embed: Tensor,
     pub blocks: Vec<Block>,
-    pub norm: Option<nn::LayerNorm>,    // cls-token pooling only (`del self.norm` with global_pool)
+    pub norm: Option<nn::LayerNorm>, // cls-token pooling only (`del self.norm` with global_pool)
     pub fc_norm: Option<nn::LayerNorm>, // global_pool only
-    pub head: Option<nn::Linear>,       // None is nn.Identity (num_classes == 0)
+    pub head: Option<nn::Linear>,    // None is nn.Identity (num_classes == 0)
     pub global_pool: bool,
 }
 
@@ -57,7 +59,13 @@ impl VisionTransformer {
     pub fn new(vs: &nn::Path, cfg: &VitConfig) -> Self {
         // self.apply(self._init_weights): trunc_normal_(std=.02) Linear, zero bias; LayerNorm 1 / 0
         let init = LinearInit::TruncNormal(0.02);
-        let patch_embed = PatchEmbed::new(vs / "patch_embed", cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+        let patch_embed = PatchEmbed::new(
+            vs / "patch_embed",
+            cfg.img_size,
+            cfg.patch_size,
+            cfg.in_chans,
+            cfg.embed_dim,
+        );
         let num_patches = patch_embed.num_patches;
         let mut cls_token = vs.zeros("cls_token", &[1, 1, cfg.embed_dim]);
         let mut pos_embed = vs.zeros("pos_embed", &[1, num_patches + 1, cfg.embed_dim]);
@@ -65,15 +73,34 @@ impl VisionTransformer {
         trunc_normal_(&mut cls_token, 0.02);
         let dpr = linspace_f32(0., cfg.drop_path_rate, cfg.depth); // stochastic depth decay rule
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(vs / "blocks" / i, cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, dpr[i as usize], init))
+            .map(|i| {
+                Block::new(
+                    vs / "blocks" / i,
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    cfg.mlp_ratio,
+                    dpr[i as usize],
+                    init,
+                )
+            })
             .collect();
         let (norm, fc_norm) = if cfg.global_pool {
             (None, Some(layer_norm(vs / "fc_norm", cfg.embed_dim)))
         } else {
             (Some(layer_norm(vs / "norm", cfg.embed_dim)), None)
         };
-        let head = (cfg.num_classes > 0).then(|| linear(vs / "head", cfg.embed_dim, cfg.num_classes, init));
-        VisionTransformer { patch_embed, cls_token, pos_embed, blocks, norm, fc_norm, head, global_pool: cfg.global_pool }
+        let head = (cfg.num_classes > 0)
+            .then(|| linear(vs / "head", cfg.embed_dim, cfg.num_classes, init));
+        VisionTransformer {
+            patch_embed,
+            cls_token,
+            pos_embed,
+            blocks,
+            norm,
+            fc_norm,
+            head,
+            global_pool: cfg.global_pool,
+        }
     }
 
     /// Selects the attention kernel of every block.
@@ -97,7 +124,9 @@ impl VisionTransformer {
 
         Ok(match (&self.fc_norm, &self.norm) {
             (Some(fc_norm), _) => {
-                let x = x.narrow(1, 1, x.size()[1] - 1).mean_dim(1, false, None::<Kind>); // global pool without cls token
+                let x = x
+                    .narrow(1, 1, x.size()[1] - 1)
+                    .mean_dim(1, false, None::<Kind>); // global pool without cls token
                 x.apply(fc_norm)
             }
             (None, Some(norm)) => x.apply(norm).select(1, 0),
@@ -117,12 +146,31 @@ impl VisionTransformer {
 
 /// `[x.item() for x in torch.linspace(start, end, steps)]`, computed in f32 as torch does.
 fn linspace_f32(start: f64, end: f64, steps: i64) -> Vec<f64> {
-    Vec::<f64>::try_from(Tensor::linspace(start, end, steps, (Kind::Float, tch::Device::Cpu)).to_kind(Kind::Double))
-        .expect("linspace")
+    Vec::<f64>::try_from(
+        Tensor::linspace(start, end, steps, (Kind::Float, tch::Device::Cpu)).to_kind(Kind::Double),
+    )
+    .expect("linspace")
 }
 
-fn vit(vs: &nn::Path, cfg: VitConfig, patch_size: i64, embed_dim: i64, depth: i64, num_heads: i64) -> VisionTransformer {
-    VisionTransformer::new(vs, &VitConfig { patch_size, embed_dim, depth, num_heads, mlp_ratio: 4., ..cfg })
+fn vit(
+    vs: &nn::Path,
+    cfg: VitConfig,
+    patch_size: i64,
+    embed_dim: i64,
+    depth: i64,
+    num_heads: i64,
+) -> VisionTransformer {
+    VisionTransformer::new(
+        vs,
+        &VitConfig {
+            patch_size,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 4.,
+            ..cfg
+        },
+    )
 }
 
 pub fn vit_base_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
@@ -143,7 +191,12 @@ pub fn vit_tiny_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
 }
 
 /// The names `--model` accepts (`models_vit.__dict__[args.model]`).
-pub const MODEL_NAMES: [&str; 4] = ["vit_base_patch16", "vit_large_patch16", "vit_huge_patch14", "vit_tiny_patch4"];
+pub const MODEL_NAMES: [&str; 4] = [
+    "vit_base_patch16",
+    "vit_large_patch16",
+    "vit_huge_patch14",
+    "vit_tiny_patch4",
+];
 
 /// Builds the model named `name`; `cfg` carries the keyword arguments (`num_classes`,
 /// `drop_path_rate`, `global_pool`, `img_size`).
@@ -153,6 +206,9 @@ pub fn build(name: &str, vs: &nn::Path, cfg: VitConfig) -> Result<VisionTransfor
         "vit_large_patch16" => vit_large_patch16(vs, cfg),
         "vit_huge_patch14" => vit_huge_patch14(vs, cfg),
         "vit_tiny_patch4" => vit_tiny_patch4(vs, cfg),
-        _ => bail!("unknown model {name:?}; valid names: {}", MODEL_NAMES.join(", ")),
+        _ => bail!(
+            "unknown model {name:?}; valid names: {}",
+            MODEL_NAMES.join(", ")
+        ),
     })
 }

@@ -140,7 +140,6 @@ def save_pth(path, sd):
 
     sd = {k: v.contiguous() for k, v in sd.items()}
     torch.save({"model": sd}, path)
-    save_io(path[: -len(".pth")] + ".safetensors", sd)  # until util::checkpoint reads .pth
 
 
 def save_io(path, tensors):

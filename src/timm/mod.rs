@@ -14,7 +14,10 @@ use tch::nn;
 
 /// `partial(nn.LayerNorm, eps=1e-6)`, the `norm_layer` of every MAE model (tch's default is 1e-5).
 pub fn layer_norm(vs: nn::Path, dim: i64) -> nn::LayerNorm {
-    let cfg = nn::LayerNormConfig { eps: 1e-6, ..Default::default() };
+    let cfg = nn::LayerNormConfig {
+        eps: 1e-6,
+        ..Default::default()
+    };
     nn::layer_norm(vs, vec![dim], cfg)
 }
 
@@ -29,7 +32,12 @@ pub enum LinearInit {
 
 /// An `nn.Linear(in_dim, out_dim)` initialised as `init` says, with a zero bias.
 pub fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, init: LinearInit) -> nn::Linear {
-    let cfg = nn::LinearConfig { bs_init: Some(nn::Init::Const(0.)), ..Default::default() };
+    // zeros cost nothing to allocate; `init` is the one random pass
+    let cfg = nn::LinearConfig {
+        ws_init: nn::Init::Const(0.),
+        bs_init: Some(nn::Init::Const(0.)),
+        bias: true,
+    };
     let mut fc = nn::linear(vs, in_dim, out_dim, cfg);
     tch::no_grad(|| match init {
         LinearInit::XavierUniform => xavier_uniform_(&mut fc.ws),

@@ -18,13 +18,32 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     /// `proj` keeps PyTorch's Conv2d default init (uniform ±1/sqrt(fan_in) for weight and bias);
     /// models_mae.py re-initialises the weight, timm 0.3.2 leaves it.
-    pub fn new(vs: nn::Path, img_size: i64, patch_size: i64, in_chans: i64, embed_dim: i64) -> Self {
+    pub fn new(
+        vs: nn::Path,
+        img_size: i64,
+        patch_size: i64,
+        in_chans: i64,
+        embed_dim: i64,
+    ) -> Self {
         let bound = 1. / ((in_chans * patch_size * patch_size) as f64).sqrt();
-        let init = nn::Init::Uniform { lo: -bound, up: bound };
-        let cfg = nn::ConvConfig { stride: patch_size, ws_init: init, bs_init: init, ..Default::default() };
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let cfg = nn::ConvConfig {
+            stride: patch_size,
+            ws_init: init,
+            bs_init: init,
+            ..Default::default()
+        };
         let proj = nn::conv2d(vs / "proj", in_chans, embed_dim, patch_size, cfg);
         let num_patches = (img_size / patch_size) * (img_size / patch_size);
-        PatchEmbed { img_size, patch_size, num_patches, proj }
+        PatchEmbed {
+            img_size,
+            patch_size,
+            num_patches,
+            proj,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -90,9 +109,16 @@ impl Module for Attention {
                 let attn = q.matmul(&k.transpose(-2, -1)) * self.scale;
                 attn.softmax(-1, q.kind()).matmul(&v)
             }
-            AttentionImpl::Sdpa => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0., false, self.scale, false)
-            }
+            AttentionImpl::Sdpa => Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.,
+                false,
+                self.scale,
+                false,
+            ),
         };
         x.transpose(1, 2).reshape([b, n, c]).apply(&self.proj) // [B, N, C]
     }
@@ -130,7 +156,14 @@ pub struct Block {
 
 impl Block {
     /// `Block(dim, num_heads, mlp_ratio, qkv_bias=True, qk_scale=None, drop_path, norm_layer)`.
-    pub fn new(vs: nn::Path, dim: i64, num_heads: i64, mlp_ratio: f64, drop_path: f64, init: LinearInit) -> Self {
+    pub fn new(
+        vs: nn::Path,
+        dim: i64,
+        num_heads: i64,
+        mlp_ratio: f64,
+        drop_path: f64,
+        init: LinearInit,
+    ) -> Self {
         Block {
             norm1: layer_norm(&vs / "norm1", dim),
             attn: Attention::new(&vs / "attn", dim, num_heads, init),
@@ -143,7 +176,13 @@ impl Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x + x.apply(&self.norm1).apply(&self.attn).apply_t(&self.drop_path, train);
-        &x + x.apply(&self.norm2).apply(&self.mlp).apply_t(&self.drop_path, train)
+        let x = x + x
+            .apply(&self.norm1)
+            .apply(&self.attn)
+            .apply_t(&self.drop_path, train);
+        &x + x
+            .apply(&self.norm2)
+            .apply(&self.mlp)
+            .apply_t(&self.drop_path, train)
     }
 }

@@ -7,10 +7,22 @@ use tch::Tensor;
 pub fn trunc_normal_(t: &mut Tensor, std: f64) {
     let (mean, a, b) = (0., -2., 2.);
     // Computes standard normal cumulative distribution function
-    let norm_cdf = |x: f64| (1. + Tensor::from(x / std::f64::consts::SQRT_2).erf().double_value(&[])) / 2.;
+    let norm_cdf = |x: f64| {
+        (1. + Tensor::from(x / std::f64::consts::SQRT_2)
+            .erf()
+            .double_value(&[]))
+            / 2.
+    };
     let l = norm_cdf((a - mean) / std);
     let u = norm_cdf((b - mean) / std);
     tch::no_grad(|| {
+        if l == 0. && u == 1. {
+            // [a, b] lies beyond ±8.3 std, so the inverse CDF below is erfinv of uniform(-1, 1):
+            // a plain normal. Sample it directly (erfinv is far slower on CPU).
+            let _ = t.normal_(mean, std);
+            let _ = t.clamp_(a, b);
+            return;
+        }
         let _ = t.uniform_(2. * l - 1., 2. * u - 1.);
         let _ = t.erfinv_();
         let _ = t.g_mul_scalar_(std * std::f64::consts::SQRT_2);

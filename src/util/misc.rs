@@ -25,13 +25,19 @@ pub struct LoadReport {
 
 impl LoadReport {
     pub fn is_clean(&self) -> bool {
-        self.missing_keys.is_empty() && self.unexpected_keys.is_empty() && self.mismatched_keys.is_empty()
+        self.missing_keys.is_empty()
+            && self.unexpected_keys.is_empty()
+            && self.mismatched_keys.is_empty()
     }
 }
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "missing_keys={:?}, unexpected_keys={:?}", self.missing_keys, self.unexpected_keys)?;
+        write!(
+            f,
+            "missing_keys={:?}, unexpected_keys={:?}",
+            self.missing_keys, self.unexpected_keys
+        )?;
         for (k, from, to) in &self.mismatched_keys {
             write!(f, ", size mismatch for {k}: copying a param with shape {from:?} from checkpoint, the shape in current model is {to:?}")?;
         }
@@ -42,7 +48,11 @@ impl std::fmt::Display for LoadReport {
 /// `model.load_state_dict(sd, strict)` on a VarStore: copies tensor for tensor under no_grad
 /// (casting dtype / moving device as needed) and reports what did not match. Strict: any
 /// missing, unexpected or mismatched key is an error that lists them, and nothing is copied.
-pub fn load_state_dict(vs: &mut nn::VarStore, sd: Vec<(String, Tensor)>, strict: bool) -> Result<LoadReport> {
+pub fn load_state_dict(
+    vs: &mut nn::VarStore,
+    sd: Vec<(String, Tensor)>,
+    strict: bool,
+) -> Result<LoadReport> {
     let mut vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut report = LoadReport::default();
     let mut copies = Vec::new();
@@ -62,13 +72,22 @@ pub fn load_state_dict(vs: &mut nn::VarStore, sd: Vec<(String, Tensor)>, strict:
 }
 
 /// Resizes `key` of a checkpoint to the model's patch grid (`interpolate_pos_embed`).
-fn interpolate_to(sd: &mut [(String, Tensor)], key: &str, pos_embed: &Tensor, num_patches: i64) -> Result<()> {
+fn interpolate_to(
+    sd: &mut [(String, Tensor)],
+    key: &str,
+    pos_embed: &Tensor,
+    num_patches: i64,
+) -> Result<()> {
     interpolate_pos_embed(sd, key, num_patches, pos_embed.size()[1] - num_patches)
 }
 
 /// A pre-training checkpoint (`checkpoint['model']` of main_pretrain.py) into `model`, strictly;
 /// `pos_embed` / `decoder_pos_embed` are interpolated when the checkpoint's resolution differs.
-pub fn load_mae_checkpoint(vs: &mut nn::VarStore, model: &MaskedAutoencoderViT, mut sd: Vec<(String, Tensor)>) -> Result<LoadReport> {
+pub fn load_mae_checkpoint(
+    vs: &mut nn::VarStore,
+    model: &MaskedAutoencoderViT,
+    mut sd: Vec<(String, Tensor)>,
+) -> Result<LoadReport> {
     let n = model.patch_embed.num_patches;
     interpolate_to(&mut sd, "pos_embed", &model.pos_embed, n)?;
     interpolate_to(&mut sd, "decoder_pos_embed", &model.decoder_pos_embed, n)?;
@@ -77,8 +96,17 @@ pub fn load_mae_checkpoint(vs: &mut nn::VarStore, model: &MaskedAutoencoderViT, 
 
 /// A fine-tuned checkpoint (main_finetune.py `--resume` / `--eval`) into `model`, strictly;
 /// `pos_embed` is interpolated when the checkpoint's resolution differs.
-pub fn load_vit_checkpoint(vs: &mut nn::VarStore, model: &VisionTransformer, mut sd: Vec<(String, Tensor)>) -> Result<LoadReport> {
-    interpolate_to(&mut sd, "pos_embed", &model.pos_embed, model.patch_embed.num_patches)?;
+pub fn load_vit_checkpoint(
+    vs: &mut nn::VarStore,
+    model: &VisionTransformer,
+    mut sd: Vec<(String, Tensor)>,
+) -> Result<LoadReport> {
+    interpolate_to(
+        &mut sd,
+        "pos_embed",
+        &model.pos_embed,
+        model.patch_embed.num_patches,
+    )?;
     load_state_dict(vs, sd, true)
 }
 
@@ -93,7 +121,8 @@ pub fn load_pretrained_for_finetune(
 ) -> Result<LoadReport> {
     let state_dict: HashMap<String, Tensor> = vs.variables();
     sd.retain(|(k, t)| {
-        let drop = (k == "head.weight" || k == "head.bias") && state_dict.get(k).is_some_and(|v| v.size() != t.size());
+        let drop = (k == "head.weight" || k == "head.bias")
+            && state_dict.get(k).is_some_and(|v| v.size() != t.size());
         if drop {
             println!("Removing key {k} from pretrained checkpoint");
         }
@@ -101,12 +130,20 @@ pub fn load_pretrained_for_finetune(
     });
 
     // interpolate position embedding
-    interpolate_to(&mut sd, "pos_embed", &model.pos_embed, model.patch_embed.num_patches)?;
+    interpolate_to(
+        &mut sd,
+        "pos_embed",
+        &model.pos_embed,
+        model.patch_embed.num_patches,
+    )?;
 
     // load pre-trained model
     let msg = load_state_dict(vs, sd, false)?;
     println!("{msg}");
-    ensure!(msg.mismatched_keys.is_empty(), "pre-trained checkpoint does not fit the model: {msg}");
+    ensure!(
+        msg.mismatched_keys.is_empty(),
+        "pre-trained checkpoint does not fit the model: {msg}"
+    );
     let mut want = vec!["head.bias", "head.weight"];
     if model.global_pool {
         want.extend(["fc_norm.bias", "fc_norm.weight"]);
@@ -114,11 +151,277 @@ pub fn load_pretrained_for_finetune(
     let mut missing: Vec<&str> = msg.missing_keys.iter().map(String::as_str).collect();
     missing.sort();
     want.sort();
-    ensure!(missing == want, "pre-trained checkpoint: missing keys {missing:?}, expected exactly {want:?}");
+    ensure!(
+        missing == want,
+        "pre-trained checkpoint: missing keys {missing:?}, expected exactly {want:?}"
+    );
 
     // manually initialize fc layer
     if let Some(head) = &mut model.head {
         trunc_normal_(&mut head.ws, 2e-5);
     }
     Ok(msg)
+}
+
+// --------------------------------------------------------
+// Training utilities of util/misc.py: SmoothedValue / MetricLogger, NativeScalerWithGradNormCount,
+// save_model / load_model (training checkpoints, resumable).
+
+use crate::util::pickle::Value;
+
+/// Track a series of values and provide access to smoothed values over a window or the global
+/// series average.
+#[derive(Debug, Clone)]
+pub struct SmoothedValue {
+    deque: std::collections::VecDeque<f64>,
+    window_size: usize,
+    pub total: f64,
+    pub count: usize,
+}
+
+impl SmoothedValue {
+    pub fn new(window_size: usize) -> Self {
+        SmoothedValue {
+            deque: Default::default(),
+            window_size,
+            total: 0.,
+            count: 0,
+        }
+    }
+
+    pub fn update(&mut self, value: f64) {
+        if self.deque.len() == self.window_size {
+            self.deque.pop_front();
+        }
+        self.deque.push_back(value);
+        self.count += 1;
+        self.total += value;
+    }
+
+    /// `torch.tensor(list(deque)).median()`: the lower middle value for an even count.
+    pub fn median(&self) -> f64 {
+        let mut d: Vec<f64> = self.deque.iter().copied().collect();
+        d.sort_by(f64::total_cmp);
+        d.get((d.len().max(1) - 1) / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    pub fn avg(&self) -> f64 {
+        self.deque.iter().sum::<f64>() / self.deque.len() as f64
+    }
+
+    pub fn global_avg(&self) -> f64 {
+        self.total / self.count as f64
+    }
+
+    pub fn value(&self) -> f64 {
+        self.deque.back().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// `MetricLogger(delimiter="  ")` with the meters `train_one_epoch` uses: `lr` (window 1, printed
+/// `{value:.6f}`) and `loss` (`{median:.4f} ({global_avg:.4f})`).
+#[derive(Debug, Clone)]
+pub struct MetricLogger {
+    pub lr: SmoothedValue,
+    pub loss: SmoothedValue,
+}
+
+impl Default for MetricLogger {
+    fn default() -> Self {
+        MetricLogger {
+            lr: SmoothedValue::new(1),
+            loss: SmoothedValue::new(20),
+        }
+    }
+}
+
+impl std::fmt::Display for MetricLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lr: {:.6}  loss: {:.4} ({:.4})",
+            self.lr.value(),
+            self.loss.median(),
+            self.loss.global_avg()
+        )
+    }
+}
+
+/// `NativeScalerWithGradNormCount`: backward, then (every `update_grad`) the optimizer step,
+/// through `torch.cuda.amp.GradScaler` semantics when enabled (CUDA): the loss is multiplied by
+/// `scale`, gradients unscaled before the step, the step skipped and `scale` halved on inf/NaN
+/// gradients, `scale` doubled after `growth_interval` good steps. On CPU the official GradScaler
+/// disables itself ("CUDA is not available. Disabling") and saves an empty state dict; so here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeScalerWithGradNormCount {
+    pub enabled: bool,
+    pub scale: f64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: i64,
+    pub growth_tracker: i64,
+}
+
+impl NativeScalerWithGradNormCount {
+    pub fn new(enabled: bool) -> Self {
+        NativeScalerWithGradNormCount {
+            enabled,
+            scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            growth_tracker: 0,
+        }
+    }
+
+    /// `loss_scaler(loss, optimizer, update_grad=...)`; returns whether the optimizer stepped.
+    pub fn call(
+        &mut self,
+        loss: &Tensor,
+        optimizer: &mut crate::util::optim::AdamW,
+        update_grad: bool,
+    ) -> bool {
+        if !self.enabled {
+            loss.backward();
+            if update_grad {
+                optimizer.step();
+            }
+            return update_grad;
+        }
+        (loss * self.scale).backward();
+        if !update_grad {
+            return false;
+        }
+        // unscale_: grads *= 1 / scale (computed in double, as GradScaler), inf/NaN check
+        let inv_scale = 1. / self.scale;
+        let mut found_inf = false;
+        tch::no_grad(|| {
+            for p in optimizer.param_groups.iter().flat_map(|g| &g.params) {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(inv_scale as f32 as f64);
+                    found_inf |= g.isfinite().all().int64_value(&[]) == 0;
+                }
+            }
+        });
+        if !found_inf {
+            optimizer.step();
+        }
+        // update
+        if found_inf {
+            self.scale *= self.backoff_factor;
+            self.growth_tracker = 0;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == self.growth_interval {
+                self.scale *= self.growth_factor;
+                self.growth_tracker = 0;
+            }
+        }
+        !found_inf
+    }
+
+    /// `GradScaler.state_dict()`: `{}` when disabled.
+    pub fn state_dict(&self) -> Value {
+        if !self.enabled {
+            return Value::Dict(vec![]);
+        }
+        let s = |k: &str| Value::Str(k.into());
+        Value::Dict(vec![
+            (s("scale"), Value::Float(self.scale)),
+            (s("growth_factor"), Value::Float(self.growth_factor)),
+            (s("backoff_factor"), Value::Float(self.backoff_factor)),
+            (s("growth_interval"), Value::Int(self.growth_interval)),
+            (s("_growth_tracker"), Value::Int(self.growth_tracker)),
+        ])
+    }
+
+    pub fn load_state_dict(&mut self, sd: &Value) -> Result<()> {
+        if sd.as_dict().is_none_or(|d| d.is_empty()) {
+            return Ok(()); // saved by a disabled scaler
+        }
+        let f = |k: &str| sd.get(k).and_then(Value::as_float);
+        let i = |k: &str| sd.get(k).and_then(Value::as_int);
+        match (f("scale"), i("_growth_tracker")) {
+            (Some(scale), Some(tracker)) => {
+                self.scale = scale;
+                self.growth_tracker = tracker;
+            }
+            _ => bail!("scaler state dict without 'scale' / '_growth_tracker'"),
+        }
+        self.growth_factor = f("growth_factor").unwrap_or(self.growth_factor);
+        self.backoff_factor = f("backoff_factor").unwrap_or(self.backoff_factor);
+        self.growth_interval = i("growth_interval").unwrap_or(self.growth_interval);
+        Ok(())
+    }
+}
+
+/// `model_without_ddp.state_dict()`: every variable, in PyTorch's `named_parameters` order.
+pub fn model_state_dict(vs: &nn::VarStore) -> Value {
+    Value::Dict(
+        crate::util::optim::named_parameters(vs)
+            .into_iter()
+            .map(|(k, t)| (Value::Str(k), Value::Tensor(t.detach())))
+            .collect(),
+    )
+}
+
+/// `misc.save_model`: `output_dir/checkpoint-{epoch}.pth` holding `{'model', 'optimizer',
+/// 'epoch', 'scaler', 'args'}`; `args` is a plain dict (not an `argparse.Namespace`) so that
+/// `torch.load(path, weights_only=True)` reads the whole file. Written atomically.
+pub fn save_model(
+    output_dir: &std::path::Path,
+    args: Value,
+    epoch: i64,
+    vs: &nn::VarStore,
+    optimizer: &crate::util::optim::AdamW,
+    loss_scaler: &NativeScalerWithGradNormCount,
+) -> Result<std::path::PathBuf> {
+    let checkpoint_path = output_dir.join(format!("checkpoint-{epoch}.pth"));
+    let s = |k: &str| Value::Str(k.into());
+    let to_save = Value::Dict(vec![
+        (s("model"), model_state_dict(vs)),
+        (s("optimizer"), optimizer.state_dict()),
+        (s("epoch"), Value::Int(epoch)),
+        (s("scaler"), loss_scaler.state_dict()),
+        (s("args"), args),
+    ]);
+    crate::util::checkpoint::save(&checkpoint_path, &to_save)?;
+    Ok(checkpoint_path)
+}
+
+/// `misc.load_model` with `args.resume` set: the model strictly, then (when the file has them)
+/// optimizer, scaler and epoch. Returns the epoch to start from (`checkpoint['epoch'] + 1`).
+pub fn load_model(
+    resume: &std::path::Path,
+    vs: &mut nn::VarStore,
+    optimizer: &mut crate::util::optim::AdamW,
+    loss_scaler: &mut NativeScalerWithGradNormCount,
+) -> Result<Option<i64>> {
+    use anyhow::Context;
+    let checkpoint = crate::util::checkpoint::load(resume)?;
+    let model = checkpoint
+        .get("model")
+        .cloned()
+        .with_context(|| format!("{}: no 'model' entry", resume.display()))?;
+    let sd = crate::util::checkpoint::state_dict(model)
+        .with_context(|| format!("{}: 'model'", resume.display()))?;
+    load_state_dict(vs, sd, true).with_context(|| format!("resuming from {}", resume.display()))?;
+    println!("Resume checkpoint {}", resume.display());
+    let (Some(opt), Some(epoch)) = (
+        checkpoint.get("optimizer"),
+        checkpoint.get("epoch").and_then(Value::as_int),
+    ) else {
+        return Ok(None);
+    };
+    optimizer
+        .load_state_dict(opt)
+        .with_context(|| format!("{}: 'optimizer'", resume.display()))?;
+    if let Some(scaler) = checkpoint.get("scaler") {
+        loss_scaler
+            .load_state_dict(scaler)
+            .with_context(|| format!("{}: 'scaler'", resume.display()))?;
+    }
+    println!("With optim & sched!");
+    Ok(Some(epoch + 1))
 }

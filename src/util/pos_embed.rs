@@ -16,7 +16,9 @@ use tch::{Kind, Tensor};
 pub fn get_2d_sincos_pos_embed(embed_dim: i64, grid_size: i64, cls_token: bool) -> Tensor {
     let emb = get_2d_sincos_pos_embed_f64(embed_dim, grid_size, cls_token);
     let rows = emb.len() as i64 / embed_dim;
-    Tensor::from_slice(&emb).reshape([rows, embed_dim]).to_kind(Kind::Float)
+    Tensor::from_slice(&emb)
+        .reshape([rows, embed_dim])
+        .to_kind(Kind::Float)
 }
 
 /// The f64 table of [`get_2d_sincos_pos_embed`], row-major.
@@ -41,7 +43,9 @@ fn get_1d_sincos_pos_embed(embed_dim: i64, pos: f64) -> impl Iterator<Item = f64
     assert!(embed_dim % 2 == 0);
     let half = embed_dim / 2;
     let out = move |d: i64| pos * (1. / 10000f64.powf(d as f64 / (embed_dim as f64 / 2.))); // (D/2,)
-    (0..half).map(move |d| out(d).sin()).chain((0..half).map(move |d| out(d).cos()))
+    (0..half)
+        .map(move |d| out(d).sin())
+        .chain((0..half).map(move |d| out(d).cos()))
 }
 
 // --------------------------------------------------------
@@ -61,11 +65,15 @@ pub fn interpolate_pos_embed(
     num_patches: i64,
     num_extra_tokens: i64,
 ) -> Result<()> {
-    let Some((_, pos_embed_checkpoint)) = checkpoint_model.iter_mut().find(|(k, _)| k == key) else {
+    let Some((_, pos_embed_checkpoint)) = checkpoint_model.iter_mut().find(|(k, _)| k == key)
+    else {
         return Ok(());
     };
     let size = pos_embed_checkpoint.size();
-    ensure!(size.len() == 3 && size[0] == 1, "checkpoint {key} has shape {size:?}, expected [1, tokens, dim]");
+    ensure!(
+        size.len() == 3 && size[0] == 1,
+        "checkpoint {key} has shape {size:?}, expected [1, tokens, dim]"
+    );
     let embedding_size = size[2];
     // height (== width) for the checkpoint position embedding
     let orig_size = ((size[1] - num_extra_tokens) as f64).sqrt() as i64;
@@ -107,7 +115,16 @@ mod tests {
         assert!(t[..8].iter().all(|&v| v == 0.));
         let row = &t[(1 + 1 * g as usize + 2) * 8..][..8]; // i = 1, j = 2
         let om: [f64; 2] = [1., 0.01];
-        let want = [(2. * om[0]).sin(), (2. * om[1]).sin(), (2. * om[0]).cos(), (2. * om[1]).cos(), om[0].sin(), om[1].sin(), om[0].cos(), om[1].cos()];
+        let want = [
+            (2. * om[0]).sin(),
+            (2. * om[1]).sin(),
+            (2. * om[0]).cos(),
+            (2. * om[1]).cos(),
+            om[0].sin(),
+            om[1].sin(),
+            om[0].cos(),
+            om[1].cos(),
+        ];
         for (a, b) in row.iter().zip(want) {
             assert!((a - b).abs() < 1e-15, "{row:?} vs {want:?}");
         }

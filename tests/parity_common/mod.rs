@@ -30,8 +30,8 @@ pub fn big_model_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// The state dict of a fixture checkpoint `NAME.pth` (torch.save({'model': sd})).
 pub fn load_checkpoint(dir: &Path, name: &str) -> Vec<(String, Tensor)> {
-    let path = dir.join(format!("{name}.safetensors"));
-    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let path = dir.join(format!("{name}.pth"));
+    mae::util::checkpoint::load_state_dict(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn load_io(dir: &Path, name: &str) -> HashMap<String, Tensor> {
