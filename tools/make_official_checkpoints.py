@@ -20,7 +20,7 @@ import zlib
 import torch
 from safetensors.torch import load_file, save_file
 
-FIXTURE_VERSION = "3"
+FIXTURE_VERSION = "4"
 REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 ALL_DTYPES = {
@@ -102,7 +102,10 @@ def training_extras(sd, dtype, gen, all_args):
         "empty": torch.zeros(0, 3, dtype=dtype),
         "dtypes": {name: specials(d, gen) for name, d in ALL_DTYPES.items()},
         "nested": [1, (2, 3.25, "x"), {"k": None, 7: True, "bytes": b"\x00\xffab"}, [base[1:3]]],
+        "param": torch.nn.Parameter(torch.randn(3, generator=gen).to(dtype)),
+        "param_with_state": torch.nn.Parameter(torch.randn(2, 2, generator=gen).to(dtype), requires_grad=False),
     }
+    views["param_with_state"].note = "an attribute: pickled by _rebuild_parameter_with_state"
     return {"optimizer": opt.state_dict(), "epoch": 399, "scaler": scaler, "args": args, "views": views}
 
 
