@@ -4,7 +4,10 @@
 //! `models_vit` ↔ `models_vit.py`, `util::*` ↔ `util/*.py`. The timm parts MAE imports live in
 //! `timm`. VarStore names are the official `state_dict` keys.
 
+pub mod engine_finetune;
 pub mod inspect;
+pub mod mae_visualize;
+pub mod main_finetune;
 pub mod models_mae;
 pub mod models_vit;
 pub mod timm;

@@ -16,12 +16,21 @@ struct Cli {
 enum Command {
     /// Print the structure, tensors and detected official model of a checkpoint (.pth or .safetensors).
     Inspect(mae::inspect::Args),
+    /// Evaluate a fine-tuned classifier on DATA_PATH/val (main_finetune.py --eval): Acc@1, Acc@5, loss.
+    Eval(mae::main_finetune::Args),
+    /// Show MAE reconstructions of images (demo/mae_visualize.ipynb) in one PNG.
+    Visualize(mae::mae_visualize::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => mae::inspect::run(&args),
+        Command::Eval(args) => mae::main_finetune::main(&mae::main_finetune::Args {
+            eval: true,
+            ..args
+        }),
+        Command::Visualize(args) => mae::mae_visualize::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

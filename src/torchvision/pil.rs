@@ -2,9 +2,10 @@
 //!
 //! torchvision's `Resize`/`RandomResizedCrop` on PIL images and the official demo's
 //! `img.resize((224, 224))` all end in Pillow's `ImagingResample` (src/libImaging/Resample.c):
-//! a separable convolution, horizontal pass then vertical pass, whose support widens with the
-//! downscale factor (antialiasing), with coefficients rounded to 22-bit fixed point. Ported
-//! here step for step so the pixels are identical, not merely close.
+//! a separable convolution, horizontal pass then vertical pass (Pillow ≥ 13 sometimes runs the
+//! vertical pass first: [`PassOrder`]), whose support widens with the downscale factor
+//! (antialiasing), with coefficients rounded to 22-bit fixed point. Ported here step for step so
+//! the pixels are identical, not merely close.
 use image::RgbImage;
 
 /// Pillow's resampling filters (`Image.Resampling`).
@@ -158,9 +159,47 @@ fn resample_vertical(src: &[u8], width: usize, c: &Coeffs) -> Vec<u8> {
     out
 }
 
-/// `Image.resize((width, height), filter)` of an RGB image, bit-exact with Pillow
-/// (`ImagingResampleInner`: horizontal pass first, restricted to the rows the vertical pass reads).
+/// Which Pillow's pass order [`resize_with`] reproduces. The two orders round differently, so
+/// pixels differ by a level here and there when the height shrinks much more than the width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassOrder {
+    /// Pillow ≤ 12 (the official MAE numbers): always horizontal pass, then vertical pass.
+    #[default]
+    Pillow12,
+    /// Pillow ≥ 13: vertical pass first when the height shrinks by more than twice as many
+    /// pixels as the width (`ImagingResampleInner`'s `horizontal_first`).
+    Pillow13,
+}
+
+/// `--pillow 12` / `--pillow 13`.
+impl std::str::FromStr for PassOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "12" => Ok(PassOrder::Pillow12),
+            "13" => Ok(PassOrder::Pillow13),
+            _ => Err(format!(
+                "expected 12 or 13 (the Pillow version to match), got {s:?}"
+            )),
+        }
+    }
+}
+
+/// `Image.resize((width, height), filter)` of an RGB image with Pillow ≤ 12, bit-exact.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+    resize_with(img, width, height, filter, PassOrder::Pillow12)
+}
+
+/// `Image.resize((width, height), filter)` of an RGB image, bit-exact with the Pillow `order`
+/// names (`ImagingResampleInner`: the horizontal pass, when first, only computes the rows the
+/// vertical pass reads).
+pub fn resize_with(
+    img: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Filter,
+    order: PassOrder,
+) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (out_w, out_h) = (width as usize, height as usize);
     if out_w == 0 || out_h == 0 || in_w == 0 || in_h == 0 {
@@ -168,19 +207,28 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbIma
     }
     let horiz = precompute_coeffs(in_w, 0.0, in_w as f64, out_w, filter);
     let mut vert = precompute_coeffs(in_h, 0.0, in_h as f64, out_h, filter);
+    let (dh, dw) = (in_h as i64 - out_h as i64, in_w as i64 - out_w as i64);
+    let horizontal_first = order == PassOrder::Pillow12 || !(dh > 0 && dh > dw * 2);
     let mut data = img.as_raw().clone();
-    let mut w = in_w;
-    if out_w != in_w {
-        let first = vert.bounds[0].0;
-        let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
-        for b in vert.bounds.iter_mut() {
-            b.0 -= first;
+    if horizontal_first {
+        let mut w = in_w;
+        if out_w != in_w {
+            let first = vert.bounds[0].0;
+            let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
+            for b in vert.bounds.iter_mut() {
+                b.0 -= first;
+            }
+            data = resample_horizontal(&data, in_w, first, last - first, &horiz);
+            w = out_w;
         }
-        data = resample_horizontal(&data, in_w, first, last - first, &horiz);
-        w = out_w;
-    }
-    if out_h != in_h {
-        data = resample_vertical(&data, w, &vert);
+        if out_h != in_h {
+            data = resample_vertical(&data, w, &vert);
+        }
+    } else {
+        data = resample_vertical(&data, in_w, &vert); // out_h != in_h here
+        if out_w != in_w {
+            data = resample_horizontal(&data, in_w, 0, out_h, &horiz);
+        }
     }
     RgbImage::from_raw(width, height, data).expect("resampled buffer has width*height*3 bytes")
 }

@@ -1,6 +1,6 @@
 //! The torchvision transforms MAE composes (`Resize`, `CenterCrop`, `ToTensor`, `Normalize`),
 //! on PIL-exact RGB images, giving the same float32 tensors as torchvision.
-use super::pil::{self, Filter};
+use super::pil::{self, Filter, PassOrder};
 use image::RgbImage;
 use tch::Tensor;
 
@@ -21,6 +21,11 @@ fn round_half_even(x: f64) -> i64 {
 /// `transforms.Resize(size)` with an int: the shorter side becomes `size`, the longer
 /// `int(size * long / short)`; unchanged when already that size.
 pub fn resize(img: &RgbImage, size: u32, filter: Filter) -> RgbImage {
+    resize_with(img, size, filter, PassOrder::Pillow12)
+}
+
+/// [`resize`] with the resampling of the Pillow `order` names.
+pub fn resize_with(img: &RgbImage, size: u32, filter: Filter, order: PassOrder) -> RgbImage {
     let (w, h) = (img.width(), img.height());
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     let new_long = (size as f64 * long as f64 / short as f64) as u32;
@@ -32,7 +37,7 @@ pub fn resize(img: &RgbImage, size: u32, filter: Filter) -> RgbImage {
     if (nw, nh) == (w, h) {
         return img.clone();
     }
-    pil::resize(img, nw, nh, filter)
+    pil::resize_with(img, nw, nh, filter, order)
 }
 
 /// `PIL.Image.crop((left, top, left + width, top + height))`; areas outside the image are black.
@@ -92,13 +97,18 @@ pub fn to_tensor_normalize(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Ten
 /// bicubic) with crop_pct 224/256 up to 224 (1.0 above), CenterCrop(input_size), ToTensor,
 /// Normalize(ImageNet mean/std).
 pub fn eval_transform(img: &RgbImage, input_size: u32) -> Tensor {
+    eval_transform_with(img, input_size, PassOrder::Pillow12)
+}
+
+/// [`eval_transform`] with the resampling of the Pillow `order` names.
+pub fn eval_transform_with(img: &RgbImage, input_size: u32, order: PassOrder) -> Tensor {
     let crop_pct = if input_size <= 224 {
         224.0 / 256.0
     } else {
         1.0
     };
     let size = (input_size as f64 / crop_pct) as u32;
-    let img = resize(img, size, Filter::Bicubic);
+    let img = resize_with(img, size, Filter::Bicubic, order);
     let img = center_crop(&img, input_size, input_size);
     to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 }
