@@ -677,3 +677,105 @@ fn legacy_empty_and_garbage_files_are_refused() {
     st.resize(108, b' ');
     expect_error("short.safetensors", &st, &["data_offsets"]);
 }
+
+/// `mae inspect` (the binary) names the official model of every reference checkpoint.
+#[test]
+fn inspect_names_the_model_of_every_reference_checkpoint() {
+    let Some(dir) = fixtures() else { return };
+    let cases = [
+        (
+            "mae_vit_base_patch16_f32",
+            "mae_vit_base_patch16: MAE pre-training model with decoder (512-d, 8 blocks)",
+            "f32",
+        ),
+        (
+            "mae_vit_base_patch16_bf16",
+            "mae_vit_base_patch16: MAE pre-training model",
+            "bf16",
+        ),
+        (
+            "vit_base_patch16_f16",
+            "vit_base_patch16: fine-tuned classifier, global average pooling, 1000 classes",
+            "f16",
+        ),
+        (
+            "mae_vit_large_patch16_bf16",
+            "mae_vit_large_patch16: MAE pre-training model",
+            "bf16",
+        ),
+        (
+            "vit_large_patch16_f32",
+            "vit_large_patch16: fine-tuned classifier",
+            "f32",
+        ),
+        (
+            "mae_vit_huge_patch14_f16",
+            "mae_vit_huge_patch14: MAE pre-training model",
+            "f16",
+        ),
+        (
+            "vit_huge_patch14_bf16",
+            "vit_huge_patch14: fine-tuned classifier",
+            "bf16",
+        ),
+    ];
+    for (name, model_line, dtype) in cases {
+        let path = dir.join(format!("{name}.pth"));
+        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+            .arg("inspect")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("model: "))
+            .unwrap_or_else(|| panic!("{name}: no model line:\n{stdout}"));
+        assert!(line.contains(model_line), "{name}: {line}");
+        assert!(line.contains("input 224x224"), "{name}: {line}");
+        assert!(stdout.contains("  pos_embed"), "{name}: tensors not listed");
+        assert!(
+            stdout.contains(&format!("dtypes: {dtype}")),
+            "{name}: dtype line missing"
+        );
+    }
+    // Training checkpoints: the extras are shown, argparse.Namespace as an opaque value.
+    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .arg("inspect")
+        .arg(dir.join("mae_vit_base_patch16_f32.pth"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "'optimizer'",
+        "'epoch'",
+        "argparse.Namespace(",
+        "parameters: ",
+    ] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+}
+
+/// A broken file makes `mae inspect` exit non-zero with the file named, without a panic.
+#[test]
+fn inspect_reports_bad_files() {
+    let d = tmp_dir("inspect_bad");
+    let bad = d.join("broken.pth");
+    std::fs::write(&bad, b"PK\x03\x04 not really a zip").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .arg("inspect")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("broken.pth") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
