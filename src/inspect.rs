@@ -200,12 +200,20 @@ fn preview(shapes: &BTreeMap<&str, &[i64]>) -> String {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub struct Args {
     /// Checkpoint file (.pth written by torch.save, or .safetensors).
     pub checkpoint: PathBuf,
     /// Containers longer than this are shortened in the top-level outline.
     #[arg(long, default_value_t = 6)]
     pub max_items: usize,
+    /// Check the state_dict against this model (`mae_vit_base_patch16`, `vit_large_patch16`, …)
+    /// and report missing / unexpected / mis-shaped keys as `load_state_dict(strict=False)` does.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// With --model vit_*: the cls-token variant (`norm`) instead of global pooling (`fc_norm`).
+    #[arg(long)]
+    pub cls_token: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -248,9 +256,53 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         kinds.join(", ")
     );
     let shapes: Vec<(String, Vec<i64>)> = sd.iter().map(|(k, t)| (k.clone(), t.size())).collect();
-    match detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))) {
+    let detected = detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())));
+    match &detected {
         Ok(d) => println!("model: {}", d.describe()),
         Err(e) => println!("model: not an official MAE/ViT checkpoint ({e})"),
+    }
+    if let Some(name) = &args.model {
+        check_against(name, args.cls_token, detected.ok().as_ref(), sd)?;
+    }
+    Ok(())
+}
+
+/// Build `name` (at the checkpoint's resolution and class count) and load `sd` non-strictly.
+fn check_against(
+    name: &str,
+    cls_token: bool,
+    detected: Option<&Detected>,
+    sd: Vec<(String, tch::Tensor)>,
+) -> anyhow::Result<()> {
+    let img_size = detected.map_or(224, |d| d.img_size);
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    if name.starts_with("mae_") {
+        let cfg = crate::models_mae::MaeConfig {
+            img_size,
+            ..Default::default()
+        };
+        crate::models_mae::build(name, &vs.root(), cfg)
+            .with_context(|| format!("--model {name}"))?;
+    } else {
+        let num_classes = match detected.map(|d| &d.kind) {
+            Some(Kind::Finetuned { num_classes, .. }) => *num_classes,
+            _ => 1000,
+        };
+        let cfg = crate::models_vit::VitConfig {
+            img_size,
+            num_classes,
+            global_pool: !cls_token,
+            ..Default::default()
+        };
+        crate::models_vit::build(name, &vs.root(), cfg)
+            .with_context(|| format!("--model {name}"))?;
+    }
+    let n = sd.len();
+    let report = crate::util::misc::load_state_dict(&mut vs, sd, false)?;
+    if report.is_clean() {
+        println!("check: all {n} keys load into {name} (names and shapes match)");
+    } else {
+        println!("check against {name} (strict=False): {report}");
     }
     Ok(())
 }
