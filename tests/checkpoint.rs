@@ -779,3 +779,60 @@ fn inspect_reports_bad_files() {
         "{stderr}"
     );
 }
+
+/// `mae inspect --model` reports keys against a chosen model as `load_state_dict(strict=False)`.
+#[test]
+fn inspect_checks_keys_against_a_model() {
+    let Some(dir) = fixtures() else { return };
+    let run = |file: &str, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+            .arg("inspect")
+            .arg(dir.join(file))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let line = run(
+        "mae_vit_base_patch16_f32.pth",
+        &["--model", "mae_vit_base_patch16"],
+    );
+    assert_eq!(
+        line,
+        "check: all 254 keys load into mae_vit_base_patch16 (names and shapes match)"
+    );
+    // The fine-tuning start: the encoder loads, the new head and fc_norm are missing.
+    let line = run(
+        "mae_vit_base_patch16_f32.pth",
+        &["--model", "vit_base_patch16"],
+    );
+    assert!(
+        line.contains(
+            r#"missing_keys=["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]"#
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(r#"unexpected_keys=["mask_token", "decoder_pos_embed", "norm.weight""#),
+        "{line}"
+    );
+    let line = run(
+        "vit_base_patch16_f16.pth",
+        &["--model", "vit_large_patch16"],
+    );
+    assert!(
+        line.contains(
+            "size mismatch for blocks.0.attn.qkv.weight: copying a param with shape [2304, 768]"
+        ),
+        "{line}"
+    );
+}
