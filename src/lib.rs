@@ -5,9 +5,11 @@
 //! `timm`. VarStore names are the official `state_dict` keys.
 
 pub mod engine_finetune;
+pub mod engine_pretrain;
 pub mod inspect;
 pub mod mae_visualize;
 pub mod main_finetune;
+pub mod main_pretrain;
 pub mod models_mae;
 pub mod models_vit;
 pub mod timm;

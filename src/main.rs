@@ -20,6 +20,8 @@ enum Command {
     Eval(mae::main_finetune::Args),
     /// Show MAE reconstructions of images (demo/mae_visualize.ipynb) in one PNG.
     Visualize(mae::mae_visualize::Args),
+    /// Pre-train an MAE (main_pretrain.py): AdamW, warmup + cosine lr, checkpoints, --resume.
+    Pretrain(mae::main_pretrain::Args),
 }
 
 fn main() {
@@ -31,6 +33,7 @@ fn main() {
             ..args
         }),
         Command::Visualize(args) => mae::mae_visualize::run(&args),
+        Command::Pretrain(args) => mae::main_pretrain::main(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -406,13 +406,36 @@ pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderVi
     )
 }
 
+/// Not in the reference: the 32×32 model pre-trained on Fashion-MNIST (28×28 upsampled by the
+/// RandomResizedCrop) and shipped in weights/: 8×8 patches of 4, 6 blocks of 128-d, decoder 4×64-d.
+pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
+    let arch = MaeConfig {
+        img_size: 32,
+        patch_size: 4,
+        embed_dim: 128,
+        depth: 6,
+        num_heads: 4,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(
+        vs,
+        &MaeConfig {
+            decoder_embed_dim: 64,
+            decoder_depth: 4,
+            decoder_num_heads: 4,
+            mlp_ratio: 4.,
+            ..arch
+        },
+    )
+}
+
 // set recommended archs
 pub use mae_vit_base_patch16_dec512d8b as mae_vit_base_patch16; // decoder: 512 dim, 8 blocks
 pub use mae_vit_huge_patch14_dec512d8b as mae_vit_huge_patch14; // decoder: 512 dim, 8 blocks
 pub use mae_vit_large_patch16_dec512d8b as mae_vit_large_patch16; // decoder: 512 dim, 8 blocks
 
 /// The names `--model` accepts (`models_mae.__dict__[args.model]`).
-pub const MODEL_NAMES: [&str; 7] = [
+pub const MODEL_NAMES: [&str; 8] = [
     "mae_vit_base_patch16_dec512d8b",
     "mae_vit_large_patch16_dec512d8b",
     "mae_vit_huge_patch14_dec512d8b",
@@ -420,6 +443,7 @@ pub const MODEL_NAMES: [&str; 7] = [
     "mae_vit_large_patch16",
     "mae_vit_huge_patch14",
     "mae_vit_tiny_patch4",
+    "mae_vit_mini_patch4",
 ];
 
 /// Builds the model named `name`; `cfg` carries the keyword arguments (`norm_pix_loss`, `img_size`).
@@ -435,6 +459,7 @@ pub fn build(name: &str, vs: &nn::Path, cfg: MaeConfig) -> Result<MaskedAutoenco
             mae_vit_huge_patch14_dec512d8b(vs, cfg)
         }
         "mae_vit_tiny_patch4" => mae_vit_tiny_patch4(vs, cfg),
+        "mae_vit_mini_patch4" => mae_vit_mini_patch4(vs, cfg),
         _ => bail!(
             "unknown model {name:?}; valid names: {}",
             MODEL_NAMES.join(", ")

@@ -129,3 +129,102 @@ impl std::fmt::Display for ImageFolder {
         )
     }
 }
+
+// --------------------------------------------------------
+// torchvision.datasets.FashionMNIST, read from the IDX files (gzip-compressed or not).
+
+/// Where Debian's `dataset-fashion-mnist` installs the IDX files (tools/setup.sh installs it).
+pub const FASHION_MNIST_ROOT: &str = "/usr/share/datasets/fashion-mnist";
+
+/// `datasets.FashionMNIST(root, train)`: 28×28 grey images and their labels in file order.
+#[derive(Debug, Clone)]
+pub struct FashionMNIST {
+    pub data: Vec<u8>, // [N, rows, cols]
+    pub targets: Vec<i64>,
+    pub rows: u32,
+    pub cols: u32,
+}
+
+impl FashionMNIST {
+    pub fn new(root: &Path, train: bool) -> Result<Self> {
+        let prefix = if train { "train" } else { "t10k" };
+        let images = read_idx(root, &format!("{prefix}-images-idx3-ubyte"))?;
+        let labels = read_idx(root, &format!("{prefix}-labels-idx1-ubyte"))?;
+        let (dims, data) = images;
+        let (ldims, targets) = labels;
+        if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
+            bail!(
+                "FashionMNIST in {}: image dims {dims:?} and label dims {ldims:?} do not match",
+                root.display()
+            );
+        }
+        Ok(FashionMNIST {
+            data,
+            targets: targets.into_iter().map(i64::from).collect(),
+            rows: dims[1],
+            cols: dims[2],
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Image `index` as `Image.fromarray(img, mode='L').convert('RGB')`: grey in 3 channels.
+    pub fn rgb(&self, index: usize) -> RgbImage {
+        let n = (self.rows * self.cols) as usize;
+        let px = &self.data[index * n..(index + 1) * n];
+        RgbImage::from_fn(self.cols, self.rows, |x, y| {
+            let v = px[(y * self.cols + x) as usize];
+            image::Rgb([v, v, v])
+        })
+    }
+}
+
+/// An IDX file of unsigned bytes (`NAME` or `NAME.gz` in `root`): its dims and data.
+fn read_idx(root: &Path, name: &str) -> Result<(Vec<u32>, Vec<u8>)> {
+    use std::io::Read;
+    let plain = root.join(name);
+    let gz = root.join(format!("{name}.gz"));
+    let (path, bytes) = if plain.exists() {
+        let b = std::fs::read(&plain).with_context(|| format!("reading {}", plain.display()))?;
+        (plain, b)
+    } else {
+        let f = std::fs::File::open(&gz).with_context(|| {
+            format!(
+                "FashionMNIST: neither {} nor {} exists (install dataset-fashion-mnist: tools/setup.sh)",
+                plain.display(),
+                gz.display()
+            )
+        })?;
+        let mut b = Vec::new();
+        flate2::read::GzDecoder::new(f)
+            .read_to_end(&mut b)
+            .with_context(|| format!("decompressing {}", gz.display()))?;
+        (gz, b)
+    };
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+        bail!("{}: not an IDX file of unsigned bytes", path.display());
+    }
+    let ndim = bytes[3] as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        bail!("{}: truncated IDX header", path.display());
+    }
+    let dims: Vec<u32> = (0..ndim)
+        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()))
+        .collect();
+    let numel: usize = dims.iter().map(|&d| d as usize).product();
+    if bytes.len() != header + numel {
+        bail!(
+            "{}: IDX dims {dims:?} need {numel} bytes of data, the file has {}",
+            path.display(),
+            bytes.len() - header
+        );
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}

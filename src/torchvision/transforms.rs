@@ -141,3 +141,108 @@ mod tests {
         assert_eq!(c.get_pixel(0, 0).0, [2, 1, 0]);
     }
 }
+
+// --------------------------------------------------------
+// Random augmentation of MAE pre-training: RandomResizedCrop, RandomHorizontalFlip.
+
+/// A small counter-based generator (splitmix64) giving each sample its own stream, seeded from
+/// (seed, epoch, index): the augmentation of a sample does not depend on which thread draws it.
+#[derive(Debug, Clone)]
+pub struct SampleRng(u64);
+
+impl SampleRng {
+    pub fn new(seed: u64, epoch: u64, index: u64) -> Self {
+        let mut r = SampleRng(seed);
+        for v in [epoch, index] {
+            r.0 = r.next_u64() ^ v;
+        }
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `torch.empty(1).uniform_(lo, hi)` (float32).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+        lo + (hi - lo) * u
+    }
+
+    /// `torch.randint(lo, hi, (1,))`: uniform in [lo, hi).
+    pub fn randint(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo) as u64) as i64
+    }
+}
+
+/// `RandomResizedCrop.get_params(img, scale, ratio)` -> (top, left, height, width): ten attempts
+/// at a box of a random area fraction in `scale` and log-uniform aspect ratio in `ratio` that
+/// fits the image, else the central crop with the ratio clamped to `ratio`.
+pub fn random_resized_crop_params(
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut SampleRng,
+) -> (i64, i64, i64, i64) {
+    let (width, height) = (width as i64, height as i64);
+    let area = (height * width) as f64;
+    let log_ratio = ((ratio.0 as f32).ln(), (ratio.1 as f32).ln());
+    for _ in 0..10 {
+        let target_area = area * rng.uniform(scale.0 as f32, scale.1 as f32) as f64;
+        let aspect_ratio = rng.uniform(log_ratio.0, log_ratio.1).exp() as f64;
+        let w = round_half_even((target_area * aspect_ratio).sqrt());
+        let h = round_half_even((target_area / aspect_ratio).sqrt());
+        if 0 < w && w <= width && 0 < h && h <= height {
+            let i = rng.randint(0, height - h + 1);
+            let j = rng.randint(0, width - w + 1);
+            return (i, j, h, w);
+        }
+    }
+    // Fallback to central crop
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0.min(ratio.1) {
+        (width, round_half_even(width as f64 / ratio.0.min(ratio.1)))
+    } else if in_ratio > ratio.0.max(ratio.1) {
+        (round_half_even(height as f64 * ratio.0.max(ratio.1)), height)
+    } else {
+        (width, height) // whole image
+    };
+    ((height - h) / 2, (width - w) / 2, h, w)
+}
+
+/// `F.resized_crop(img, top, left, height, width, [size, size], interpolation)` on a PIL image:
+/// `img.crop(box)` then `resize((size, size))`.
+pub fn resized_crop(
+    img: &RgbImage,
+    top: i64,
+    left: i64,
+    height: i64,
+    width: i64,
+    size: u32,
+    filter: Filter,
+) -> RgbImage {
+    let c = crop(img, left, top, width as u32, height as u32);
+    pil::resize(&c, size, size, filter)
+}
+
+/// main_pretrain.py's `transform_train`: RandomResizedCrop(input_size, scale=(0.2, 1.0),
+/// interpolation=3 (bicubic)), RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet).
+pub fn pretrain_transform(img: &RgbImage, input_size: u32, rng: &mut SampleRng) -> Tensor {
+    let (i, j, h, w) = random_resized_crop_params(
+        img.width(),
+        img.height(),
+        (0.2, 1.0),
+        (3. / 4., 4. / 3.),
+        rng,
+    );
+    let mut img = resized_crop(img, i, j, h, w, input_size, Filter::Bicubic);
+    if rng.uniform(0., 1.) < 0.5 {
+        img = hflip(&img);
+    }
+    to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+}

@@ -1,6 +1,10 @@
 //! Ports of `util/*.py`, plus the PyTorch checkpoint format (`checkpoint`, `pickle`).
 
 pub mod checkpoint;
+pub mod data_loader;
+pub mod lr_sched;
 pub mod misc;
+pub mod optim;
 pub mod pickle;
+pub mod plot;
 pub mod pos_embed;

@@ -1,0 +1,138 @@
+//! Port of engine_pretrain.py: one epoch of MAE pre-training.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tch::{Device, Tensor};
+
+use crate::main_pretrain::Args;
+use crate::models_mae::MaskedAutoencoderViT;
+use crate::util::lr_sched;
+use crate::util::misc::{MetricLogger, NativeScalerWithGradNormCount, SmoothedValue};
+use crate::util::optim::AdamW;
+
+/// One iteration, as the tensorboard scalars of the official loop record it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub epoch: f64, // data_iter_step / len(data_loader) + epoch
+    pub loss: f64,
+    pub lr: f64,
+}
+
+/// What `train_one_epoch` returns: `{k: meter.global_avg}` (`lr`, `loss`) and every step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainStats {
+    pub lr: f64,
+    pub loss: f64,
+    pub steps: Vec<Step>,
+}
+
+/// `str(datetime.timedelta(seconds=int(s)))`.
+pub fn timedelta(s: f64) -> String {
+    let s = s.max(0.) as u64;
+    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let hms = format!("{h}:{m:02}:{s:02}");
+    match d {
+        0 => hms,
+        1 => format!("1 day, {hms}"),
+        d => format!("{d} days, {hms}"),
+    }
+}
+
+/// Python's `str(float)` for the non-finite values.
+fn py_float(v: f64) -> String {
+    match v {
+        v if v.is_nan() => "nan".into(),
+        v if v.is_infinite() => if v > 0. { "inf" } else { "-inf" }.into(),
+        v => v.to_string(),
+    }
+}
+
+/// `train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args=args)`;
+/// `data_loader` yields the batches of the epoch (its length is `len(data_loader)`).
+#[allow(clippy::too_many_arguments)]
+pub fn train_one_epoch(
+    model: &MaskedAutoencoderViT,
+    data_loader: impl ExactSizeIterator<Item = Result<Tensor>>,
+    optimizer: &mut AdamW,
+    device: Device,
+    epoch: i64,
+    loss_scaler: &mut NativeScalerWithGradNormCount,
+    args: &Args,
+) -> Result<TrainStats> {
+    let mut metric_logger = MetricLogger::default();
+    let header = format!("Epoch: [{epoch}]");
+    let print_freq = 20;
+    let accum_iter = args.accum_iter;
+    let len = data_loader.len();
+    let mut steps = Vec::with_capacity(len);
+
+    optimizer.zero_grad();
+
+    // MetricLogger.log_every
+    let (start_time, mut end) = (Instant::now(), Instant::now());
+    let (mut iter_time, mut data_time) = (SmoothedValue::new(20), SmoothedValue::new(20));
+    let width = len.to_string().len();
+    for (data_iter_step, samples) in data_loader.enumerate() {
+        let samples = samples?;
+        data_time.update(end.elapsed().as_secs_f64());
+
+        // we use a per iteration (instead of per epoch) lr scheduler
+        let epoch_f = data_iter_step as f64 / len as f64 + epoch as f64;
+        if data_iter_step % accum_iter == 0 {
+            lr_sched::adjust_learning_rate(&mut optimizer.param_groups, epoch_f, &args.lr_args());
+        }
+
+        let samples = samples.to_device(device);
+        let loss = tch::autocast(device.is_cuda(), || {
+            model
+                .forward(&samples, args.mask_ratio)
+                .map(|(loss, _, _)| loss)
+        })?;
+
+        let loss_value = loss.double_value(&[]);
+        if !loss_value.is_finite() {
+            bail!("Loss is {}, stopping training", py_float(loss_value));
+        }
+
+        let loss = loss / accum_iter as f64;
+        loss_scaler.call(&loss, optimizer, (data_iter_step + 1) % accum_iter == 0);
+        if (data_iter_step + 1) % accum_iter == 0 {
+            optimizer.zero_grad();
+        }
+
+        metric_logger.loss.update(loss_value);
+        let lr = optimizer.param_groups[0].lr;
+        metric_logger.lr.update(lr);
+        steps.push(Step {
+            epoch: epoch_f,
+            loss: loss_value,
+            lr,
+        });
+
+        iter_time.update(end.elapsed().as_secs_f64());
+        if data_iter_step % print_freq == 0 || data_iter_step == len - 1 {
+            let eta = iter_time.global_avg() * (len - data_iter_step) as f64;
+            println!(
+                "{header}  [{data_iter_step:>width$}/{len}]  eta: {}  {metric_logger}  time: {:.4}  data: {:.4}  img/s: {:.1}",
+                timedelta(eta),
+                iter_time.avg(),
+                data_time.avg(),
+                samples.size()[0] as f64 / iter_time.avg(),
+            );
+        }
+        end = Instant::now();
+    }
+    let total_time = start_time.elapsed().as_secs_f64();
+    println!(
+        "{header} Total time: {} ({:.4} s / it)",
+        timedelta(total_time),
+        total_time / len as f64
+    );
+    println!("Averaged stats: {metric_logger}");
+    Ok(TrainStats {
+        lr: metric_logger.lr.global_avg(),
+        loss: metric_logger.loss.global_avg(),
+        steps,
+    })
+}

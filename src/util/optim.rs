@@ -1,0 +1,359 @@
+//! The optimiser main_pretrain.py builds: `torch.optim.AdamW` (torch/optim/adam.py,
+//! `_single_tensor_adam` with `decoupled_weight_decay=True`, the CPU default), written on tensors
+//! so that its state can be saved and resumed in `optimizer.state_dict()`'s layout; and the
+//! parameter groups of timm 0.3.2's `optim_factory.add_weight_decay`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, ensure, Context, Result};
+use tch::{nn, Kind, Tensor};
+
+use crate::util::pickle::Value;
+
+/// One entry of `optimizer.param_groups`; `names` are the `named_parameters` names of `params`.
+#[derive(Debug)]
+pub struct ParamGroup {
+    pub names: Vec<String>,
+    pub params: Vec<Tensor>,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// util/lr_decay.py's layer-wise scale, applied by `adjust_learning_rate`.
+    pub lr_scale: Option<f64>,
+}
+
+/// `optimizer.state[p]` of Adam: `step` is a float32 scalar tensor, as in torch.
+#[derive(Debug)]
+struct AdamState {
+    step: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// `torch.optim.AdamW(param_groups, lr, betas, eps=1e-8)` (amsgrad, maximize: off).
+#[derive(Debug)]
+pub struct AdamW {
+    pub param_groups: Vec<ParamGroup>,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    state: Vec<Vec<Option<AdamState>>>, // [group][param]
+}
+
+impl AdamW {
+    pub fn new(mut param_groups: Vec<ParamGroup>, lr: f64, betas: (f64, f64)) -> Self {
+        for g in &mut param_groups {
+            g.lr = lr;
+        }
+        let state = param_groups
+            .iter()
+            .map(|g| g.params.iter().map(|_| None).collect())
+            .collect();
+        AdamW {
+            param_groups,
+            betas,
+            eps: 1e-8,
+            state,
+        }
+    }
+
+    /// `optimizer.zero_grad()`.
+    pub fn zero_grad(&mut self) {
+        for p in self
+            .param_groups
+            .iter_mut()
+            .flat_map(|g| g.params.iter_mut())
+        {
+            p.zero_grad();
+        }
+    }
+
+    /// One AdamW step on every parameter that has a gradient, in torch's operation order
+    /// (tch lacks `value=` on addcmul/addcdiv: the scalar is folded into the first factor,
+    /// which the kernels multiply first, so the float32 results are the same).
+    pub fn step(&mut self) {
+        let (beta1, beta2) = self.betas;
+        let eps = self.eps;
+        tch::no_grad(|| {
+            for (group, states) in self.param_groups.iter_mut().zip(&mut self.state) {
+                let (lr, weight_decay) = (group.lr, group.weight_decay);
+                for (param, state) in group.params.iter_mut().zip(states.iter_mut()) {
+                    let grad = param.grad();
+                    if !grad.defined() {
+                        continue;
+                    }
+                    let st = state.get_or_insert_with(|| AdamState {
+                        step: Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
+                        exp_avg: param.zeros_like(),
+                        exp_avg_sq: param.zeros_like(),
+                    });
+                    // update step
+                    let _ = st.step.g_add_scalar_(1);
+                    // perform stepweight decay
+                    if weight_decay != 0. {
+                        let _ = param.g_mul_scalar_(1. - lr * weight_decay);
+                    }
+                    // decay the first and second moment running average coefficient
+                    let _ = st.exp_avg.lerp_(&grad, 1. - beta1);
+                    let _ = st.exp_avg_sq.g_mul_scalar_(beta2);
+                    let _ = st.exp_avg_sq.addcmul_(&(&grad * (1. - beta2)), &grad);
+
+                    let step = st.step.double_value(&[]);
+                    let bias_correction1 = 1. - beta1.powf(step);
+                    let bias_correction2 = 1. - beta2.powf(step);
+                    let step_size = lr / bias_correction1;
+                    let bias_correction2_sqrt = bias_correction2.powf(0.5);
+                    let mut denom = st.exp_avg_sq.sqrt() / bias_correction2_sqrt;
+                    let _ = denom.g_add_scalar_(eps);
+                    let _ = param.addcdiv_(&(&st.exp_avg * -step_size), &denom);
+                }
+            }
+        });
+    }
+
+    /// `optimizer.state_dict()`: `{'state': {id: {'step', 'exp_avg', 'exp_avg_sq'}},
+    /// 'param_groups': [{..., 'params': [id, ...]}]}`, ids numbered across the groups in order.
+    pub fn state_dict(&self) -> Value {
+        let s = |k: &str| Value::Str(k.into());
+        let mut state = Vec::new();
+        let mut groups = Vec::new();
+        let mut id = 0i64;
+        for (g, states) in self.param_groups.iter().zip(&self.state) {
+            let mut ids = Vec::new();
+            for st in states {
+                if let Some(st) = st {
+                    let entry = vec![
+                        (s("step"), Value::Tensor(st.step.shallow_clone())),
+                        (s("exp_avg"), Value::Tensor(st.exp_avg.shallow_clone())),
+                        (
+                            s("exp_avg_sq"),
+                            Value::Tensor(st.exp_avg_sq.shallow_clone()),
+                        ),
+                    ];
+                    state.push((Value::Int(id), Value::Dict(entry)));
+                }
+                ids.push(Value::Int(id));
+                id += 1;
+            }
+            let mut group = vec![(s("weight_decay"), Value::Float(g.weight_decay))];
+            if let Some(scale) = g.lr_scale {
+                group.push((s("lr_scale"), Value::Float(scale)));
+            }
+            group.extend([
+                (s("lr"), Value::Float(g.lr)),
+                (
+                    s("betas"),
+                    Value::Tuple(vec![Value::Float(self.betas.0), Value::Float(self.betas.1)]),
+                ),
+                (s("eps"), Value::Float(self.eps)),
+                (s("amsgrad"), Value::Bool(false)),
+                (s("maximize"), Value::Bool(false)),
+                (s("foreach"), Value::None),
+                (s("capturable"), Value::Bool(false)),
+                (s("differentiable"), Value::Bool(false)),
+                (s("fused"), Value::None),
+                (s("decoupled_weight_decay"), Value::Bool(true)),
+                (s("params"), Value::List(ids)),
+            ]);
+            groups.push(Value::Dict(group));
+        }
+        Value::Dict(vec![
+            (s("state"), Value::Dict(state)),
+            (s("param_groups"), Value::List(groups)),
+        ])
+    }
+
+    /// `optimizer.load_state_dict(sd)`: the saved groups must hold as many parameters as ours
+    /// (matched by position, as torch does); hyper-parameters come from the saved groups.
+    pub fn load_state_dict(&mut self, sd: &Value) -> Result<()> {
+        let groups = sd
+            .get("param_groups")
+            .and_then(Value::as_list)
+            .context("optimizer state_dict has no 'param_groups' list")?;
+        ensure!(
+            groups.len() == self.param_groups.len(),
+            "loaded state dict has {} parameter groups, the optimizer has {}",
+            groups.len(),
+            self.param_groups.len()
+        );
+        let mut where_is = BTreeMap::new(); // saved id -> (group, index)
+        for (gi, (saved, group)) in groups.iter().zip(&self.param_groups).enumerate() {
+            let ids = saved
+                .get("params")
+                .and_then(Value::as_list)
+                .context("parameter group without 'params'")?;
+            ensure!(
+                ids.len() == group.params.len(),
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group ({} vs {})",
+                ids.len(),
+                group.params.len()
+            );
+            for (pi, id) in ids.iter().enumerate() {
+                where_is.insert(id.as_int().context("parameter id is not an int")?, (gi, pi));
+            }
+        }
+        let float = |g: &Value, k: &str| -> Result<f64> {
+            g.get(k)
+                .and_then(Value::as_float)
+                .with_context(|| format!("parameter group without a float '{k}'"))
+        };
+        let betas = match groups[0].get("betas") {
+            Some(Value::Tuple(b) | Value::List(b)) if b.len() == 2 => (
+                b[0].as_float().context("betas")?,
+                b[1].as_float().context("betas")?,
+            ),
+            _ => bail!("parameter group without 'betas'"),
+        };
+        let eps = float(&groups[0], "eps")?;
+        let mut state: Vec<Vec<Option<AdamState>>> = self
+            .param_groups
+            .iter()
+            .map(|g| g.params.iter().map(|_| None).collect())
+            .collect();
+        for (id, entry) in sd.get("state").and_then(Value::as_dict).unwrap_or(&[]) {
+            let id = id.as_int().context("state key is not an int")?;
+            let &(gi, pi) = where_is
+                .get(&id)
+                .with_context(|| format!("state for unknown parameter id {id}"))?;
+            let p = &self.param_groups[gi].params[pi];
+            let t = |k: &str| -> Result<Tensor> {
+                entry
+                    .get(k)
+                    .and_then(Value::as_tensor)
+                    .with_context(|| format!("state {id} has no tensor '{k}'"))
+                    .map(|t| t.shallow_clone())
+            };
+            let (exp_avg, exp_avg_sq) = (t("exp_avg")?, t("exp_avg_sq")?);
+            ensure!(
+                exp_avg.size() == p.size() && exp_avg_sq.size() == p.size(),
+                "state {id}: moments of shape {:?}, parameter {} has {:?}",
+                exp_avg.size(),
+                self.param_groups[gi].names[pi],
+                p.size()
+            );
+            state[gi][pi] = Some(AdamState {
+                step: t("step")?.to_kind(Kind::Float).to_device(tch::Device::Cpu),
+                exp_avg: exp_avg.to_kind(p.kind()).to_device(p.device()).copy(),
+                exp_avg_sq: exp_avg_sq.to_kind(p.kind()).to_device(p.device()).copy(),
+            });
+        }
+        for (saved, group) in groups.iter().zip(&mut self.param_groups) {
+            group.lr = float(saved, "lr")?;
+            group.weight_decay = float(saved, "weight_decay")?;
+            group.lr_scale = saved.get("lr_scale").and_then(Value::as_float);
+        }
+        self.betas = betas;
+        self.eps = eps;
+        self.state = state;
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for AdamW {
+    /// `print(optimizer)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "AdamW (")?;
+        for (i, g) in self.param_groups.iter().enumerate() {
+            writeln!(f, "Parameter Group {i}")?;
+            writeln!(f, "    amsgrad: False")?;
+            writeln!(f, "    betas: ({}, {})", self.betas.0, self.betas.1)?;
+            writeln!(f, "    eps: {:e}", self.eps)?;
+            writeln!(f, "    lr: {}", g.lr)?;
+            if let Some(s) = g.lr_scale {
+                writeln!(f, "    lr_scale: {s}")?;
+            }
+            writeln!(f, "    weight_decay: {}", g.weight_decay)?;
+            if i + 1 < self.param_groups.len() {
+                writeln!(f)?;
+            }
+        }
+        write!(f, ")")
+    }
+}
+
+/// Attribute order of the official modules (`__init__` assignment order), which decides
+/// `named_parameters()` order and so the parameter ids of `optimizer.state_dict()`.
+const ATTRIBUTE_ORDER: [&str; 26] = [
+    "cls_token",
+    "pos_embed",
+    "mask_token",
+    "decoder_pos_embed",
+    "patch_embed",
+    "proj",
+    "blocks",
+    "norm1",
+    "attn",
+    "qkv",
+    "norm2",
+    "mlp",
+    "fc1",
+    "fc2",
+    "norm",
+    "fc_norm",
+    "head",
+    "decoder_embed",
+    "decoder_blocks",
+    "decoder_norm",
+    "decoder_pred",
+    "weight",
+    "bias",
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+];
+
+/// `model.named_parameters()` (trainable or not) in PyTorch's order: at each module its own
+/// parameters first, then its submodules, each in attribute order; list indices numerically.
+pub fn named_parameters(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let key = |name: &str| {
+        let parts: Vec<&str> = name.split('.').collect();
+        let last = parts.len() - 1;
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let rank = match p.parse::<usize>() {
+                    Ok(n) => n,
+                    Err(_) => ATTRIBUTE_ORDER
+                        .iter()
+                        .position(|a| a == p)
+                        .unwrap_or(ATTRIBUTE_ORDER.len()),
+                };
+                (i != last, rank, p.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    vars.sort_by_cached_key(|(k, _)| key(k));
+    vars
+}
+
+/// timm 0.3.2 `optim_factory.add_weight_decay(model, weight_decay, skip_list)`: frozen
+/// parameters left out; no decay for 1-D parameters, `.bias` and `skip_list`; groups
+/// `[no_decay (weight_decay 0), decay]`.
+pub fn add_weight_decay(
+    named_parameters: Vec<(String, Tensor)>,
+    weight_decay: f64,
+    skip_list: &[&str],
+) -> Vec<ParamGroup> {
+    let group = |wd| ParamGroup {
+        names: Vec::new(),
+        params: Vec::new(),
+        lr: 0.,
+        weight_decay: wd,
+        lr_scale: None,
+    };
+    let (mut decay, mut no_decay) = (group(weight_decay), group(0.));
+    for (name, param) in named_parameters {
+        if !param.requires_grad() {
+            continue; // frozen weights
+        }
+        let g = if param.dim() == 1 || name.ends_with(".bias") || skip_list.contains(&name.as_str())
+        {
+            &mut no_decay
+        } else {
+            &mut decay
+        };
+        g.names.push(name);
+        g.params.push(param);
+    }
+    vec![no_decay, decay]
+}

@@ -1,0 +1,212 @@
+//! `mae pretrain`'s engine step for step against PyTorch (tools/pretrain_reference.py:
+//! HF ViTMAE under the official keys, torch.optim.AdamW over timm's weight-decay groups, the
+//! official lr function): the same initial weights, batches and seeded masking noise; the lr of
+//! every iteration, the losses, the weights and AdamW moments after the epoch.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+
+use clap::Parser;
+use mae::engine_pretrain::train_one_epoch;
+use mae::main_pretrain::Args;
+use mae::models_mae::{self, MaeConfig};
+use mae::util::misc::{self, load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::util::pickle::Value;
+use tch::{nn, Device, Kind, Tensor};
+
+const CASES: [(&str, usize, usize, bool, i64); 5] = [
+    ("s1_a1_pix0_e1", 1, 1, false, 1),
+    ("s3_a1_pix0_e1", 3, 1, false, 1),
+    ("s3_a1_pix1_e3", 3, 1, true, 3),
+    ("s3_a2_pix0_e3", 3, 2, false, 3),
+    ("s3_a2_pix1_e1", 3, 2, true, 1),
+];
+const SEED: i64 = 7;
+
+fn reference() -> HashMap<String, Tensor> {
+    let dir = common::scratch("pretrain_parity");
+    let out = dir.join("reference.safetensors");
+    let script = common::root().join("tools/pretrain_reference.py");
+    common::run_python(&script, &[out.to_str().unwrap()]);
+    Tensor::read_safetensors(&out)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
+}
+
+/// name -> (exp_avg, exp_avg_sq, step) from `optimizer.state_dict()`.
+fn moments(opt: &AdamW) -> HashMap<String, (Tensor, Tensor, f64)> {
+    let sd = opt.state_dict();
+    let state = sd.get("state").and_then(Value::as_dict).unwrap();
+    let groups = sd.get("param_groups").and_then(Value::as_list).unwrap();
+    let mut out = HashMap::new();
+    for (g, group) in groups.iter().zip(&opt.param_groups) {
+        let ids = g.get("params").and_then(Value::as_list).unwrap();
+        for (id, name) in ids.iter().zip(&group.names) {
+            let entry = &state
+                .iter()
+                .find(|(k, _)| k.as_int() == id.as_int())
+                .unwrap()
+                .1;
+            let t = |k| {
+                entry
+                    .get(k)
+                    .and_then(Value::as_tensor)
+                    .unwrap()
+                    .shallow_clone()
+            };
+            let step = t("step").double_value(&[]);
+            out.insert(name.clone(), (t("exp_avg"), t("exp_avg_sq"), step));
+        }
+    }
+    out
+}
+
+#[test]
+fn steps_match_pytorch() {
+    let reference = reference();
+    let init: Vec<(String, Tensor)> = reference
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("init.")?.to_string(), v.shallow_clone())))
+        .collect();
+    let batches = &reference["batches"];
+    let mut report = Vec::new();
+    for (tag, steps, accum_iter, norm_pix_loss, epoch) in CASES {
+        let accum = accum_iter.to_string();
+        let args = Args::parse_from([
+            "pretrain",
+            "--lr",
+            "1e-3",
+            "--min_lr",
+            "1e-5",
+            "--warmup_epochs",
+            "2",
+            "--epochs",
+            "4",
+            "--weight_decay",
+            "0.05",
+            "--accum_iter",
+            &accum,
+            "--device",
+            "cpu",
+        ]);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let cfg = MaeConfig {
+            norm_pix_loss,
+            ..MaeConfig::default()
+        };
+        let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
+        load_state_dict(
+            &mut vs,
+            init.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
+            true,
+        )
+        .unwrap();
+        let groups = add_weight_decay(named_parameters(&vs), args.weight_decay, &[]);
+        let mut optimizer = AdamW::new(groups, args.lr.unwrap(), (0.9, 0.95));
+        let mut scaler = NativeScalerWithGradNormCount::new(false);
+        let n = (steps * accum_iter) as i64;
+        let data: Vec<_> = (0..n).map(|i| Ok(batches.get(i))).collect();
+        tch::manual_seed(SEED);
+        let stats = train_one_epoch(
+            &model,
+            data.into_iter(),
+            &mut optimizer,
+            Device::Cpu,
+            epoch,
+            &mut scaler,
+            &args,
+        )
+        .unwrap();
+
+        // learning rate and loss of every iteration
+        let want_lr = Vec::<f64>::try_from(&reference[&format!("{tag}.lr")]).unwrap();
+        let want_loss = Vec::<f64>::try_from(&reference[&format!("{tag}.loss")]).unwrap();
+        assert_eq!(stats.steps.len(), want_lr.len());
+        for (s, (lr, loss)) in stats.steps.iter().zip(want_lr.iter().zip(&want_loss)) {
+            assert!((s.lr - lr).abs() <= 1e-12, "{tag}: lr {} vs {lr}", s.lr);
+            let e = (s.loss - loss).abs() / loss.abs();
+            assert!(e <= 1e-5, "{tag}: loss {} vs {loss} (rel {e:e})", s.loss);
+        }
+
+        // weights, and moments of every trained parameter
+        let (mut w_err, mut upd_err, mut m_err) = (0f64, 0f64, 0f64);
+        let init: HashMap<_, _> = init.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        for (name, w) in named_parameters(&vs) {
+            let want = &reference[&format!("{tag}.w.{name}")];
+            let e = rel_err(&w, want);
+            assert!(e <= 1e-5, "{tag}: weight {name}: relative error {e:e}");
+            w_err = w_err.max(e);
+            if w.requires_grad() {
+                let w0 = init[name.as_str()];
+                upd_err = upd_err.max(rel_err(&(&w - w0), &(want - w0)));
+            }
+        }
+        let got = moments(&optimizer);
+        assert_eq!(
+            got.len(),
+            named_parameters(&vs).len() - 2,
+            "every trained parameter has state"
+        );
+        for (name, (m, v, step)) in &got {
+            assert_eq!(*step, steps as f64, "{tag}: step of {name}");
+            assert_eq!(
+                reference[&format!("{tag}.step")].double_value(&[0]),
+                steps as f64
+            );
+            for (t, key) in [(m, "m"), (v, "v")] {
+                let e = rel_err(t, &reference[&format!("{tag}.{key}.{name}")]);
+                assert!(e <= 1e-5, "{tag}: {key} of {name}: relative error {e:e}");
+                m_err = m_err.max(e);
+            }
+        }
+        report.push(format!(
+            "{tag}: weights {w_err:.2e}, updates (w - w0) {upd_err:.2e}, moments {m_err:.2e}"
+        ));
+
+        // the checkpoint of this state loads in PyTorch (weights_only) into the official
+        // model (HF mapped) and torch.optim.AdamW over the official parameter order
+        if tag == "s3_a2_pix1_e1" {
+            let dir = common::scratch("pretrain_parity");
+            let path =
+                misc::save_model(&dir, args.to_value(), epoch, &vs, &optimizer, &scaler).unwrap();
+            let out = common::run_python_code(PY_LOAD, &[path.to_str().unwrap()]);
+            assert!(out.contains("loaded"), "{out}");
+            report.push(out.trim().to_string());
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+const PY_LOAD: &str = r#"
+import sys, torch
+sys.path.insert(0, "tools")
+from make_parity_fixtures import hf_mae, official_to_hf
+ck = torch.load(sys.argv[1], weights_only=True)
+assert set(ck) == {"model", "optimizer", "epoch", "scaler", "args"}, ck.keys()
+assert isinstance(ck["args"], dict) and ck["scaler"] == {}
+sd = ck["model"]
+model = hf_mae("mae_vit_tiny_patch4", 0.75, True)
+model.load_state_dict(official_to_hf(sd, 2, 2), strict=True)
+# the official model's named_parameters order is the state_dict order (no buffers)
+params = {k: torch.nn.Parameter(v.clone()) for k, v in sd.items()}
+for k in ("pos_embed", "decoder_pos_embed"):
+    params[k].requires_grad_(False)
+no_decay = [p for k, p in params.items() if p.requires_grad and (p.ndim == 1 or k.endswith(".bias"))]
+decay = [p for k, p in params.items() if p.requires_grad and not (p.ndim == 1 or k.endswith(".bias"))]
+opt = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.}, {"params": decay, "weight_decay": 0.05}], lr=1e-3, betas=(0.9, 0.95))
+opt.load_state_dict(ck["optimizer"])
+for p in no_decay + decay:
+    st = opt.state[p]
+    assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
+print("checkpoint loaded in PyTorch: epoch", ck["epoch"], "lr", opt.param_groups[0]["lr"], "steps", int(opt.state[decay[0]]["step"]))
+"#;
