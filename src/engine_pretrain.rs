@@ -39,18 +39,33 @@ pub fn timedelta(s: f64) -> String {
     }
 }
 
-/// Python's `str(float)` for the non-finite values.
-fn py_float(v: f64) -> String {
-    match v {
-        v if v.is_nan() => "nan".into(),
-        v if v.is_infinite() => if v > 0. { "inf" } else { "-inf" }.into(),
-        v => v.to_string(),
+/// Python's `repr(float)` (also what `json.dumps` and `"{}".format` write): shortest digits,
+/// fixed notation for exponents in [-4, 16), else `1.5e-05` style.
+pub fn py_float(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0. { "inf" } else { "-inf" }.into();
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("integer exponent");
+    if v == 0. || (-4..16).contains(&exp) {
+        let s = format!("{v}");
+        if s.contains('.') {
+            s
+        } else {
+            s + ".0"
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
     }
 }
 
 /// `train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args=args)`;
 /// `data_loader` yields the batches of the epoch (its length is `len(data_loader)`).
-#[allow(clippy::too_many_arguments)]
 pub fn train_one_epoch(
     model: &MaskedAutoencoderViT,
     data_loader: impl ExactSizeIterator<Item = Result<Tensor>>,
@@ -135,4 +150,26 @@ pub fn train_one_epoch(
         loss: metric_logger.loss.global_avg(),
         steps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_float_repr() {
+        let cases = [
+            (3.2552083333333326e-05, "3.2552083333333326e-05"),
+            (0.0001, "0.0001"),
+            (1.0, "1.0"),
+            (2.256708025932312, "2.256708025932312"),
+            (1e16, "1e+16"),
+            (0.0, "0.0"),
+            (f64::NAN, "nan"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(py_float(v), want);
+        }
+        assert_eq!(timedelta(3725.9), "1:02:05");
+    }
 }

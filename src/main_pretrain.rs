@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tch::{nn, Device};
 
-use crate::engine_pretrain::{timedelta, train_one_epoch, Step};
+use crate::engine_pretrain::{py_float, timedelta, train_one_epoch, Step};
 use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::torchvision::transforms::pretrain_transform;
@@ -249,8 +249,8 @@ pub fn main(mut args: Args) -> Result<()> {
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.); // only base_lr is specified
-    println!("base lr: {:.2e}", lr * 256. / eff_batch_size as f64);
-    println!("actual lr: {lr:.2e}");
+    println!("base lr: {}", py_e2(lr * 256. / eff_batch_size as f64));
+    println!("actual lr: {}", py_e2(lr));
     println!("accumulate grad iterations: {}", args.accum_iter);
     println!("effective batch size: {eff_batch_size}");
 
@@ -302,11 +302,12 @@ pub fn main(mut args: Args) -> Result<()> {
         }
 
         if !args.output_dir.is_empty() {
-            let log_stats = serde_json::json!({
-                "train_lr": train_stats.lr,
-                "train_loss": train_stats.loss,
-                "epoch": epoch,
-            });
+            // json.dumps({'train_lr': .., 'train_loss': .., 'epoch': ..}): keys in this order
+            let log_stats = format!(
+                "{{\"train_lr\": {}, \"train_loss\": {}, \"epoch\": {epoch}}}",
+                py_float(train_stats.lr),
+                py_float(train_stats.loss)
+            );
             append(&output_dir.join("log.txt"), &format!("{log_stats}\n"))?;
             let steps: String = train_stats
                 .steps
@@ -325,6 +326,18 @@ pub fn main(mut args: Args) -> Result<()> {
         println!("Loss curve: {}", png.display());
     }
     Ok(())
+}
+
+/// Python's `"%.2e" % v` (the exponent has at least two digits: `1.00e-03`).
+pub fn py_e2(v: f64) -> String {
+    let s = format!("{v:.2e}");
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+            format!("{m}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {
