@@ -33,6 +33,17 @@ fi
 tv=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)') || die "torch does not import from $VENV"
 case "$tv" in 2.11.0*) say "torch $tv";; *) die "torch $tv installed, tch 0.24 needs 2.11.0";; esac
 
+# Pillow 13.0.0 beside the pinned 12 (its resize may run the vertical pass first): the parity
+# test of `--pillow 13` (tests/preprocess.rs) imports it with PYTHONPATH=.venv/pillow13.
+P13="$VENV/pillow13"
+if PYTHONPATH="$P13" "$VENV/bin/python" -c 'import PIL, sys; sys.exit(PIL.__version__ != "13.0.0")' 2>/dev/null; then
+  say "Pillow 13.0.0 present in $P13"
+else
+  say "installing Pillow 13.0.0 into $P13"
+  "$VENV/bin/python" -m pip install --quiet --no-deps --upgrade --target "$P13" pillow==13.0.0 \
+    || die "pip install --target $P13 pillow==13.0.0 failed"
+fi
+
 # libtorch for tch: point a stable path at the wheel's torch directory (.cargo/config.toml uses it).
 TORCH_DIR=$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 ln -sfn "$TORCH_DIR" "$ROOT/.libtorch"

@@ -20,17 +20,74 @@ pub fn pil_loader(path: &Path) -> Result<RgbImage> {
 /// [`pil_loader`] on bytes already in memory.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        match turbojpeg::decompress_image::<image::Rgb<u8>>(bytes) {
-            Ok(img) => return Ok(img),
-            // CMYK and other colour spaces libjpeg-turbo won't turn into RGB: try the image crate.
-            Err(e) => {
-                return image::load_from_memory(bytes)
-                    .map(|i| i.to_rgb8())
-                    .with_context(|| format!("libjpeg-turbo: {e}"));
-            }
-        }
+        return decode_jpeg(bytes);
     }
     Ok(image::load_from_memory(bytes)?.to_rgb8())
+}
+
+/// A JPEG as Pillow's JpegImagePlugin + `convert('RGB')` gives it, through the same
+/// libjpeg-turbo. Like Pillow: a truncated file is an error ("image file is truncated"), other
+/// libjpeg warnings (corrupt data it decodes through) are not; CMYK and YCCK JPEGs are read as
+/// Adobe's inverted CMYK (`rawmode = "CMYK;I"`) and converted with Pillow's `cmyk2rgb`.
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
+    use std::ffi::CStr;
+    use turbojpeg::raw;
+    struct Handle(raw::tjhandle);
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            unsafe { raw::tj3Destroy(self.0) }
+        }
+    }
+    let h = Handle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as i32) });
+    if h.0.is_null() {
+        bail!("libjpeg-turbo: cannot create a decompressor");
+    }
+    // Fatal errors and truncation fail; other warnings leave a usable result, as in Pillow.
+    let check = |r: i32| -> Result<()> {
+        if r == 0 {
+            return Ok(());
+        }
+        let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(h.0)) }.to_string_lossy();
+        let warning = unsafe { raw::tj3GetErrorCode(h.0) } == raw::TJERR_TJERR_WARNING as i32;
+        if !warning || msg.contains("Premature end of JPEG file") {
+            bail!("libjpeg-turbo: {msg} (Pillow: image file is truncated or corrupt)");
+        }
+        Ok(())
+    };
+    let len = bytes.len() as raw::size_t;
+    check(unsafe { raw::tj3DecompressHeader(h.0, bytes.as_ptr(), len) })?;
+    let param = |p: raw::TJPARAM| unsafe { raw::tj3Get(h.0, p as i32) };
+    let (w, ht) = (
+        param(raw::TJPARAM_TJPARAM_JPEGWIDTH),
+        param(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
+    );
+    let cs = param(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS;
+    let cmyk = cs == raw::TJCS_TJCS_CMYK || cs == raw::TJCS_TJCS_YCCK;
+    let (format, channels) = if cmyk {
+        (raw::TJPF_TJPF_CMYK, 4)
+    } else {
+        (raw::TJPF_TJPF_RGB, 3)
+    };
+    if w <= 0 || ht <= 0 {
+        bail!("libjpeg-turbo: bad image size {w}x{ht}");
+    }
+    let mut px = vec![0u8; w as usize * ht as usize * channels];
+    check(unsafe { raw::tj3Decompress8(h.0, bytes.as_ptr(), len, px.as_mut_ptr(), 0, format) })?;
+    if cmyk {
+        // CMYK;I then cmyk2rgb: nk = 255 - (255 - k); out = nk - MULDIV255(255 - c, nk)
+        let muldiv255 = |a: i32, b: i32| {
+            let t = a * b + 128;
+            ((t >> 8) + t) >> 8
+        };
+        px = px
+            .chunks_exact(4)
+            .flat_map(|p| {
+                let nk = p[3] as i32;
+                [0, 1, 2].map(|c| (nk - muldiv255(255 - p[c] as i32, nk)).clamp(0, 255) as u8)
+            })
+            .collect();
+    }
+    Ok(RgbImage::from_raw(w as u32, ht as u32, px).expect("w*h*3 pixels"))
 }
 
 fn has_image_extension(name: &str) -> bool {

@@ -1,0 +1,156 @@
+//! `mae eval` against the reference pipeline (tools/eval_reference.py: torchvision ImageFolder +
+//! the official eval transform + timm's VisionTransformer + engine_finetune.evaluate's loop) on a
+//! small ImageFolder of real photos (tools/make_eval_fixture.py), and its errors.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::Tensor;
+
+/// Writes (once; the script keeps a stamp) the photo folder and its vit_base_patch16 checkpoint.
+fn fixture() -> (PathBuf, PathBuf) {
+    let dir = common::root().join("target/fixtures/eval");
+    common::run_python(
+        &common::root().join("tools/make_eval_fixture.py"),
+        &[dir.to_str().unwrap()],
+    );
+    let ckpt = dir.join("vit_base_patch16_eval.pth");
+    (dir, ckpt)
+}
+
+fn mae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .expect("running mae")
+}
+
+/// The official summary line `* Acc@1 X Acc@5 Y loss Z` of a run's stdout.
+fn summary(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("* Acc@1"))
+        .unwrap_or_else(|| panic!("no '* Acc@1' line in:\n{stdout}"))
+        .to_string()
+}
+
+fn tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn eval_matches_reference_pipeline() {
+    let (dir, ckpt) = fixture();
+    let scratch = common::scratch("eval");
+    let (ref_logits, our_logits, json) = (
+        scratch.join("ref_logits.safetensors"),
+        scratch.join("logits.safetensors"),
+        scratch.join("top5.json"),
+    );
+    // batch 8 over 38 images: the last batch is partial, as in the official drop_last=False
+    let common_args = [
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--data_path",
+        dir.to_str().unwrap(),
+        "--batch_size",
+        "8",
+        "--num_workers",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    let mut args = common_args.to_vec();
+    args.extend(["--save_logits", ref_logits.to_str().unwrap()]);
+    let reference = common::run_python(&common::root().join("tools/eval_reference.py"), &args);
+
+    let mut args = common_args.to_vec();
+    args.extend(["--save_logits", our_logits.to_str().unwrap()]);
+    args.extend(["--output_json", json.to_str().unwrap()]);
+    let out = mae(&[&["eval"], args.as_slice()].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mae eval failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "reference: {}\nmae eval:  {}",
+        summary(&reference),
+        summary(&stdout)
+    );
+    assert_eq!(summary(&stdout), summary(&reference));
+    // the fixture's head makes the three numbers non-trivial
+    assert!(summary(&stdout).starts_with("* Acc@1 78.947 Acc@5 86.842 loss"));
+
+    let (ours, want) = (tensors(&our_logits), tensors(&ref_logits));
+    assert!(ours["targets"].equal(&want["targets"]));
+    let (a, b) = (&ours["logits"], &want["logits"]);
+    assert_eq!(a.size(), [38, 1000]);
+    let err = (a - b).norm_scalaropt_dim(2, [1], false) / b.norm_scalaropt_dim(2, [1], false);
+    let worst = err.max().double_value(&[]);
+    eprintln!("worst per-image logits relative error {worst:.3e}");
+    assert!(
+        worst <= 1e-4,
+        "per-image logits relative error {worst:e} > 1e-4"
+    );
+
+    let top5: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let images = top5["images"].as_array().unwrap();
+    assert_eq!(images.len(), 38);
+    let argmax = b.argmax(1, false);
+    for (i, img) in images.iter().enumerate() {
+        let top = img["top5"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        assert_eq!(
+            top[0]["class"].as_i64().unwrap(),
+            argmax.int64_value(&[i as i64])
+        );
+        assert!(Path::new(img["path"].as_str().unwrap()).exists());
+    }
+}
+
+#[test]
+fn eval_errors_name_the_problem() {
+    let (dir, ckpt) = fixture();
+    let scratch = common::scratch("eval_errors");
+    let run = |args: &[&str]| {
+        let out = mae(&[&["eval", "--device", "cpu", "--num_workers", "2"], args].concat());
+        assert!(!out.status.success(), "mae eval {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // a corrupt image stops the evaluation with its name
+    let bad = scratch.join("bad");
+    let _ = std::fs::remove_dir_all(&bad);
+    std::fs::create_dir_all(bad.join("val/cat")).unwrap();
+    std::fs::copy(dir.join("val/cat/gray.jpg"), bad.join("val/cat/a.jpg")).unwrap();
+    let data = std::fs::read(dir.join("val/cat/chelsea_0_crop.jpg")).unwrap();
+    std::fs::write(bad.join("val/cat/truncated.jpg"), &data[..data.len() / 3]).unwrap();
+    let ckpt = ckpt.to_str().unwrap();
+    let err = run(&["--resume", ckpt, "--data_path", bad.to_str().unwrap()]);
+    assert!(err.contains("truncated.jpg"), "{err}");
+
+    // an empty class folder, a missing val/, a missing --resume
+    let empty = scratch.join("empty");
+    std::fs::create_dir_all(empty.join("val/dogs")).unwrap();
+    let err = run(&["--resume", ckpt, "--data_path", empty.to_str().unwrap()]);
+    assert!(
+        err.contains("Found no valid file for the class dogs"),
+        "{err}"
+    );
+    let err = run(&[
+        "--resume",
+        ckpt,
+        "--data_path",
+        scratch.join("nope").to_str().unwrap(),
+    ]);
+    assert!(err.contains("nope/val"), "{err}");
+    let err = run(&["--data_path", dir.to_str().unwrap()]);
+    assert!(err.contains("--resume"), "{err}");
+}
