@@ -8,7 +8,9 @@ use tch::{Device, Tensor};
 use crate::main_pretrain::Args;
 use crate::models_mae::MaskedAutoencoderViT;
 use crate::util::lr_sched;
-use crate::util::misc::{MetricLogger, NativeScalerWithGradNormCount, SmoothedValue};
+use crate::util::misc::{
+    py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
+};
 use crate::util::optim::AdamW;
 
 /// One iteration, as the tensorboard scalars of the official loop record it.
@@ -25,43 +27,6 @@ pub struct TrainStats {
     pub lr: f64,
     pub loss: f64,
     pub steps: Vec<Step>,
-}
-
-/// `str(datetime.timedelta(seconds=int(s)))`.
-pub fn timedelta(s: f64) -> String {
-    let s = s.max(0.) as u64;
-    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let hms = format!("{h}:{m:02}:{s:02}");
-    match d {
-        0 => hms,
-        1 => format!("1 day, {hms}"),
-        d => format!("{d} days, {hms}"),
-    }
-}
-
-/// Python's `repr(float)` (also what `json.dumps` and `"{}".format` write): shortest digits,
-/// fixed notation for exponents in [-4, 16), else `1.5e-05` style.
-pub fn py_float(v: f64) -> String {
-    if v.is_nan() {
-        return "nan".into();
-    }
-    if v.is_infinite() {
-        return if v > 0. { "inf" } else { "-inf" }.into();
-    }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("integer exponent");
-    if v == 0. || (-4..16).contains(&exp) {
-        let s = format!("{v}");
-        if s.contains('.') {
-            s
-        } else {
-            s + ".0"
-        }
-    } else {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    }
 }
 
 /// `train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args=args)`;
@@ -150,26 +115,4 @@ pub fn train_one_epoch(
         loss: metric_logger.loss.global_avg(),
         steps,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn python_float_repr() {
-        let cases = [
-            (3.2552083333333326e-05, "3.2552083333333326e-05"),
-            (0.0001, "0.0001"),
-            (1.0, "1.0"),
-            (2.256708025932312, "2.256708025932312"),
-            (1e16, "1e+16"),
-            (0.0, "0.0"),
-            (f64::NAN, "nan"),
-        ];
-        for (v, want) in cases {
-            assert_eq!(py_float(v), want);
-        }
-        assert_eq!(timedelta(3725.9), "1:02:05");
-    }
 }

@@ -10,13 +10,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tch::{nn, Device};
 
-use crate::engine_pretrain::{py_float, timedelta, train_one_epoch, Step};
+use crate::engine_pretrain::{train_one_epoch, Step};
 use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::torchvision::transforms::pretrain_transform;
 use crate::util::data_loader::{DataLoader, ImageSource};
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::{self, NativeScalerWithGradNormCount as NativeScaler};
+use crate::util::misc::{self, py_float, timedelta, NativeScalerWithGradNormCount as NativeScaler};
 use crate::util::optim::{add_weight_decay, named_parameters, AdamW};
 use crate::util::pickle::Value;
 use crate::util::plot;

@@ -425,3 +425,74 @@ pub fn load_model(
     println!("With optim & sched!");
     Ok(Some(epoch + 1))
 }
+
+/// `str(datetime.timedelta(seconds=int(s)))`.
+pub fn timedelta(s: f64) -> String {
+    let s = s.max(0.) as u64;
+    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let hms = format!("{h}:{m:02}:{s:02}");
+    match d {
+        0 => hms,
+        1 => format!("1 day, {hms}"),
+        d => format!("{d} days, {hms}"),
+    }
+}
+
+/// Python's `repr(float)` (also what `json.dumps` and `"{}".format` write): shortest digits,
+/// fixed notation for exponents in [-4, 16), else `1.5e-05` style.
+pub fn py_float(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0. { "inf" } else { "-inf" }.into();
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("integer exponent");
+    if v == 0. || (-4..16).contains(&exp) {
+        let s = format!("{v}");
+        if s.contains('.') {
+            s
+        } else {
+            s + ".0"
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+#[cfg(test)]
+mod training_tests {
+    use super::*;
+
+    #[test]
+    fn python_float_repr_and_timedelta() {
+        let cases = [
+            (3.2552083333333326e-05, "3.2552083333333326e-05"),
+            (0.0001, "0.0001"),
+            (1.0, "1.0"),
+            (2.256708025932312, "2.256708025932312"),
+            (1e16, "1e+16"),
+            (0.0, "0.0"),
+            (f64::NAN, "nan"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(py_float(v), want);
+        }
+        assert_eq!(timedelta(3725.9), "1:02:05");
+        assert_eq!(timedelta(90000.), "1 day, 1:00:00");
+    }
+
+    #[test]
+    fn smoothed_value_median_is_torch_lower_median() {
+        let mut v = SmoothedValue::new(4);
+        for x in [5., 1., 4., 2., 3.] {
+            v.update(x);
+        }
+        assert_eq!(v.median(), 2.); // window [1, 4, 2, 3] -> lower middle of 1 2 3 4
+        assert_eq!(v.global_avg(), 3.);
+        assert_eq!(v.value(), 3.);
+    }
+}

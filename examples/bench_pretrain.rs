@@ -1,0 +1,44 @@
+//! CPU pre-training step time (forward + backward + AdamW step, as `train_one_epoch` does) of an
+//! MAE model on random images. tools/pretrain_bench.py times the PyTorch reference (HF ViTMAE +
+//! torch.optim.AdamW) and runs this in the same process tree for a side-by-side.
+//! Usage: cargo run --release --example bench_pretrain MODEL BATCH ITERS
+use std::time::Instant;
+
+use mae::models_mae::{self, MaeConfig};
+use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use tch::{nn, Device, Kind, Tensor};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().map_or("mae_vit_base_patch16", String::as_str);
+    let batch: i64 = args.get(1).map_or(Ok(8), |a| a.parse())?;
+    let iters: usize = args.get(2).map_or(Ok(3), |a| a.parse())?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = models_mae::build(name, &vs.root(), MaeConfig::default())?;
+    let size = model.patch_embed.img_size;
+    let mut optimizer = AdamW::new(
+        add_weight_decay(named_parameters(&vs), 0.05, &[]),
+        1e-4,
+        (0.9, 0.95),
+    );
+    let x = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+    let mut times = Vec::new();
+    for i in 0..=iters {
+        let t = Instant::now();
+        let (loss, _, _) = model.forward(&x, 0.75)?;
+        loss.backward();
+        optimizer.step();
+        optimizer.zero_grad();
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64()); // the first step is a warm-up
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "rust {name} batch {batch}: median {median:.4} s/step, {:.1} img/s ({iters} steps, {} threads)",
+        batch as f64 / median,
+        tch::get_num_threads()
+    );
+    Ok(())
+}
