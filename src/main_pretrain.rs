@@ -98,6 +98,18 @@ pub struct Args {
     pub pin_mem: bool,
     #[arg(long = "no_pin_mem")]
     pub no_pin_mem: bool,
+
+    // distributed training parameters (one process here: accepted, world_size must be 1)
+    /// number of distributed processes
+    #[arg(long = "world_size", default_value_t = 1)]
+    pub world_size: i64,
+    #[arg(long = "local_rank", default_value_t = -1)]
+    pub local_rank: i64,
+    #[arg(long = "dist_on_itp")]
+    pub dist_on_itp: bool,
+    /// url used to set up distributed training
+    #[arg(long = "dist_url", default_value = "env://")]
+    pub dist_url: String,
 }
 
 impl Args {
@@ -139,7 +151,10 @@ impl Args {
             ("start_epoch", i(self.start_epoch)),
             ("num_workers", i(self.num_workers as i64)),
             ("pin_mem", Value::Bool(!self.no_pin_mem)),
-            ("world_size", i(1)),
+            ("world_size", i(self.world_size)),
+            ("local_rank", i(self.local_rank)),
+            ("dist_on_itp", Value::Bool(self.dist_on_itp)),
+            ("dist_url", s(&self.dist_url)),
             ("distributed", Value::Bool(false)),
         ];
         Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
@@ -195,6 +210,12 @@ fn build_dataset(args: &Args) -> Result<Arc<dyn ImageSource>> {
 pub fn main(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let device = device_of(&args.device)?;
+    if args.world_size != 1 || args.dist_on_itp {
+        bail!(
+            "--world_size {} / --dist_on_itp: distributed training is not supported (one process)",
+            args.world_size
+        );
+    }
     if args.accum_iter == 0 || args.batch_size == 0 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
