@@ -13,7 +13,8 @@ VisionTransformer(global_pool='avg', fc_norm=True) = the official models_vit.vit
 their class's mean feature (computed through the official eval transform), so that Acc@1 (79%)
 and Acc@5 (87%) differ and are neither 0 nor 100, with a loss of a few units.
 
-usage: make_eval_fixture.py OUT_DIR [--copies K]   (skips the work when OUT_DIR/stamp matches)
+usage: make_eval_fixture.py OUT_DIR [--copies K] [--folder_only]
+(skips the work when OUT_DIR/stamp matches; --folder_only writes no checkpoint)
 """
 import argparse
 import hashlib
@@ -113,15 +114,17 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--copies", type=int, default=1)
+    p.add_argument("--folder_only", action="store_true")
     args = p.parse_args()
-    h = hashlib.sha256(open(__file__, "rb").read()).hexdigest() + f" copies={args.copies}"
+    h = hashlib.sha256(open(__file__, "rb").read()).hexdigest() + f" {args.copies} {args.folder_only}"
     stamp = os.path.join(args.out, "stamp")
     if os.path.exists(stamp) and open(stamp).read().strip() == h:
         return
     shutil.rmtree(args.out, ignore_errors=True)
     val = os.path.join(args.out, "val")
     write_folder(val, args.copies)
-    write_checkpoint(val, os.path.join(args.out, "vit_base_patch16_eval.pth"))
+    if not args.folder_only:
+        write_checkpoint(val, os.path.join(args.out, "vit_base_patch16_eval.pth"))
     with open(stamp, "w") as f:
         f.write(h + "\n")
     print(f"[fixtures] wrote {args.out}")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Evaluation throughput, same machine, same run: `mae eval` against the reference Python pipeline
+# (tools/eval_reference.py: torchvision ImageFolder + DataLoader + timm ViT-B/16) on one folder of
+# real photos (tools/make_eval_fixture.py --copies K), same batch size, workers and device.
+# Each prints its own images/s (data loading + forward, after the model is loaded).
+#
+# usage: tools/bench_eval.sh [COPIES=4] [BATCH=16] [WORKERS=2] [DEVICE=cpu]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COPIES=${1:-4} BATCH=${2:-16} WORKERS=${3:-2} DEVICE=${4:-cpu}
+PY=.venv/bin/python
+[ -x "$PY" ] || { echo "run tools/setup.sh first" >&2; exit 1; }
+cargo build --release --quiet
+$PY tools/make_eval_fixture.py target/fixtures/eval                       # the checkpoint
+$PY tools/make_eval_fixture.py target/bench_eval --copies "$COPIES" --folder_only
+CKPT=target/fixtures/eval/vit_base_patch16_eval.pth
+N=$(find target/bench_eval/val -type f | wc -l)
+ARGS=(--resume "$CKPT" --data_path target/bench_eval --batch_size "$BATCH" --num_workers "$WORKERS" --device "$DEVICE")
+echo "== $N images, batch $BATCH, $WORKERS workers, $DEVICE; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "-- mae eval"
+/usr/bin/time -f "   wall %e s (process)" target/release/mae eval "${ARGS[@]}" | grep -E "Total time|\* Acc"
+echo "-- reference (torchvision + timm)"
+/usr/bin/time -f "   wall %e s (process)" $PY tools/eval_reference.py "${ARGS[@]}" | grep -E "images/s|\* Acc"
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
