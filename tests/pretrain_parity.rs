@@ -179,9 +179,33 @@ fn steps_match_pytorch() {
             let dir = common::scratch("pretrain_parity");
             let path =
                 misc::save_model(&dir, args.to_value(), epoch, &vs, &optimizer, &scaler).unwrap();
-            let out = common::run_python_code(PY_LOAD, &[path.to_str().unwrap()]);
+            let back = dir.join("from_torch.pth");
+            let out =
+                common::run_python_code(PY_LOAD, &[path.to_str().unwrap(), back.to_str().unwrap()]);
             assert!(out.contains("loaded"), "{out}");
             report.push(out.trim().to_string());
+
+            // resuming from the file torch wrote restores the same moments, lr and epoch
+            let mut vs2 = nn::VarStore::new(Device::Cpu);
+            let _m2 = models_mae::build("mae_vit_tiny_patch4", &vs2.root(), MaeConfig::default())
+                .unwrap();
+            let groups = add_weight_decay(named_parameters(&vs2), args.weight_decay, &[]);
+            let mut opt2 = AdamW::new(groups, 0., (0.9, 0.95));
+            let mut scaler2 = NativeScalerWithGradNormCount::new(false);
+            let start = misc::load_model(&back, &mut vs2, &mut opt2, &mut scaler2).unwrap();
+            assert_eq!(start, Some(epoch + 1));
+            assert_eq!(opt2.param_groups[0].lr, optimizer.param_groups[0].lr);
+            let (a, b) = (moments(&optimizer), moments(&opt2));
+            for (name, (m, v, step)) in &a {
+                let (m2, v2, step2) = &b[name];
+                assert!(
+                    m.equal(m2) && v.equal(v2) && step == step2,
+                    "{name} after torch round trip"
+                );
+            }
+            for ((k, w), (k2, w2)) in named_parameters(&vs).iter().zip(&named_parameters(&vs2)) {
+                assert!(k == k2 && w.equal(w2), "{k}");
+            }
         }
     }
     println!("{}", report.join("\n"));
@@ -209,4 +233,8 @@ for p in no_decay + decay:
     st = opt.state[p]
     assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
 print("checkpoint loaded in PyTorch: epoch", ck["epoch"], "lr", opt.param_groups[0]["lr"], "steps", int(opt.state[decay[0]]["step"]))
+# and back: saved by torch as the official save_model does (args an argparse.Namespace)
+import argparse
+torch.save({"model": sd, "optimizer": opt.state_dict(), "epoch": ck["epoch"], "scaler": {},
+            "args": argparse.Namespace(**ck["args"])}, sys.argv[2])
 "#;
