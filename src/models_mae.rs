@@ -324,84 +324,59 @@ impl MaskedAutoencoderViT {
     }
 }
 
-pub fn mae_vit_base_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig {
-        patch_size: 16,
-        embed_dim: 768,
-        depth: 12,
-        num_heads: 12,
-        ..cfg
-    };
+/// The three official sizes share the decoder: 512 dim, 8 blocks, 16 heads; mlp_ratio 4.
+fn mae_dec512d8b(
+    vs: &nn::Path,
+    cfg: MaeConfig,
+    patch: i64,
+    dim: i64,
+    depth: i64,
+    heads: i64,
+) -> MaskedAutoencoderViT {
+    let (decoder_embed_dim, decoder_depth, decoder_num_heads) = (512, 8, 16);
     MaskedAutoencoderViT::new(
         vs,
         &MaeConfig {
-            decoder_embed_dim: 512,
-            decoder_depth: 8,
-            decoder_num_heads: 16,
+            patch_size: patch,
+            embed_dim: dim,
+            depth,
+            num_heads: heads,
+            decoder_embed_dim,
+            decoder_depth,
+            decoder_num_heads,
             mlp_ratio: 4.,
-            ..arch
+            ..cfg
         },
     )
+}
+
+pub fn mae_vit_base_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
+    mae_dec512d8b(vs, cfg, 16, 768, 12, 12)
 }
 
 pub fn mae_vit_large_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig {
-        patch_size: 16,
-        embed_dim: 1024,
-        depth: 24,
-        num_heads: 16,
-        ..cfg
-    };
-    MaskedAutoencoderViT::new(
-        vs,
-        &MaeConfig {
-            decoder_embed_dim: 512,
-            decoder_depth: 8,
-            decoder_num_heads: 16,
-            mlp_ratio: 4.,
-            ..arch
-        },
-    )
+    mae_dec512d8b(vs, cfg, 16, 1024, 24, 16)
 }
 
 pub fn mae_vit_huge_patch14_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig {
-        patch_size: 14,
-        embed_dim: 1280,
-        depth: 32,
-        num_heads: 16,
-        ..cfg
-    };
-    MaskedAutoencoderViT::new(
-        vs,
-        &MaeConfig {
-            decoder_embed_dim: 512,
-            decoder_depth: 8,
-            decoder_num_heads: 16,
-            mlp_ratio: 4.,
-            ..arch
-        },
-    )
+    mae_dec512d8b(vs, cfg, 14, 1280, 32, 16)
 }
 
 /// Not in the reference: a 32×32 model (8×8 patches of 4) small enough for tests and CPU demos.
 pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig {
-        img_size: 32,
-        patch_size: 4,
-        embed_dim: 64,
-        depth: 2,
-        num_heads: 4,
-        ..cfg
-    };
     MaskedAutoencoderViT::new(
         vs,
         &MaeConfig {
+            img_size: 32,
+            patch_size: 4,
+            embed_dim: 64,
+            depth: 2,
+            num_heads: 4,
             decoder_embed_dim: 32,
             decoder_depth: 2,
             decoder_num_heads: 4,
             mlp_ratio: 4.,
-            ..arch
+            ..cfg
         },
     )
 }
@@ -409,22 +384,19 @@ pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderVi
 /// Not in the reference: the 32×32 model pre-trained on Fashion-MNIST (28×28 upsampled by the
 /// RandomResizedCrop) and shipped in weights/: 8×8 patches of 4, 6 blocks of 128-d, decoder 4×64-d.
 pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    let arch = MaeConfig {
-        img_size: 32,
-        patch_size: 4,
-        embed_dim: 128,
-        depth: 6,
-        num_heads: 4,
-        ..cfg
-    };
     MaskedAutoencoderViT::new(
         vs,
         &MaeConfig {
+            img_size: 32,
+            patch_size: 4,
+            embed_dim: 128,
+            depth: 6,
+            num_heads: 4,
             decoder_embed_dim: 64,
             decoder_depth: 4,
             decoder_num_heads: 4,
             mlp_ratio: 4.,
-            ..arch
+            ..cfg
         },
     )
 }

@@ -12,11 +12,17 @@ use mae::util::pos_embed::get_2d_sincos_pos_embed;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 fn shapes(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {
-    vs.variables().into_iter().map(|(k, t)| (k, t.size())).collect()
+    vs.variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.size()))
+        .collect()
 }
 
 fn official() -> serde_json::Map<String, serde_json::Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/official_state_dicts.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/reference/official_state_dicts.json"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
@@ -26,8 +32,7 @@ fn varstore_keys_and_shapes_are_the_official_state_dicts() {
     let mut checked = 0;
     for (name, keys) in official() {
         let vs = nn::VarStore::new(Device::Cpu);
-        if let Some(arch) = name.strip_prefix("mae_") {
-            let _ = arch;
+        if name.starts_with("mae_") {
             models_mae::build(&name, &vs.root(), MaeConfig::default()).unwrap();
         } else if name.ends_with("_linprobe") {
             continue; // main_linprobe.py's BatchNorm + Linear head is built there, not in models_vit
@@ -36,20 +41,43 @@ fn varstore_keys_and_shapes_are_the_official_state_dicts() {
                 Some(arch) => (arch, false),
                 None => (name.as_str(), true),
             };
-            models_vit::build(arch, &vs.root(), VitConfig { global_pool, ..Default::default() }).unwrap();
+            models_vit::build(
+                arch,
+                &vs.root(),
+                VitConfig {
+                    global_pool,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         }
         let want: BTreeMap<String, Vec<i64>> = keys
             .as_object()
             .unwrap()
             .iter()
-            .map(|(k, s)| (k.clone(), s.as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect()))
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    s.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.as_i64().unwrap())
+                        .collect(),
+                )
+            })
             .collect();
         let got = shapes(&vs);
         // tch renames a duplicate variable to `name__N` instead of failing
-        assert!(got.keys().all(|k| !k.contains("__")), "{name}: duplicate VarStore names");
+        assert!(
+            got.keys().all(|k| !k.contains("__")),
+            "{name}: duplicate VarStore names"
+        );
         let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
         let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{name}: missing {missing:?}, extra {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name}: missing {missing:?}, extra {extra:?}"
+        );
         for (k, s) in &want {
             assert_eq!(&got[k], s, "{name}: shape of {k}");
         }
@@ -89,14 +117,17 @@ fn mae_initialize_weights() {
             ("cls_token" | "mask_token", _) => close(0.02, 0.1),
             // nn.Conv2d default, not touched by initialize_weights
             ("patch_embed.proj.bias", _) => close((1. / 768f64).sqrt() / 3f64.sqrt(), 0.1),
-            ("patch_embed.proj.weight", 4) => close((2. / (768. + 768.) as f64).sqrt(), 0.05),
+            ("patch_embed.proj.weight", 4) => close((2f64 / (768. + 768.)).sqrt(), 0.05),
             (_, 1) if k.ends_with(".bias") => assert!(all_eq(&t, 0.), "{k}"),
             (_, 1) => assert!(all_eq(&t, 1.), "{k}"),
             (_, 2) => {
                 // xavier_uniform: U(±sqrt(6/(fan_in+fan_out))), std sqrt(2/(fan_in+fan_out))
                 let fans = (size[0] + size[1]) as f64;
                 close((2. / fans).sqrt(), 0.05);
-                assert!(t.abs().max().double_value(&[]) <= (6. / fans).sqrt() * (1. + 1e-6), "{k}");
+                assert!(
+                    t.abs().max().double_value(&[]) <= (6. / fans).sqrt() * (1. + 1e-6),
+                    "{k}"
+                );
             }
             _ => panic!("unexpected variable {k} {size:?}"),
         }
@@ -109,18 +140,26 @@ fn vit_init_and_drop_path_schedule() {
     let model = models_vit::vit_base_patch16(&vs.root(), VitConfig::default());
     for (k, t) in vs.variables() {
         match t.dim() {
-            1 if k.ends_with(".bias") && k != "patch_embed.proj.bias" => assert!(all_eq(&t, 0.), "{k}"),
+            1 if k.ends_with(".bias") && k != "patch_embed.proj.bias" => {
+                assert!(all_eq(&t, 0.), "{k}")
+            }
             1 if k.ends_with(".weight") => assert!(all_eq(&t, 1.), "{k}"),
             2 | 3 => {
                 let s = std(&t);
-                assert!((s / 0.02 - 1.).abs() < if k == "cls_token" { 0.15 } else { 0.05 }, "{k}: std {s}");
+                assert!(
+                    (s / 0.02 - 1.).abs() < if k == "cls_token" { 0.15 } else { 0.05 },
+                    "{k}: std {s}"
+                );
             }
             _ => {}
         }
     }
     let dpr: Vec<f64> = model.blocks.iter().map(|b| b.drop_path.drop_prob).collect();
     assert_eq!(dpr[0], 0.);
-    assert!((dpr[11] - 0.1).abs() < 1e-7 && (dpr[1] - 0.1 / 11.).abs() < 1e-7, "{dpr:?}");
+    assert!(
+        (dpr[11] - 0.1).abs() < 1e-7 && (dpr[1] - 0.1 / 11.).abs() < 1e-7,
+        "{dpr:?}"
+    );
 }
 
 #[test]
@@ -130,10 +169,20 @@ fn drop_path_is_per_sample_and_identity_in_eval() {
     assert!(dp.forward_t(&x, false).equal(&x));
     let y = dp.forward_t(&x, true);
     let per_sample = y.amax([1, 2], false);
-    assert!(y.amin([1, 2], false).equal(&per_sample), "a sample is dropped as a whole");
-    let kept = per_sample.gt(0.).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    assert!(
+        y.amin([1, 2], false).equal(&per_sample),
+        "a sample is dropped as a whole"
+    );
+    let kept = per_sample
+        .gt(0.)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
     assert!((kept - 0.75).abs() < 0.03, "kept {kept}");
-    assert!(all_eq(&per_sample.masked_select(&per_sample.gt(0.)), 1. / 0.75));
+    assert!(all_eq(
+        &per_sample.masked_select(&per_sample.gt(0.)),
+        1. / 0.75
+    ));
 }
 
 #[test]
@@ -148,44 +197,90 @@ fn patchify_layout_and_round_trip() {
     let a = x.double_value(&[n, h * 8 + w, (p * 4 + q) * 3 + c]);
     assert_eq!(a, imgs.double_value(&[n, c, h * 4 + p, w * 4 + q]));
     assert!(model.unpatchify(&x).unwrap().equal(&imgs));
-    let err = model.patchify(&Tensor::zeros([1, 3, 32, 30], (Kind::Float, Device::Cpu))).unwrap_err();
-    assert!(err.to_string().contains("multiple of the patch size"), "{err}");
-    let err = model.forward(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu)), 0.75).unwrap_err();
-    assert!(err.to_string().contains("doesn't match model (32*32)"), "{err}");
+    let err = model
+        .patchify(&Tensor::zeros([1, 3, 32, 30], (Kind::Float, Device::Cpu)))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("multiple of the patch size"),
+        "{err}"
+    );
+    let err = model
+        .forward(
+            &Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu)),
+            0.75,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("doesn't match model (32*32)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn load_state_dict_reports_like_pytorch() {
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let cfg = VitConfig { img_size: 32, num_classes: 10, ..Default::default() };
+    let cfg = VitConfig {
+        img_size: 32,
+        num_classes: 10,
+        ..Default::default()
+    };
     let model = models_vit::vit_tiny_patch4(&vs.root(), cfg);
-    let mut sd: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (k, t.detach().ones_like())).collect();
+    let mut sd: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().ones_like()))
+        .collect();
     sd.retain(|(k, _)| k != "fc_norm.bias");
-    sd.push(("decoder_embed.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu))));
+    sd.push((
+        "decoder_embed.weight".into(),
+        Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+    ));
     for (k, t) in sd.iter_mut() {
         if k == "head.weight" {
             *t = Tensor::zeros([5, 64], (Kind::Float, Device::Cpu));
         }
     }
-    let shallow = |sd: &[(String, Tensor)]| sd.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect::<Vec<_>>();
-    let err = load_state_dict(&mut vs, shallow(&sd), true).unwrap_err().to_string();
+    let shallow = |sd: &[(String, Tensor)]| {
+        sd.iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect::<Vec<_>>()
+    };
+    let err = load_state_dict(&mut vs, shallow(&sd), true)
+        .unwrap_err()
+        .to_string();
     for k in ["fc_norm.bias", "decoder_embed.weight", "head.weight"] {
         assert!(err.contains(k), "{err}");
     }
-    assert!(all_eq(&model.cls_token, 1.) == false, "strict failure copies nothing");
+    assert!(
+        !all_eq(&model.cls_token, 1.),
+        "strict failure copies nothing"
+    );
     let report = load_state_dict(&mut vs, sd, false).unwrap();
     assert_eq!(report.missing_keys, ["fc_norm.bias"]);
     assert_eq!(report.unexpected_keys, ["decoder_embed.weight"]);
-    assert_eq!(report.mismatched_keys, [("head.weight".to_string(), vec![5, 64], vec![10, 64])]);
+    assert_eq!(
+        report.mismatched_keys,
+        [("head.weight".to_string(), vec![5, 64], vec![10, 64])]
+    );
     assert!(all_eq(&model.cls_token, 1.) && all_eq(&model.pos_embed, 1.));
 }
 
 #[test]
 fn unknown_model_names_list_the_valid_ones() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let err = models_mae::build("mae_vit_giant", &vs.root(), MaeConfig::default()).unwrap_err().to_string();
-    assert!(models_mae::MODEL_NAMES.iter().all(|n| err.contains(n)), "{err}");
-    let err = models_vit::build("vit_giant", &vs.root(), VitConfig::default()).unwrap_err().to_string();
-    assert!(models_vit::MODEL_NAMES.iter().all(|n| err.contains(n)), "{err}");
+    let err = models_mae::build("mae_vit_giant", &vs.root(), MaeConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        models_mae::MODEL_NAMES.iter().all(|n| err.contains(n)),
+        "{err}"
+    );
+    let err = models_vit::build("vit_giant", &vs.root(), VitConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        models_vit::MODEL_NAMES.iter().all(|n| err.contains(n)),
+        "{err}"
+    );
     assert!(vs.is_empty());
 }

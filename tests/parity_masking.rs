@@ -23,13 +23,20 @@ fn manual_seed_masks_the_same_patches_as_pytorch() {
             let x = Tensor::zeros([n, l, 4], (Kind::Float, Device::Cpu));
             let (_, mask, ids_restore) = model.random_masking(&x, ratio, None).unwrap();
             assert!(mask.equal(&io[&key("mask")]), "{}", key("mask"));
-            assert!(ids_restore.equal(&io[&key("ids_restore")]), "{}", key("ids_restore"));
+            assert!(
+                ids_restore.equal(&io[&key("ids_restore")]),
+                "{}",
+                key("ids_restore")
+            );
             n_checked += 1;
         }
         // the whole forward draws the noise at the same point as models_mae.py
         tch::manual_seed(seed);
         let (_, _, mask) = tch::no_grad(|| model.forward(&imgs, 0.75)).unwrap();
-        assert!(mask.equal(&io[&format!("mask_{seed}_3_64_0.75")]), "forward, seed {seed}");
+        assert!(
+            mask.equal(&io[&format!("mask_{seed}_3_64_0.75")]),
+            "forward, seed {seed}"
+        );
     }
     assert_eq!(n_checked, 15);
 }

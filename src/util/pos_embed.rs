@@ -113,7 +113,8 @@ mod tests {
         let (d, g) = (8, 3);
         let t = get_2d_sincos_pos_embed_f64(d, g, true);
         assert!(t[..8].iter().all(|&v| v == 0.));
-        let row = &t[(1 + 1 * g as usize + 2) * 8..][..8]; // i = 1, j = 2
+        let (i, j) = (1, 2);
+        let row = &t[(1 + i * g as usize + j) * 8..][..8];
         let om: [f64; 2] = [1., 0.01];
         let want = [
             (2. * om[0]).sin(),
