@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
 use crate::models_vit::VisionTransformer;
+use crate::util::misc::timedelta;
 
 /// One batch of the validation loader: images [B, 3, H, W] and class indices [B].
 pub struct Batch {
@@ -116,7 +117,7 @@ pub fn evaluate(
     let elapsed = start.elapsed().as_secs_f64();
     println!(
         "{header} Total time: {} ({:.4} s / it, {:.1} images/s)",
-        hms(elapsed),
+        timedelta(elapsed),
         elapsed / batches.max(1) as f64,
         n as f64 / elapsed
     );
@@ -132,12 +133,6 @@ pub fn evaluate(
     );
     let logits = keep_logits.then(|| Tensor::cat(&logits, 0));
     Ok((stats, logits))
-}
-
-/// `str(datetime.timedelta(seconds=int(t)))`: H:MM:SS.
-fn hms(t: f64) -> String {
-    let s = t as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]
@@ -162,10 +157,5 @@ mod tests {
             &[1, 5],
         );
         assert_eq!(acc, [100., 100.]);
-    }
-
-    #[test]
-    fn hms_like_timedelta() {
-        assert_eq!(hms(3725.9), "1:02:05");
     }
 }
