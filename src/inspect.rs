@@ -29,17 +29,20 @@ pub struct Detected {
     pub depth: i64,
     pub patch_size: i64,
     pub img_size: i64,
-    /// `base`, `large`, `huge`, or `custom` when the dims match no official size.
+    /// A name of [`SIZES`], or `custom` when the dims match none.
     pub size: &'static str,
     pub decoder_embed_dim: Option<i64>,
     pub decoder_depth: Option<i64>,
 }
 
-/// The official size names: (name, embed_dim, depth, patch_size).
-const SIZES: [(&str, i64, i64, i64); 3] = [
+/// The size names: (name, embed_dim, depth, patch_size). `base`, `large`, `huge` are the official
+/// ones; `tiny` and `mini` are this project's small configurations (tests, Fashion-MNIST).
+const SIZES: [(&str, i64, i64, i64); 5] = [
     ("base", 768, 12, 16),
     ("large", 1024, 24, 16),
     ("huge", 1280, 32, 14),
+    ("tiny", 64, 2, 4),
+    ("mini", 128, 6, 4),
 ];
 
 impl Detected {
@@ -87,8 +90,12 @@ impl Detected {
             self.embed_dim,
             self.depth
         );
-        if self.size == "custom" {
-            s.push_str(" (not an official size)");
+        match self.size {
+            "custom" => s.push_str(" (not a known size)"),
+            "tiny" | "mini" => {
+                s.push_str(" (this project's small configuration, not an official size)")
+            }
+            _ => {}
         }
         if let Kind::Finetuned {
             global_pool: false, ..
@@ -337,8 +344,8 @@ mod tests {
     #[test]
     fn custom_tiny_encoder() {
         let e = entries(&[
-            ("patch_embed.proj.weight", vec![64, 3, 4, 4]),
-            ("pos_embed", vec![1, 65, 64]),
+            ("patch_embed.proj.weight", vec![48, 3, 4, 4]),
+            ("pos_embed", vec![1, 65, 48]),
             ("blocks.0.norm1.weight", vec![64]),
             ("blocks.1.norm1.weight", vec![64]),
             ("norm.weight", vec![64]),
@@ -346,5 +353,20 @@ mod tests {
         let d = detect(e.iter().map(|(k, s)| (*k, s.as_slice()))).unwrap();
         assert_eq!(d.kind, Kind::MaeEncoder);
         assert_eq!((d.img_size, d.depth, d.size), (32, 2, "custom"));
+    }
+
+    #[test]
+    fn project_small_configs_have_model_names() {
+        let e = entries(&[
+            ("patch_embed.proj.weight", vec![64, 3, 4, 4]),
+            ("pos_embed", vec![1, 65, 64]),
+            ("blocks.0.norm1.weight", vec![64]),
+            ("blocks.1.norm1.weight", vec![64]),
+            ("decoder_embed.weight", vec![32, 64]),
+            ("decoder_blocks.0.norm1.weight", vec![32]),
+        ]);
+        let d = detect(e.iter().map(|(k, s)| (*k, s.as_slice()))).unwrap();
+        assert_eq!(d.model_name(), "mae_vit_tiny_patch4");
+        assert!(d.describe().contains("not an official size"));
     }
 }

@@ -115,10 +115,7 @@ pub fn device(arg: Option<&str>) -> Result<Device> {
 pub fn detect_model(sd: &[(String, Tensor)]) -> Result<(Detected, String)> {
     let shapes: Vec<(&str, Vec<i64>)> = sd.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
     let det = inspect::detect(shapes.iter().map(|(k, s)| (*k, s.as_slice())))?;
-    let name = match (det.size, det.embed_dim, det.depth, det.patch_size) {
-        ("custom", 64, 2, 4) => det.model_name().replace("custom", "tiny"),
-        _ => det.model_name(),
-    };
+    let name = det.model_name();
     Ok((det, name))
 }
 
