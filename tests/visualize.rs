@@ -1,8 +1,8 @@
 //! `mae visualize` against the demo's `run_one_image` on HuggingFace ViTMAE with the same official
 //! weights (tools/visualize_reference.py), same seed: identical inputs and masks, reconstructions
 //! within 1e-5, and the PNG: 4 panels × rows, the demo's pixels in each panel, titles drawn.
-mod common;
 mod parity_common;
+use parity_common::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 /// Generates (once; the script skips groups whose stamp matches its hash) and returns the fixture
 /// directory. A missing Python reference env fails the test (common::python panics).
