@@ -3,6 +3,7 @@
 //!
 //! Fixtures go to target/fixtures/checkpoint (about 7.5 GB, generated once, ~40 s). Without the
 //! Python env (.venv) the Python-backed tests are skipped, unless CI=true, where they fail.
+mod common;
 use mae::util::checkpoint::{self, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -183,27 +184,8 @@ fn check_against_manifest(name: &str, root: &Value) -> serde_json::Value {
     man
 }
 
-/// The official state_dict keys and shapes, from the reference facts.
-fn official(model: &str) -> Vec<(String, Vec<i64>)> {
-    let p = Path::new(ROOT).join("../shared/reference/official_state_dicts.json");
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-    let sd = j[model].as_object().unwrap();
-    sd.iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_i64().unwrap())
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
 fn check_official_keys(model: &str, sd: &[(String, Tensor)]) {
-    let mut want = official(model);
+    let mut want = common::official_state_dict(model);
     let mut got: Vec<(String, Vec<i64>)> = sd.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     want.sort();
     got.sort();
@@ -375,7 +357,7 @@ fn rust_to_python_round_trip() {
     }
 
     // A full official state dict that the reference model would accept (same keys, shapes).
-    let sd: Vec<(String, Tensor)> = official("vit_base_patch16")
+    let sd: Vec<(String, Tensor)> = common::official_state_dict("vit_base_patch16")
         .into_iter()
         .map(|(k, shape)| (k, pattern(Kind::Float, &shape)))
         .collect();

@@ -1,39 +1,14 @@
 //! Model detection against the official key/shape lists (../shared/reference, taken from the
 //! reference code by instantiating its models).
+mod common;
 use mae::inspect::{detect, Kind};
-use std::path::PathBuf;
 
-fn official() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/official_state_dicts.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the shared/ folder must sit beside the checkout)",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text).expect("official_state_dicts.json parses")
+fn detect_shapes(shapes: &[(String, Vec<i64>)]) -> mae::inspect::Detected {
+    detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap()
 }
 
 fn detect_official(model: &str) -> mae::inspect::Detected {
-    let all = official();
-    let sd = all[model]
-        .as_object()
-        .unwrap_or_else(|| panic!("{model} missing from the reference"));
-    let shapes: Vec<(String, Vec<i64>)> = sd
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_i64().unwrap())
-                    .collect(),
-            )
-        })
-        .collect();
-    detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap()
+    detect_shapes(&common::official_state_dict(model))
 }
 
 #[test]
@@ -137,23 +112,9 @@ fn detects_every_official_model() {
 #[test]
 fn encoder_only_pretrain_checkpoint() {
     // The released mae_pretrain_vit_*.pth hold the encoder only: drop decoder keys and mask_token.
-    let all = official();
-    let sd = all["mae_vit_large_patch16"].as_object().unwrap();
-    let shapes: Vec<(String, Vec<i64>)> = sd
-        .iter()
-        .filter(|(k, _)| !k.starts_with("decoder") && k.as_str() != "mask_token")
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_i64().unwrap())
-                    .collect(),
-            )
-        })
-        .collect();
-    let d = detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap();
+    let mut shapes = common::official_state_dict("mae_vit_large_patch16");
+    shapes.retain(|(k, _)| !k.starts_with("decoder") && k != "mask_token");
+    let d = detect_shapes(&shapes);
     assert_eq!(d.kind, Kind::MaeEncoder);
     assert_eq!(d.model_name(), "vit_large_patch16");
 }
@@ -161,23 +122,11 @@ fn encoder_only_pretrain_checkpoint() {
 #[test]
 fn resolution_from_pos_embed() {
     // ViT-H fine-tuned at 448: pos_embed holds 32x32 patches + cls.
-    let all = official();
-    let sd = all["vit_huge_patch14"].as_object().unwrap();
-    let shapes: Vec<(String, Vec<i64>)> = sd
-        .iter()
-        .map(|(k, v)| {
-            let s: Vec<i64> = if k == "pos_embed" {
-                vec![1, 1025, 1280]
-            } else {
-                v.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_i64().unwrap())
-                    .collect()
-            };
-            (k.clone(), s)
-        })
-        .collect();
-    let d = detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap();
-    assert_eq!(d.img_size, 448);
+    let mut shapes = common::official_state_dict("vit_huge_patch14");
+    for (k, s) in shapes.iter_mut() {
+        if k == "pos_embed" {
+            *s = vec![1, 1025, 1280];
+        }
+    }
+    assert_eq!(detect_shapes(&shapes).img_size, 448);
 }

@@ -2,6 +2,7 @@
 //! state_dicts (shared/reference/official_state_dicts.json), `initialize_weights` statistics,
 //! patchify / unpatchify, DropPath, strict / non-strict loading, model names.
 
+mod common;
 use std::collections::BTreeMap;
 
 use mae::models_mae::{self, MaeConfig};
@@ -18,19 +19,10 @@ fn shapes(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {
         .collect()
 }
 
-fn official() -> serde_json::Map<String, serde_json::Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/reference/official_state_dicts.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap()
-}
-
 #[test]
 fn varstore_keys_and_shapes_are_the_official_state_dicts() {
     let mut checked = 0;
-    for (name, keys) in official() {
+    for (name, keys) in common::official_state_dicts() {
         let vs = nn::VarStore::new(Device::Cpu);
         if name.starts_with("mae_") {
             models_mae::build(&name, &vs.root(), MaeConfig::default()).unwrap();
@@ -51,21 +43,7 @@ fn varstore_keys_and_shapes_are_the_official_state_dicts() {
             )
             .unwrap();
         }
-        let want: BTreeMap<String, Vec<i64>> = keys
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, s)| {
-                (
-                    k.clone(),
-                    s.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|d| d.as_i64().unwrap())
-                        .collect(),
-                )
-            })
-            .collect();
+        let want: BTreeMap<String, Vec<i64>> = keys.into_iter().collect();
         let got = shapes(&vs);
         // tch renames a duplicate variable to `name__N` instead of failing
         assert!(

@@ -71,3 +71,48 @@ pub fn shared_image(name: &str) -> PathBuf {
     );
     p
 }
+
+/// A state_dict's keys and shapes, in order.
+pub type Shapes = Vec<(String, Vec<i64>)>;
+
+/// Every official model's state_dict keys and shapes, in the reference's order
+/// (../shared/reference/official_state_dicts.json, read off the official models).
+pub fn official_state_dicts() -> Vec<(String, Shapes)> {
+    let path = root().join("../shared/reference/official_state_dicts.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (shared/ must sit beside the checkout)",
+            path.display()
+        )
+    });
+    let all: serde_json::Value =
+        serde_json::from_str(&text).expect("official_state_dicts.json parses");
+    let shape = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .expect("shape list")
+            .iter()
+            .map(|d| d.as_i64().expect("int dim"))
+            .collect()
+    };
+    all.as_object()
+        .expect("a JSON object of models")
+        .iter()
+        .map(|(model, sd)| {
+            let keys = sd
+                .as_object()
+                .expect("a JSON object of keys")
+                .iter()
+                .map(|(k, v)| (k.clone(), shape(v)));
+            (model.clone(), keys.collect())
+        })
+        .collect()
+}
+
+/// The keys and shapes of one official model (see [`official_state_dicts`]).
+pub fn official_state_dict(model: &str) -> Shapes {
+    official_state_dicts()
+        .into_iter()
+        .find(|(m, _)| m == model)
+        .unwrap_or_else(|| panic!("{model} is not in official_state_dicts.json"))
+        .1
+}
