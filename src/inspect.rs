@@ -221,6 +221,76 @@ pub struct Args {
     /// With --model vit_*: the cls-token variant (`norm`) instead of global pooling (`fc_norm`).
     #[arg(long)]
     pub cls_token: bool,
+    /// Check the file's md5 against the prefixes published with the official checkpoints (done
+    /// anyway when the file has an official name, e.g. mae_pretrain_vit_base.pth).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// The official checkpoints with the md5 prefixes published beside them (README.md and
+/// FINETUNE.md of facebookresearch/mae; weights/README.md lists their URLs).
+pub const OFFICIAL_MD5_PREFIXES: [(&str, &str); 6] = [
+    ("mae_pretrain_vit_base.pth", "8cad7c"),
+    ("mae_pretrain_vit_large.pth", "b8b06e"),
+    ("mae_pretrain_vit_huge.pth", "9bdbb0"),
+    ("mae_finetuned_vit_base.pth", "1b25e9"),
+    ("mae_finetuned_vit_large.pth", "51f550"),
+    ("mae_finetuned_vit_huge.pth", "2541f2"),
+];
+
+/// Hex md5 of a file, read in 1 MiB chunks.
+pub fn md5_hex(path: &std::path::Path) -> anyhow::Result<String> {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Compare a file's md5 with the published prefixes: an official file name must match its own
+/// prefix (error otherwise); any other name is reported if it matches one.
+pub fn verify_md5(path: &std::path::Path) -> anyhow::Result<String> {
+    let md5 = md5_hex(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some((_, prefix)) = OFFICIAL_MD5_PREFIXES.iter().find(|(n, _)| *n == name) {
+        anyhow::ensure!(
+            md5.starts_with(prefix),
+            "{}: md5 {md5} does not start with {prefix}, the prefix published for {name}: the download is incomplete or corrupt",
+            path.display()
+        );
+        return Ok(format!(
+            "md5 {md5}: matches the published prefix {prefix} of {name}"
+        ));
+    }
+    Ok(
+        match OFFICIAL_MD5_PREFIXES
+            .iter()
+            .find(|(_, p)| md5.starts_with(p))
+        {
+            Some((official, p)) => {
+                format!("md5 {md5}: matches the published prefix {p} of {official}")
+            }
+            None => format!("md5 {md5}: not one of the official checkpoints"),
+        },
+    )
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -229,6 +299,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
     let start = std::time::Instant::now();
+    let official_name = OFFICIAL_MD5_PREFIXES
+        .iter()
+        .any(|(n, _)| path.file_name().is_some_and(|f| f == *n));
+    let verified = if args.verify || official_name {
+        Some(verify_md5(path)?)
+    } else {
+        None
+    };
     let root = checkpoint::load(path)?;
     println!(
         "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
@@ -236,6 +314,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bytes as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
+    if let Some(line) = verified {
+        println!("{line}");
+    }
     println!("top level: {}", root.summary(args.max_items));
     let where_ = if root.get("model").is_some() {
         "checkpoint['model']"

@@ -818,3 +818,33 @@ fn inspect_checks_keys_against_a_model() {
         "{line}"
     );
 }
+
+/// A file named like an official checkpoint must carry the published md5 prefix.
+#[test]
+fn inspect_verifies_official_md5_prefixes() {
+    let d = tmp_dir("inspect_md5");
+    let fake = d.join("mae_pretrain_vit_base.pth");
+    std::fs::write(&fake, b"abc").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .arg("inspect")
+        .arg(&fake)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // md5("abc") = 900150983cd24fb0d6963f7d28e17f72 (RFC 1321 test suite)
+    assert!(
+        stderr.contains("md5 900150983cd24fb0d6963f7d28e17f72 does not start with 8cad7c"),
+        "{stderr}"
+    );
+    let err = mae::inspect::verify_md5(&fake).unwrap_err().to_string();
+    assert!(
+        err.contains("mae_pretrain_vit_base.pth") && err.contains("8cad7c"),
+        "{err}"
+    );
+    let other = d.join("other.bin");
+    std::fs::write(&other, b"abc").unwrap();
+    assert!(mae::inspect::verify_md5(&other)
+        .unwrap()
+        .contains("not one of the official checkpoints"));
+}
