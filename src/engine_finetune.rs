@@ -1,19 +1,131 @@
-//! Port of engine_finetune.py: `evaluate` (and timm.utils `accuracy`, which it calls).
-//! `train_one_epoch` comes with fine-tuning.
+//! Port of engine_finetune.py: `train_one_epoch` (fine-tuning and linear probing share it) and
+//! `evaluate` (and timm.utils `accuracy`, which it calls).
 
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
-use crate::models_vit::VisionTransformer;
-use crate::util::misc::timedelta;
+use crate::util::amp::{self, Precision};
+
+use crate::timm::loss::Criterion;
+use crate::timm::mixup::Mixup;
+use crate::util::lr_sched::{self, LrArgs};
+use crate::util::misc::{
+    py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
+};
+use crate::util::optim::Optimizer;
 
 /// One batch of the validation loader: images [B, 3, H, W] and class indices [B].
 pub struct Batch {
     pub images: Tensor,
     pub target: Tensor,
+}
+
+/// What `train_one_epoch` returns: `{k: meter.global_avg}` (`lr` is the largest group lr of each
+/// iteration, `loss` the criterion's value), and every iteration's (fractional epoch, loss, lr).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainStats {
+    pub lr: f64,
+    pub loss: f64,
+    pub steps: Vec<(f64, f64, f64)>,
+}
+
+/// `train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler,
+/// max_norm, mixup_fn, args=args)`. `forward(samples, train)` is `model(samples)` in train mode;
+/// `data_loader` yields the epoch's batches (its length is `len(data_loader)`).
+#[allow(clippy::too_many_arguments)]
+pub fn train_one_epoch(
+    forward: &dyn Fn(&Tensor) -> Result<Tensor>,
+    criterion: Criterion,
+    data_loader: impl ExactSizeIterator<Item = Result<Batch>>,
+    optimizer: &mut impl Optimizer,
+    device: Device,
+    epoch: i64,
+    loss_scaler: &mut NativeScalerWithGradNormCount,
+    max_norm: Option<f64>,
+    mixup_fn: Option<&Mixup>,
+    accum_iter: usize,
+    lr_args: &LrArgs,
+) -> Result<TrainStats> {
+    let mut metric_logger = MetricLogger::default();
+    let header = format!("Epoch: [{epoch}]");
+    let print_freq = 20;
+    let len = data_loader.len();
+    let mut steps = Vec::with_capacity(len);
+
+    optimizer.zero_grad();
+
+    let (start_time, mut end) = (Instant::now(), Instant::now());
+    let (mut iter_time, mut data_time) = (SmoothedValue::new(20), SmoothedValue::new(20));
+    let width = len.to_string().len();
+    for (data_iter_step, batch) in data_loader.enumerate() {
+        let Batch { images, target } = batch?;
+        data_time.update(end.elapsed().as_secs_f64());
+
+        // we use a per iteration (instead of per epoch) lr scheduler
+        let epoch_f = data_iter_step as f64 / len as f64 + epoch as f64;
+        if data_iter_step % accum_iter == 0 {
+            lr_sched::adjust_learning_rate(optimizer.param_groups(), epoch_f, lr_args);
+        }
+
+        let mut samples = images.to_device(device);
+        let mut targets = target.to_device(device);
+        if let Some(mixup_fn) = mixup_fn {
+            targets = mixup_fn.call(&mut samples, &targets);
+        }
+
+        let loss = tch::autocast(device.is_cuda(), || {
+            forward(&samples)
+                .map(|outputs| criterion.forward(&outputs.to_kind(Kind::Float), &targets))
+        })?;
+
+        let loss_value = loss.double_value(&[]);
+        if !loss_value.is_finite() {
+            bail!("Loss is {}, stopping training", py_float(loss_value));
+        }
+
+        let loss = loss / accum_iter as f64;
+        let update_grad = (data_iter_step + 1) % accum_iter == 0;
+        loss_scaler.call_clip(&loss, optimizer, max_norm, update_grad);
+        if update_grad {
+            optimizer.zero_grad();
+        }
+
+        metric_logger.loss.update(loss_value);
+        let max_lr = optimizer
+            .param_groups()
+            .iter()
+            .map(|g| g.lr)
+            .fold(0., f64::max);
+        metric_logger.lr.update(max_lr);
+        steps.push((epoch_f, loss_value, max_lr));
+
+        iter_time.update(end.elapsed().as_secs_f64());
+        if data_iter_step % print_freq == 0 || data_iter_step == len - 1 {
+            let eta = iter_time.global_avg() * (len - data_iter_step) as f64;
+            println!(
+                "{header}  [{data_iter_step:>width$}/{len}]  eta: {}  {metric_logger}  time: {:.4}  data: {:.4}",
+                timedelta(eta),
+                iter_time.avg(),
+                data_time.avg(),
+            );
+        }
+        end = Instant::now();
+    }
+    let total_time = start_time.elapsed().as_secs_f64();
+    println!(
+        "{header} Total time: {} ({:.4} s / it)",
+        timedelta(total_time),
+        total_time / len.max(1) as f64
+    );
+    println!("Averaged stats: {metric_logger}");
+    Ok(TrainStats {
+        lr: metric_logger.lr.global_avg(),
+        loss: metric_logger.loss.global_avg(),
+        steps,
+    })
 }
 
 /// What `evaluate` returns: the `global_avg` of each MetricLogger meter, as the official code
@@ -47,15 +159,16 @@ pub fn accuracy(output: &Tensor, target: &Tensor, topk: &[i64]) -> Vec<f64> {
 }
 
 /// `@torch.no_grad() evaluate(data_loader, model, device)`: cross-entropy loss, Acc@1 and Acc@5
-/// over the loader, printed as the official `* Acc@1 … Acc@5 … loss …` line. `amp` runs the
-/// forward under CUDA autocast (float16) as the official `torch.cuda.amp.autocast()`; a no-op
-/// on CPU. With `keep_logits`, also returns every image's logits [N, num_classes] (float32, CPU).
+/// over the loader, printed as the official `* Acc@1 … Acc@5 … loss …` line. The forward runs
+/// under `precision`'s autocast (the official `torch.cuda.amp.autocast()` is fp16 on CUDA); its
+/// logits are cast back to float32 for the loss and the accuracy. With `keep_logits`, also
+/// returns every image's logits [N, num_classes] (float32, CPU).
 pub fn evaluate(
     data_loader: impl Iterator<Item = Result<Batch>>,
     num_images: usize,
-    model: &VisionTransformer,
+    model: &dyn Fn(&Tensor) -> Result<Tensor>,
     device: Device,
-    amp: bool,
+    precision: Precision,
     keep_logits: bool,
 ) -> Result<(EvalStats, Option<Tensor>)> {
     let header = "Test:";
@@ -79,11 +192,8 @@ pub fn evaluate(
 
         // compute output
         let output = tch::no_grad(|| {
-            tch::autocast(amp && device.is_cuda(), || {
-                model
-                    .forward_t(&images, false)
-                    .map(|o| o.to_kind(Kind::Float))
-            })
+            let _amp = amp::autocast(device, precision);
+            model(&images).map(|o| o.to_kind(Kind::Float))
         })?;
         ensure!(
             output.size()[0] == target.size()[0],

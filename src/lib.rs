@@ -9,6 +9,7 @@ pub mod engine_pretrain;
 pub mod inspect;
 pub mod mae_visualize;
 pub mod main_finetune;
+pub mod main_linprobe;
 pub mod main_pretrain;
 pub mod models_mae;
 pub mod models_vit;

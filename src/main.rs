@@ -18,6 +18,10 @@ enum Command {
     Inspect(mae::inspect::Args),
     /// Evaluate a fine-tuned classifier on DATA_PATH/val (main_finetune.py --eval): Acc@1, Acc@5, loss.
     Eval(mae::main_finetune::Args),
+    /// Fine-tune a ViT for classification (main_finetune.py): layer-wise lr decay, mixup, evaluation per epoch.
+    Finetune(mae::main_finetune::Args),
+    /// Linear probing of a pre-trained encoder (main_linprobe.py): BatchNorm + Linear head, LARS.
+    Linprobe(mae::main_linprobe::Args),
     /// Show MAE reconstructions of images (demo/mae_visualize.ipynb) in one PNG.
     Visualize(mae::mae_visualize::Args),
     /// Pre-train an MAE (main_pretrain.py): AdamW, warmup + cosine lr, checkpoints, --resume.
@@ -28,10 +32,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => mae::inspect::run(&args),
-        Command::Eval(args) => mae::main_finetune::main(&mae::main_finetune::Args {
-            eval: true,
-            ..args
-        }),
+        Command::Eval(args) => {
+            mae::main_finetune::main(&mae::main_finetune::Args { eval: true, ..args })
+        }
+        Command::Finetune(args) => mae::main_finetune::main(&args),
+        Command::Linprobe(args) => mae::main_linprobe::main(args),
         Command::Visualize(args) => mae::mae_visualize::run(&args),
         Command::Pretrain(args) => mae::main_pretrain::main(args),
     };

@@ -1,6 +1,6 @@
-//! Port of main_finetune.py: its argument parser (official flag spellings and defaults) and, for
-//! now, the `--eval` path (`mae eval`): build the model, load `--resume`, evaluate
-//! `data_path/val`. Fine-tuning itself is ported with its own issue.
+//! Port of main_finetune.py: its argument parser (official flag spellings and defaults),
+//! fine-tuning (`mae finetune`: layer-wise lr decay, AdamW, mixup/cutmix, evaluation every epoch,
+//! checkpoints, `--resume`) and the `--eval` path (`mae eval`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -8,14 +8,27 @@ use std::sync::{mpsc, Arc};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::engine_finetune::{evaluate, Batch};
+use crate::engine_finetune::{evaluate, train_one_epoch, Batch, EvalStats};
 use crate::inspect::{self, Detected};
 use crate::models_vit::{self, VitConfig};
-use crate::torchvision::datasets::{pil_loader, ImageFolder};
+use crate::timm::loss::Criterion;
+use crate::timm::mixup::Mixup;
+use crate::torchvision::datasets::ImageFolder;
 use crate::torchvision::pil::PassOrder;
 use crate::torchvision::transforms::eval_transform_with;
+use crate::util::amp::Precision;
 use crate::util::checkpoint;
-use crate::util::misc::load_vit_checkpoint;
+use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::datasets::{build_dataset as build_split, TrainTransform};
+use crate::util::lr_decay::param_groups_lrd;
+use crate::util::lr_sched::LrArgs;
+use crate::util::misc::{
+    self, load_vit_checkpoint, py_float, timedelta, NativeScalerWithGradNormCount as NativeScaler,
+};
+use crate::util::optim::{named_parameters, AdamW};
+use crate::util::pickle::Value;
+
+const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
 
 /// MAE fine-tuning for image classification (`get_args_parser`).
 #[derive(clap::Args, Debug, Clone)]
@@ -24,6 +37,11 @@ pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
     #[arg(long, default_value_t = 64)]
     pub batch_size: i64,
+    #[arg(long, default_value_t = 50)]
+    pub epochs: i64,
+    /// Accumulate gradient iterations (for increasing the effective batch size under memory constraints)
+    #[arg(long, default_value_t = 1)]
+    pub accum_iter: usize,
 
     // Model parameters
     /// Name of model to train [default: detected from --resume; the official default is vit_large_patch16]
@@ -36,6 +54,79 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1)]
     pub drop_path: f64,
 
+    // Optimizer parameters
+    /// Clip gradient norm (default: None, no clipping)
+    #[arg(long)]
+    pub clip_grad: Option<f64>,
+    /// weight decay (default: 0.05)
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// learning rate (absolute lr)
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// base learning rate: absolute_lr = base_lr * total_batch_size / 256
+    #[arg(long, default_value_t = 1e-3)]
+    pub blr: f64,
+    /// layer-wise lr decay from ELECTRA/BEiT
+    #[arg(long, default_value_t = 0.75)]
+    pub layer_decay: f64,
+    /// lower lr bound for cyclic schedulers that hit 0
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_lr: f64,
+    /// epochs to warmup LR
+    #[arg(long, default_value_t = 5)]
+    pub warmup_epochs: i64,
+
+    // Augmentation parameters
+    /// Color jitter factor (enabled only when not using Auto/RandAug)
+    #[arg(long)]
+    pub color_jitter: Option<f64>,
+    /// Use AutoAugment policy. "v0" or "original". (RandAugment is not ported yet: warns and skips)
+    #[arg(long, default_value = "rand-m9-mstd0.5-inc1")]
+    pub aa: String,
+    /// Label smoothing (default: 0.1)
+    #[arg(long, default_value_t = 0.1)]
+    pub smoothing: f64,
+
+    // * Random Erase params
+    /// Random erase prob (default: 0.25)
+    #[arg(long, default_value_t = 0.25)]
+    pub reprob: f64,
+    /// Random erase mode (default: "pixel")
+    #[arg(long, default_value = "pixel")]
+    pub remode: String,
+    /// Random erase count (default: 1)
+    #[arg(long, default_value_t = 1)]
+    pub recount: i64,
+    /// Do not random erase first (clean) augmentation split (accepted; one split here)
+    #[arg(long)]
+    pub resplit: bool,
+
+    // * Mixup params
+    /// mixup alpha, mixup enabled if > 0.
+    #[arg(long, default_value_t = 0.)]
+    pub mixup: f64,
+    /// cutmix alpha, cutmix enabled if > 0.
+    #[arg(long, default_value_t = 0.)]
+    pub cutmix: f64,
+    /// cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)
+    #[arg(long, num_args = 2)]
+    pub cutmix_minmax: Option<Vec<f64>>,
+    /// Probability of performing mixup or cutmix when either/both is enabled
+    #[arg(long, default_value_t = 1.0)]
+    pub mixup_prob: f64,
+    /// Probability of switching to cutmix when both mixup and cutmix enabled
+    #[arg(long, default_value_t = 0.5)]
+    pub mixup_switch_prob: f64,
+    /// How to apply mixup/cutmix params. Per "batch", "pair", or "elem" (batch only here)
+    #[arg(long, default_value = "batch")]
+    pub mixup_mode: String,
+
+    // * Finetuning params
+    /// finetune from checkpoint
+    #[arg(long, default_value = "")]
+    pub finetune: String,
+
     /// Global average pooling of the patch tokens (the official default) [default: as the checkpoint]
     #[arg(long)]
     pub global_pool: bool,
@@ -44,12 +135,22 @@ pub struct Args {
     pub cls_token: bool,
 
     // Dataset parameters
-    /// dataset path (evaluation reads DATA_PATH/val, one folder per class)
-    #[arg(long, default_value = "/datasets01/imagenet_full_size/061417/")]
+    /// dataset path (DATA_PATH/train and DATA_PATH/val, one folder per class)
+    #[arg(long, default_value = DEFAULT_DATA_PATH)]
     pub data_path: PathBuf,
-    /// number of the classification types [default: the checkpoint's head, else 1000]
+    /// Not in the official script: `imagefolder` or `fashion_mnist` (train / test split)
+    #[arg(long, default_value = "imagefolder")]
+    pub dataset: String,
+    /// number of the classification types [default: the checkpoint's head when evaluating, 10 for fashion_mnist, else 1000]
     #[arg(long)]
     pub nb_classes: Option<i64>,
+
+    /// path where to save, empty for no saving
+    #[arg(long, default_value = "./output_dir")]
+    pub output_dir: String,
+    /// path where to tensorboard log (accepted; no tensorboard here: log.txt)
+    #[arg(long, default_value = "./output_dir")]
+    pub log_dir: String,
 
     /// device to use for training / testing: cpu, cuda, cuda:N [default: cuda when available]
     #[arg(long)]
@@ -59,6 +160,9 @@ pub struct Args {
     /// resume from checkpoint
     #[arg(long, default_value = "")]
     pub resume: String,
+    /// start epoch
+    #[arg(long, default_value_t = 0)]
+    pub start_epoch: i64,
 
     /// Perform evaluation only (implied by `mae eval`)
     #[arg(long)]
@@ -75,6 +179,18 @@ pub struct Args {
     #[arg(long)]
     pub no_pin_mem: bool,
 
+    // distributed training parameters (one process here: accepted, world_size must be 1)
+    /// number of distributed processes
+    #[arg(long, default_value_t = 1)]
+    pub world_size: i64,
+    #[arg(long, default_value_t = -1)]
+    pub local_rank: i64,
+    #[arg(long)]
+    pub dist_on_itp: bool,
+    /// url used to set up distributed training
+    #[arg(long, default_value = "env://")]
+    pub dist_url: String,
+
     // Not in the official parser
     /// Write each image's top-5 predictions (class, name, logit, probability) to this JSON file
     #[arg(long)]
@@ -85,9 +201,10 @@ pub struct Args {
     /// Resample as Pillow 12 (horizontal pass first, as the official numbers were computed) or 13
     #[arg(long, default_value = "12")]
     pub pillow: PassOrder,
-    /// On CUDA, run the forward in float32 instead of the official autocast (float16)
-    #[arg(long)]
-    pub no_amp: bool,
+    /// Autocast dtype of the evaluation forward: fp32, bf16 or fp16 (CUDA only) [default: fp32 on
+    /// the CPU, fp16 on CUDA, as the official torch.cuda.amp]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 /// `torch.device(args.device)`; no flag means CUDA when available, else CPU.
@@ -119,14 +236,13 @@ pub fn detect_model(sd: &[(String, Tensor)]) -> Result<(Detected, String)> {
     Ok((det, name))
 }
 
-/// `main(args)` of main_finetune.py; only `--eval` is ported so far.
+/// `main(args)` of main_finetune.py: fine-tuning, or with `--eval` the evaluation of `--resume`.
 pub fn main(args: &Args) -> Result<()> {
     if !args.eval {
-        bail!(
-            "fine-tuning (main_finetune.py without --eval) is not ported yet; `mae eval` evaluates"
-        );
+        return finetune(args.clone());
     }
     let device = device(args.device.as_deref())?;
+    let precision = Precision::for_device(args.precision, device)?;
 
     // fix the seed for reproducibility
     tch::manual_seed(args.seed);
@@ -182,15 +298,22 @@ pub fn main(args: &Args) -> Result<()> {
 
     let num_images = dataset_val.len();
     let dataset_val = Arc::new(dataset_val);
-    let data_loader_val = data_loader_val(dataset_val.clone(), args)?;
+    let targets = Arc::new(dataset_val.samples.iter().map(|s| s.1).collect());
+    let data_loader_val = data_loader_val(
+        dataset_val.clone(),
+        targets,
+        args.batch_size,
+        args.num_workers,
+        args.input_size,
+        args.pillow,
+    )?;
     let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
-    let amp = !args.no_amp;
     let (test_stats, logits) = evaluate(
         data_loader_val,
         num_images,
-        &model,
+        &|x| model.forward_t(x, false),
         device,
-        amp,
+        precision,
         keep_logits,
     )?;
     println!(
@@ -231,30 +354,35 @@ fn build_dataset(args: &Args) -> Result<ImageFolder> {
 /// `DataLoader(dataset_val, sampler=SequentialSampler, batch_size, num_workers, drop_last=False)`:
 /// `num_workers` rayon threads decode and transform a batch while the model runs the previous
 /// one (two batches queued at most). A failure stops the loader after sending its error.
-fn data_loader_val(
-    dataset: Arc<ImageFolder>,
-    args: &Args,
+pub fn data_loader_val(
+    dataset: Arc<dyn ImageSource>,
+    targets: Arc<Vec<i64>>,
+    batch_size: i64,
+    num_workers: usize,
+    input_size: i64,
+    order: PassOrder,
 ) -> Result<impl Iterator<Item = Result<Batch>>> {
     use rayon::prelude::*;
-    if args.batch_size < 1 {
-        bail!("--batch_size must be at least 1, got {}", args.batch_size);
+    if batch_size < 1 {
+        bail!("--batch_size must be at least 1, got {batch_size}");
     }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.num_workers.max(1))
+        .num_threads(num_workers.max(1))
         .build()
         .context("starting the data loader threads")?;
-    let (batch_size, input_size, order) = (args.batch_size as usize, args.input_size, args.pillow);
+    let batch_size = batch_size as usize;
     let input_size = u32::try_from(input_size).context("--input_size")?;
     let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
     std::thread::spawn(move || {
-        for chunk in dataset.samples.chunks(batch_size) {
+        let indices: Vec<usize> = (0..dataset.len()).collect();
+        for chunk in indices.chunks(batch_size) {
             let images: Result<Vec<Tensor>> = pool.install(|| {
                 chunk
                     .par_iter()
-                    .map(|(path, _)| Ok(eval_transform_with(&pil_loader(path)?, input_size, order)))
+                    .map(|&i| Ok(eval_transform_with(&dataset.load(i)?, input_size, order)))
                     .collect()
             });
-            let target: Vec<i64> = chunk.iter().map(|s| s.1).collect();
+            let target: Vec<i64> = chunk.iter().map(|&i| targets[i]).collect();
             let batch = images.map(|images| Batch {
                 images: Tensor::stack(&images, 0),
                 target: Tensor::from_slice(&target),
@@ -297,4 +425,319 @@ fn write_top5(path: &Path, dataset: &ImageFolder, logits: &Tensor) -> Result<()>
     let json = serde_json::json!({"classes": dataset.classes, "images": images});
     std::fs::write(path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing --output_json {}", path.display()))
+}
+
+impl Args {
+    /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
+    pub fn lr_args(&self) -> LrArgs {
+        LrArgs {
+            lr: self.lr.expect("args.lr is set before training"),
+            min_lr: self.min_lr,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+        }
+    }
+
+    /// `args` as a plain dict, as saved in checkpoints (the official saves the Namespace).
+    pub fn to_value(&self) -> Value {
+        let s = |v: &str| Value::Str(v.into());
+        let (f, i) = (Value::Float, Value::Int);
+        let opt = |v: Option<f64>| v.map_or(Value::None, Value::Float);
+        let items = vec![
+            ("batch_size", i(self.batch_size)),
+            ("epochs", i(self.epochs)),
+            ("accum_iter", i(self.accum_iter as i64)),
+            ("model", self.model.as_deref().map_or(Value::None, s)),
+            ("input_size", i(self.input_size)),
+            ("drop_path", f(self.drop_path)),
+            ("clip_grad", opt(self.clip_grad)),
+            ("weight_decay", f(self.weight_decay)),
+            ("lr", opt(self.lr)),
+            ("blr", f(self.blr)),
+            ("layer_decay", f(self.layer_decay)),
+            ("min_lr", f(self.min_lr)),
+            ("warmup_epochs", i(self.warmup_epochs)),
+            ("color_jitter", opt(self.color_jitter)),
+            ("aa", s(&self.aa)),
+            ("smoothing", f(self.smoothing)),
+            ("reprob", f(self.reprob)),
+            ("remode", s(&self.remode)),
+            ("recount", i(self.recount)),
+            ("mixup", f(self.mixup)),
+            ("cutmix", f(self.cutmix)),
+            ("mixup_prob", f(self.mixup_prob)),
+            ("mixup_switch_prob", f(self.mixup_switch_prob)),
+            ("mixup_mode", s(&self.mixup_mode)),
+            ("finetune", s(&self.finetune)),
+            ("global_pool", Value::Bool(!self.cls_token)),
+            ("data_path", s(&self.data_path.to_string_lossy())),
+            ("dataset", s(&self.dataset)),
+            ("nb_classes", self.nb_classes.map_or(Value::None, i)),
+            ("output_dir", s(&self.output_dir)),
+            ("seed", i(self.seed)),
+            ("resume", s(&self.resume)),
+            ("start_epoch", i(self.start_epoch)),
+            ("eval", Value::Bool(self.eval)),
+            ("num_workers", i(self.num_workers as i64)),
+        ];
+        Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
+    }
+}
+
+/// main_finetune.py without `--eval`: fine-tune `--model` (from `--finetune` when given) with
+/// layer-wise lr decay, evaluating on the validation split after every epoch.
+fn finetune(mut args: Args) -> Result<()> {
+    println!("{}", format!("{args:?}").replace(", ", ",\n"));
+    let device = device(args.device.as_deref())?;
+    if args.world_size != 1 || args.dist_on_itp {
+        bail!(
+            "--world_size {} / --dist_on_itp: distributed training is not supported (one process)",
+            args.world_size
+        );
+    }
+    if args.accum_iter == 0 || args.batch_size < 1 {
+        bail!("--batch_size and --accum_iter must be at least 1");
+    }
+
+    // fix the seed for reproducibility
+    tch::manual_seed(args.seed);
+
+    let dataset_train = build_split(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let dataset_val = build_split(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let input_size = u32::try_from(args.input_size).context("--input_size")?;
+    let transform = TrainTransform::new(
+        input_size,
+        &args.aa,
+        args.color_jitter,
+        args.reprob,
+        &args.remode,
+        args.recount,
+    )?;
+    let data_loader_train = DataLoader {
+        dataset: dataset_train.dataset.clone(),
+        transform: Arc::new(move |img, rng| transform.apply(img, rng)),
+        batch_size: args.batch_size as usize,
+        num_workers: args.num_workers,
+        seed: args.seed as u64,
+        prefetch: 2,
+    };
+    if data_loader_train.is_empty() {
+        bail!(
+            "{} images make no full batch of {}",
+            dataset_train.dataset.len(),
+            args.batch_size
+        );
+    }
+
+    let nb_classes = args.nb_classes.unwrap_or(match args.dataset.as_str() {
+        "fashion_mnist" => 10,
+        _ => 1000,
+    });
+    let cutmix_minmax = args.cutmix_minmax.as_ref().map(|v| (v[0], v[1]));
+    let mixup_active = args.mixup > 0. || args.cutmix > 0. || cutmix_minmax.is_some();
+    let mixup_fn = if mixup_active {
+        println!("Mixup is activated!");
+        Some(Mixup::new(
+            args.mixup,
+            args.cutmix,
+            cutmix_minmax,
+            args.mixup_prob,
+            args.mixup_switch_prob,
+            &args.mixup_mode,
+            args.smoothing,
+            nb_classes,
+        )?)
+    } else {
+        None
+    };
+
+    let model_name = args
+        .model
+        .clone()
+        .unwrap_or_else(|| "vit_large_patch16".into());
+    let mut vs = nn::VarStore::new(device);
+    let cfg = VitConfig {
+        img_size: args.input_size,
+        num_classes: nb_classes,
+        drop_path_rate: args.drop_path,
+        global_pool: !args.cls_token,
+        ..VitConfig::default()
+    };
+    let mut model = models_vit::build(&model_name, &vs.root(), cfg)?;
+
+    if !args.finetune.is_empty() && !args.eval {
+        let path = Path::new(&args.finetune);
+        let sd = checkpoint::load_state_dict(path)?;
+        println!("Load pre-trained checkpoint from: {}", path.display());
+        misc::load_pretrained_for_finetune(&mut vs, &mut model, sd)
+            .with_context(|| format!("--finetune {} into {model_name}", path.display()))?;
+    }
+
+    let n_parameters: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .sum::<usize>() as i64;
+    println!("Model = {model_name}");
+    println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
+
+    let eff_batch_size = args.batch_size as usize * args.accum_iter;
+    let lr = *args
+        .lr
+        .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
+    println!(
+        "base lr: {}",
+        crate::main_pretrain::py_e2(lr * 256. / eff_batch_size as f64)
+    );
+    println!("actual lr: {}", crate::main_pretrain::py_e2(lr));
+    println!("accumulate grad iterations: {}", args.accum_iter);
+    println!("effective batch size: {eff_batch_size}");
+
+    // build optimizer with layer-wise lr decay (lrd)
+    let (param_groups, _) = param_groups_lrd(
+        named_parameters(&vs),
+        model.blocks.len(),
+        args.weight_decay,
+        &["pos_embed", "cls_token", "dist_token"], // model.no_weight_decay()
+        args.layer_decay,
+    );
+    let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.999));
+    let mut loss_scaler = NativeScaler::new(device.is_cuda());
+
+    let criterion = if mixup_fn.is_some() {
+        // smoothing is handled with mixup label transform
+        Criterion::SoftTargetCrossEntropy
+    } else if args.smoothing > 0. {
+        Criterion::LabelSmoothingCrossEntropy {
+            smoothing: args.smoothing,
+        }
+    } else {
+        Criterion::CrossEntropyLoss
+    };
+    println!("criterion = {criterion}");
+
+    if !args.resume.is_empty() {
+        let resume = PathBuf::from(&args.resume);
+        if let Some(start) = misc::load_model(&resume, &mut vs, &mut optimizer, &mut loss_scaler)? {
+            args.start_epoch = start;
+        }
+    }
+
+    let output_dir = PathBuf::from(&args.output_dir);
+    if !args.output_dir.is_empty() {
+        std::fs::create_dir_all(&output_dir)
+            .with_context(|| format!("creating --output_dir {}", output_dir.display()))?;
+    }
+    let forward_train = |x: &Tensor| model.forward_t(x, true);
+    let forward_eval = |x: &Tensor| model.forward_t(x, false);
+    println!("Start training for {} epochs", args.epochs);
+    let start_time = std::time::Instant::now();
+    let mut max_accuracy = 0.0f64;
+    for epoch in args.start_epoch..args.epochs {
+        // Not in the official: drop path and mixup draw from torch's generator seeded with
+        // seed + epoch (epoch 0 continues after the model init), so a resumed run is identical.
+        if epoch > 0 {
+            tch::manual_seed(args.seed + epoch);
+        }
+        let batches = crate::util::datasets::labelled_batches(
+            &data_loader_train,
+            dataset_train.targets.clone(),
+            epoch as u64,
+        )?;
+        let train_stats = train_one_epoch(
+            &forward_train,
+            criterion,
+            batches,
+            &mut optimizer,
+            device,
+            epoch,
+            &mut loss_scaler,
+            args.clip_grad,
+            mixup_fn.as_ref(),
+            args.accum_iter,
+            &args.lr_args(),
+        )?;
+        if !args.output_dir.is_empty() {
+            misc::save_model(
+                &output_dir,
+                args.to_value(),
+                epoch,
+                &vs,
+                &optimizer,
+                &loss_scaler,
+            )?;
+        }
+
+        let test_stats = evaluate_split(&dataset_val, &args, &forward_eval, device)?;
+        println!(
+            "Accuracy of the network on the {} test images: {:.1}%",
+            test_stats.images, test_stats.acc1
+        );
+        max_accuracy = max_accuracy.max(test_stats.acc1);
+        println!("Max accuracy: {max_accuracy:.2}%");
+
+        if !args.output_dir.is_empty() {
+            let log_stats = log_line(
+                train_stats.lr,
+                train_stats.loss,
+                &test_stats,
+                epoch,
+                n_parameters,
+            );
+            append(&output_dir.join("log.txt"), &format!("{log_stats}\n"))?;
+        }
+    }
+    let total_time = start_time.elapsed().as_secs_f64();
+    println!("Training time {}", timedelta(total_time));
+    Ok(())
+}
+
+/// `evaluate(data_loader_val, model, device)` over a validation split.
+pub fn evaluate_split(
+    split: &crate::util::datasets::Split,
+    args: &Args,
+    forward: &dyn Fn(&Tensor) -> Result<Tensor>,
+    device: Device,
+) -> Result<EvalStats> {
+    let loader = data_loader_val(
+        split.dataset.clone(),
+        split.targets.clone(),
+        args.batch_size,
+        args.num_workers,
+        args.input_size,
+        args.pillow,
+    )?;
+    let precision = Precision::for_device(args.precision, device)?;
+    Ok(evaluate(
+        loader,
+        split.dataset.len(),
+        forward,
+        device,
+        precision,
+        false,
+    )?
+    .0)
+}
+
+/// One line of log.txt: `json.dumps({train_lr, train_loss, test_loss, test_acc1, test_acc5,
+/// epoch, n_parameters})` in the official key order.
+pub fn log_line(lr: f64, loss: f64, test: &EvalStats, epoch: i64, n_parameters: i64) -> String {
+    format!(
+        "{{\"train_lr\": {}, \"train_loss\": {}, \"test_loss\": {}, \"test_acc1\": {}, \"test_acc5\": {}, \"epoch\": {epoch}, \"n_parameters\": {n_parameters}}}",
+        py_float(lr),
+        py_float(loss),
+        py_float(test.loss),
+        py_float(test.acc1),
+        py_float(test.acc5)
+    )
+}
+
+pub fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }

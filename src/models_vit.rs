@@ -190,12 +190,18 @@ pub fn vit_tiny_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
     vit(vs, cfg, 4, 64, 2, 4)
 }
 
+/// Not in the reference: the encoder of `mae_vit_mini_patch4` (Fashion-MNIST, `img_size: 32`).
+pub fn vit_mini_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+    vit(vs, cfg, 4, 128, 6, 4)
+}
+
 /// The names `--model` accepts (`models_vit.__dict__[args.model]`).
-pub const MODEL_NAMES: [&str; 4] = [
+pub const MODEL_NAMES: [&str; 5] = [
     "vit_base_patch16",
     "vit_large_patch16",
     "vit_huge_patch14",
     "vit_tiny_patch4",
+    "vit_mini_patch4",
 ];
 
 /// Builds the model named `name`; `cfg` carries the keyword arguments (`num_classes`,
@@ -206,6 +212,7 @@ pub fn build(name: &str, vs: &nn::Path, cfg: VitConfig) -> Result<VisionTransfor
         "vit_large_patch16" => vit_large_patch16(vs, cfg),
         "vit_huge_patch14" => vit_huge_patch14(vs, cfg),
         "vit_tiny_patch4" => vit_tiny_patch4(vs, cfg),
+        "vit_mini_patch4" => vit_mini_patch4(vs, cfg),
         _ => bail!(
             "unknown model {name:?}; valid names: {}",
             MODEL_NAMES.join(", ")

@@ -1,8 +1,12 @@
 //! The parts of timm 0.3.2 that MAE imports: `PatchEmbed`, `Attention`, `Mlp`, `Block`
 //! (timm/models/vision_transformer.py), `DropPath` (timm/models/layers/drop.py) and
-//! `trunc_normal_` (timm/models/layers/weight_init.py).
+//! `trunc_normal_` (timm/models/layers/weight_init.py); and for fine-tuning the criteria
+//! (timm/loss), `Mixup` (timm/data/mixup.py) and `RandomErasing` (timm/data/random_erasing.py).
 
 mod drop;
+pub mod loss;
+pub mod mixup;
+pub mod random_erasing;
 mod vision_transformer;
 mod weight_init;
 

@@ -9,7 +9,7 @@ pub const IMAGENET_DEFAULT_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_DEFAULT_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
 /// Python's `round()` (half to even), as torchvision's crop arithmetic uses it.
-fn round_half_even(x: f64) -> i64 {
+pub fn round_half_even(x: f64) -> i64 {
     let r = x.round();
     if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
         (r - x.signum()) as i64
@@ -208,7 +208,10 @@ pub fn random_resized_crop_params(
     let (w, h) = if in_ratio < ratio.0.min(ratio.1) {
         (width, round_half_even(width as f64 / ratio.0.min(ratio.1)))
     } else if in_ratio > ratio.0.max(ratio.1) {
-        (round_half_even(height as f64 * ratio.0.max(ratio.1)), height)
+        (
+            round_half_even(height as f64 * ratio.0.max(ratio.1)),
+            height,
+        )
     } else {
         (width, height) // whole image
     };

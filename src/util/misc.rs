@@ -167,7 +167,33 @@ pub fn load_pretrained_for_finetune(
 // Training utilities of util/misc.py: SmoothedValue / MetricLogger, NativeScalerWithGradNormCount,
 // save_model / load_model (training checkpoints, resumable).
 
+use crate::util::optim::{Optimizer, ParamGroup};
 use crate::util::pickle::Value;
+
+/// `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` (norm 2): the total norm of the
+/// per-parameter gradient norms; every gradient times `min(max_norm / (total + 1e-6), 1)`,
+/// computed in float32 as torch does. Returns the total norm.
+pub fn clip_grad_norm_(param_groups: &mut [ParamGroup], max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = param_groups
+            .iter()
+            .flat_map(|g| &g.params)
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        if grads.is_empty() {
+            return 0.;
+        }
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+        let total_norm = Tensor::stack(&norms, 0).norm();
+        let clip_coef = (total_norm.g_add_scalar(1e-6)).reciprocal() * max_norm;
+        let clip_coef_clamped = clip_coef.clamp_max(1.0);
+        for mut g in grads {
+            let _ = g.g_mul_(&clip_coef_clamped);
+        }
+        total_norm.double_value(&[])
+    })
+}
 
 /// Track a series of values and provide access to smoothed values over a window or the global
 /// series average.
@@ -278,12 +304,28 @@ impl NativeScalerWithGradNormCount {
     pub fn call(
         &mut self,
         loss: &Tensor,
-        optimizer: &mut crate::util::optim::AdamW,
+        optimizer: &mut impl Optimizer,
+        update_grad: bool,
+    ) -> bool {
+        self.call_clip(loss, optimizer, None, update_grad)
+    }
+
+    /// `loss_scaler(loss, optimizer, clip_grad=clip_grad, parameters=model.parameters(),
+    /// update_grad=...)`: with `clip_grad`, the (unscaled) gradients are clipped to that total
+    /// norm (`clip_grad_norm_`) before the step.
+    pub fn call_clip(
+        &mut self,
+        loss: &Tensor,
+        optimizer: &mut impl Optimizer,
+        clip_grad: Option<f64>,
         update_grad: bool,
     ) -> bool {
         if !self.enabled {
             loss.backward();
             if update_grad {
+                if let Some(max_norm) = clip_grad {
+                    clip_grad_norm_(optimizer.param_groups(), max_norm);
+                }
                 optimizer.step();
             }
             return update_grad;
@@ -296,7 +338,7 @@ impl NativeScalerWithGradNormCount {
         let inv_scale = 1. / self.scale;
         let mut found_inf = false;
         tch::no_grad(|| {
-            for p in optimizer.param_groups.iter().flat_map(|g| &g.params) {
+            for p in optimizer.param_groups().iter().flat_map(|g| &g.params) {
                 let mut g = p.grad();
                 if g.defined() {
                     let _ = g.g_mul_scalar_(inv_scale as f32 as f64);
@@ -305,6 +347,9 @@ impl NativeScalerWithGradNormCount {
             }
         });
         if !found_inf {
+            if let Some(max_norm) = clip_grad {
+                clip_grad_norm_(optimizer.param_groups(), max_norm);
+            }
             optimizer.step();
         }
         // update
@@ -374,7 +419,7 @@ pub fn save_model(
     args: Value,
     epoch: i64,
     vs: &nn::VarStore,
-    optimizer: &crate::util::optim::AdamW,
+    optimizer: &impl Optimizer,
     loss_scaler: &NativeScalerWithGradNormCount,
 ) -> Result<std::path::PathBuf> {
     let checkpoint_path = output_dir.join(format!("checkpoint-{epoch}.pth"));
@@ -395,7 +440,7 @@ pub fn save_model(
 pub fn load_model(
     resume: &std::path::Path,
     vs: &mut nn::VarStore,
-    optimizer: &mut crate::util::optim::AdamW,
+    optimizer: &mut impl Optimizer,
     loss_scaler: &mut NativeScalerWithGradNormCount,
 ) -> Result<Option<i64>> {
     use anyhow::Context;

@@ -1,7 +1,12 @@
 //! Ports of `util/*.py`, plus the PyTorch checkpoint format (`checkpoint`, `pickle`).
 
+pub mod amp;
 pub mod checkpoint;
+pub mod crop;
 pub mod data_loader;
+pub mod datasets;
+pub mod lars;
+pub mod lr_decay;
 pub mod lr_sched;
 pub mod misc;
 pub mod optim;

@@ -21,6 +21,39 @@ pub struct ParamGroup {
     pub lr_scale: Option<f64>,
 }
 
+/// What the training loop and checkpoints need of a `torch.optim.Optimizer` (AdamW when
+/// pre-training and fine-tuning, LARS when linear probing).
+pub trait Optimizer {
+    fn param_groups(&mut self) -> &mut [ParamGroup];
+    fn step(&mut self);
+    fn zero_grad(&mut self) {
+        for p in self
+            .param_groups()
+            .iter_mut()
+            .flat_map(|g| g.params.iter_mut())
+        {
+            p.zero_grad();
+        }
+    }
+    fn state_dict(&self) -> Value;
+    fn load_state_dict(&mut self, sd: &Value) -> Result<()>;
+}
+
+impl Optimizer for AdamW {
+    fn param_groups(&mut self) -> &mut [ParamGroup] {
+        &mut self.param_groups
+    }
+    fn step(&mut self) {
+        AdamW::step(self)
+    }
+    fn state_dict(&self) -> Value {
+        AdamW::state_dict(self)
+    }
+    fn load_state_dict(&mut self, sd: &Value) -> Result<()> {
+        AdamW::load_state_dict(self, sd)
+    }
+}
+
 /// `optimizer.state[p]` of Adam: `step` is a float32 scalar tensor, as in torch.
 #[derive(Debug)]
 struct AdamState {

@@ -1,0 +1,427 @@
+//! Port of main_linprobe.py: `mae linprobe`, linear probing of a pre-trained encoder: the head
+//! becomes BatchNorm1d(affine=False, eps=1e-6) + Linear (keys `head.0.*`, `head.1.*`), everything
+//! else is frozen, LARS (util/lars.py) on the head.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use tch::{nn, nn::ModuleT, Kind, Tensor};
+
+use crate::engine_finetune::{evaluate, train_one_epoch};
+use crate::main_finetune::{append, data_loader_val, device, log_line};
+use crate::models_vit::{self, VisionTransformer, VitConfig};
+use crate::timm::loss::Criterion;
+use crate::timm::{linear, trunc_normal_, LinearInit};
+use crate::torchvision::pil::PassOrder;
+use crate::util::amp::Precision;
+use crate::util::checkpoint;
+use crate::util::crop::linprobe_transform;
+use crate::util::data_loader::DataLoader;
+use crate::util::datasets::{build_dataset, labelled_batches};
+use crate::util::lars::Lars;
+use crate::util::lr_sched::LrArgs;
+use crate::util::misc::{self, load_state_dict, timedelta, NativeScalerWithGradNormCount};
+use crate::util::pos_embed::interpolate_pos_embed;
+
+const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
+
+/// MAE linear probing for image classification
+#[derive(clap::Args, Debug, Clone)]
+#[command(rename_all = "snake_case")]
+pub struct Args {
+    /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: i64,
+    #[arg(long, default_value_t = 90)]
+    pub epochs: i64,
+    /// Accumulate gradient iterations (for increasing the effective batch size under memory constraints)
+    #[arg(long, default_value_t = 1)]
+    pub accum_iter: usize,
+
+    // Model parameters
+    /// Name of model to train
+    #[arg(long, default_value = "vit_large_patch16")]
+    pub model: String,
+
+    // Optimizer parameters
+    /// weight decay (default: 0 for linear probe following MoCo v1)
+    #[arg(long, default_value_t = 0.)]
+    pub weight_decay: f64,
+    /// learning rate (absolute lr)
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// base learning rate: absolute_lr = base_lr * total_batch_size / 256
+    #[arg(long, default_value_t = 0.1)]
+    pub blr: f64,
+    /// lower lr bound for cyclic schedulers that hit 0
+    #[arg(long, default_value_t = 0.)]
+    pub min_lr: f64,
+    /// epochs to warmup LR
+    #[arg(long, default_value_t = 10)]
+    pub warmup_epochs: i64,
+
+    // * Finetuning params
+    /// finetune from checkpoint
+    #[arg(long, default_value = "")]
+    pub finetune: String,
+    /// Pool the patch tokens (fc_norm) instead of the class token
+    #[arg(long)]
+    pub global_pool: bool,
+    /// Use class token instead of global pool for classification (the default)
+    #[arg(long, conflicts_with = "global_pool")]
+    pub cls_token: bool,
+
+    // Dataset parameters
+    /// dataset path
+    #[arg(long, default_value = DEFAULT_DATA_PATH)]
+    pub data_path: PathBuf,
+    /// Not in the official script: `imagefolder` or `fashion_mnist` (train / test split)
+    #[arg(long, default_value = "imagefolder")]
+    pub dataset: String,
+    /// Not in the official script (which crops 224): images input size
+    #[arg(long, default_value_t = 224)]
+    pub input_size: i64,
+    /// number of the classification types
+    #[arg(long, default_value_t = 1000)]
+    pub nb_classes: i64,
+    /// path where to save, empty for no saving
+    #[arg(long, default_value = "./output_dir")]
+    pub output_dir: String,
+    /// path where to tensorboard log (accepted; no tensorboard here: log.txt)
+    #[arg(long, default_value = "./output_dir")]
+    pub log_dir: String,
+    /// device to use for training / testing: cpu, cuda, cuda:N [default: cuda when available]
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// resume from checkpoint
+    #[arg(long, default_value = "")]
+    pub resume: String,
+    /// start epoch
+    #[arg(long, default_value_t = 0)]
+    pub start_epoch: i64,
+    /// Perform evaluation only
+    #[arg(long)]
+    pub eval: bool,
+    /// Enabling distributed evaluation (accepted; one process here)
+    #[arg(long)]
+    pub dist_eval: bool,
+    #[arg(long, default_value_t = 10)]
+    pub num_workers: usize,
+    /// Pin CPU memory in DataLoader (accepted for compatibility)
+    #[arg(long)]
+    pub pin_mem: bool,
+    #[arg(long)]
+    pub no_pin_mem: bool,
+
+    // distributed training parameters (one process here: accepted, world_size must be 1)
+    /// number of distributed processes
+    #[arg(long, default_value_t = 1)]
+    pub world_size: i64,
+    #[arg(long, default_value_t = -1)]
+    pub local_rank: i64,
+    #[arg(long)]
+    pub dist_on_itp: bool,
+    /// url used to set up distributed training
+    #[arg(long, default_value = "env://")]
+    pub dist_url: String,
+}
+
+/// The linear-probing model: the encoder (its `head` is Identity) and
+/// `head = Sequential(BatchNorm1d(D, affine=False, eps=1e-6), Linear(D, nb_classes))`.
+pub struct LinProbe {
+    pub vit: VisionTransformer,
+    pub bn: nn::BatchNorm,
+    pub num_batches_tracked: Tensor,
+    pub head: nn::Linear,
+}
+
+impl LinProbe {
+    pub fn new(vs: &nn::Path, model: &str, cfg: VitConfig) -> Result<Self> {
+        let nb_classes = cfg.num_classes;
+        let vit = models_vit::build(
+            model,
+            vs,
+            VitConfig {
+                num_classes: 0,
+                ..cfg
+            },
+        )?;
+        let dim = vit.cls_token.size()[2];
+        let head0 = vs / "head" / "0";
+        let bn_cfg = nn::BatchNormConfig {
+            eps: 1e-6,
+            affine: false,
+            ..Default::default()
+        };
+        let bn = nn::batch_norm1d(&head0, dim, bn_cfg);
+        let num_batches_tracked = head0.add(
+            "num_batches_tracked",
+            Tensor::zeros([], (Kind::Int64, vs.device())),
+            false,
+        );
+        let head = linear(
+            vs / "head" / "1",
+            dim,
+            nb_classes,
+            LinearInit::TruncNormal(0.02),
+        );
+        Ok(LinProbe {
+            vit,
+            bn,
+            num_batches_tracked,
+            head,
+        })
+    }
+
+    /// `model(x)`: the encoder is frozen (run without a graph); BatchNorm uses batch statistics
+    /// and updates its running ones in train mode.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let features = tch::no_grad(|| self.vit.forward_features(x, train))?;
+        if train {
+            tch::no_grad(|| {
+                let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+            });
+        }
+        Ok(self.bn.forward_t(&features, train).apply(&self.head))
+    }
+}
+
+/// `--finetune`: the pre-trained encoder into the model as main_linprobe.py loads it (head keys
+/// of another shape dropped, pos_embed interpolated, non-strict), requiring the missing keys to
+/// be the head (and fc_norm with global pool); then the head weight `trunc_normal_(std=0.01)`.
+fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> Result<()> {
+    let mut sd = checkpoint::load_state_dict(path)?;
+    println!("Load pre-trained checkpoint from: {}", path.display());
+    sd.retain(|(k, _)| {
+        let drop = k == "head.weight" || k == "head.bias";
+        if drop {
+            println!("Removing key {k} from pretrained checkpoint");
+        }
+        !drop
+    });
+    let n = model.vit.patch_embed.num_patches;
+    interpolate_pos_embed(&mut sd, "pos_embed", n, model.vit.pos_embed.size()[1] - n)?;
+    let msg = load_state_dict(vs, sd, false)?;
+    println!("{msg}");
+    let mut missing: Vec<&str> = msg.missing_keys.iter().map(String::as_str).collect();
+    missing.retain(|k| !k.starts_with("head.0."));
+    missing.sort();
+    let mut want = vec!["head.1.bias", "head.1.weight"];
+    if model.vit.global_pool {
+        want.extend(["fc_norm.bias", "fc_norm.weight"]);
+    }
+    want.sort();
+    ensure!(
+        msg.mismatched_keys.is_empty() && missing == want,
+        "--finetune {}: does not fit the encoder ({msg}); expected exactly {want:?} missing",
+        path.display()
+    );
+    // manually initialize fc layer: following MoCo v3
+    trunc_normal_(&mut model.head.ws, 0.01);
+    Ok(())
+}
+
+pub fn main(mut args: Args) -> Result<()> {
+    println!("{}", format!("{args:?}").replace(", ", ",\n"));
+    let device = device(args.device.as_deref())?;
+    if args.world_size != 1 || args.dist_on_itp {
+        bail!("--world_size / --dist_on_itp: distributed training is not supported (one process)");
+    }
+    if args.accum_iter == 0 || args.batch_size < 1 {
+        bail!("--batch_size and --accum_iter must be at least 1");
+    }
+    tch::manual_seed(args.seed);
+
+    // linear probe: weak augmentation
+    let input_size = u32::try_from(args.input_size).context("--input_size")?;
+    let dataset_train = build_dataset(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let dataset_val = build_dataset(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let data_loader_train = DataLoader {
+        dataset: dataset_train.dataset.clone(),
+        transform: Arc::new(move |img, rng| linprobe_transform(img, input_size, rng)),
+        batch_size: args.batch_size as usize,
+        num_workers: args.num_workers,
+        seed: args.seed as u64,
+        prefetch: 2,
+    };
+    ensure!(
+        !data_loader_train.is_empty(),
+        "{} images make no full batch of {}",
+        dataset_train.dataset.len(),
+        args.batch_size
+    );
+
+    let mut vs = nn::VarStore::new(device);
+    let cfg = VitConfig {
+        img_size: args.input_size,
+        num_classes: args.nb_classes,
+        drop_path_rate: 0.,
+        global_pool: args.global_pool,
+        ..VitConfig::default()
+    };
+    let mut model = LinProbe::new(&vs.root(), &args.model, cfg)?;
+    if !args.finetune.is_empty() && !args.eval {
+        load_pretrained(&mut vs, &mut model, Path::new(&args.finetune))?;
+    }
+
+    // freeze all but the head
+    for (name, p) in vs.variables() {
+        let _ = p.set_requires_grad(name.starts_with("head.1."));
+    }
+    let n_parameters: usize = vs.variables().values().map(Tensor::numel).sum();
+    println!("Model = {}", args.model);
+    println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
+
+    let eff_batch_size = args.batch_size as usize * args.accum_iter;
+    let lr = *args
+        .lr
+        .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
+    println!(
+        "base lr: {}",
+        crate::main_pretrain::py_e2(lr * 256. / eff_batch_size as f64)
+    );
+    println!("actual lr: {}", crate::main_pretrain::py_e2(lr));
+    println!("accumulate grad iterations: {}", args.accum_iter);
+    println!("effective batch size: {eff_batch_size}");
+
+    let head_params = vec![
+        ("head.1.weight".to_string(), model.head.ws.shallow_clone()),
+        (
+            "head.1.bias".to_string(),
+            model.head.bs.as_ref().expect("head bias").shallow_clone(),
+        ),
+    ];
+    let mut optimizer = Lars::new(head_params, lr, args.weight_decay);
+    println!("{optimizer}");
+    let mut loss_scaler = NativeScalerWithGradNormCount::new(device.is_cuda());
+    let criterion = Criterion::CrossEntropyLoss;
+    println!("criterion = {criterion}");
+
+    if !args.resume.is_empty() {
+        let resume = PathBuf::from(&args.resume);
+        if let Some(start) = misc::load_model(&resume, &mut vs, &mut optimizer, &mut loss_scaler)? {
+            args.start_epoch = start;
+        }
+    }
+    let forward_eval = |x: &Tensor| model.forward_t(x, false);
+    let eval = |forward: &dyn Fn(&Tensor) -> Result<Tensor>| {
+        let loader = data_loader_val(
+            dataset_val.dataset.clone(),
+            dataset_val.targets.clone(),
+            args.batch_size,
+            args.num_workers,
+            args.input_size,
+            PassOrder::Pillow12,
+        )?;
+        Ok::<_, anyhow::Error>(
+            evaluate(
+                loader,
+                dataset_val.dataset.len(),
+                forward,
+                device,
+                Precision::for_device(None, device)?,
+                false,
+            )?
+            .0,
+        )
+    };
+    if args.eval {
+        let test_stats = eval(&forward_eval)?;
+        println!(
+            "Accuracy of the network on the {} test images: {:.1}%",
+            test_stats.images, test_stats.acc1
+        );
+        return Ok(());
+    }
+
+    let output_dir = PathBuf::from(&args.output_dir);
+    if !args.output_dir.is_empty() {
+        std::fs::create_dir_all(&output_dir)
+            .with_context(|| format!("creating --output_dir {}", output_dir.display()))?;
+    }
+    let lr_args = LrArgs {
+        lr,
+        min_lr: args.min_lr,
+        warmup_epochs: args.warmup_epochs,
+        epochs: args.epochs,
+    };
+    let forward_train = |x: &Tensor| model.forward_t(x, true);
+    println!("Start training for {} epochs", args.epochs);
+    let start_time = std::time::Instant::now();
+    let mut max_accuracy = 0.0f64;
+    for epoch in args.start_epoch..args.epochs {
+        let batches = labelled_batches(
+            &data_loader_train,
+            dataset_train.targets.clone(),
+            epoch as u64,
+        )?;
+        let train_stats = train_one_epoch(
+            &forward_train,
+            criterion,
+            batches,
+            &mut optimizer,
+            device,
+            epoch,
+            &mut loss_scaler,
+            None,
+            None,
+            args.accum_iter,
+            &lr_args,
+        )?;
+        if !args.output_dir.is_empty() {
+            misc::save_model(
+                &output_dir,
+                args_value(&args),
+                epoch,
+                &vs,
+                &optimizer,
+                &loss_scaler,
+            )?;
+        }
+        let test_stats = eval(&forward_eval)?;
+        println!(
+            "Accuracy of the network on the {} test images: {:.1}%",
+            test_stats.images, test_stats.acc1
+        );
+        max_accuracy = max_accuracy.max(test_stats.acc1);
+        println!("Max accuracy: {max_accuracy:.2}%");
+        if !args.output_dir.is_empty() {
+            let line = log_line(
+                train_stats.lr,
+                train_stats.loss,
+                &test_stats,
+                epoch,
+                n_parameters as i64,
+            );
+            append(&output_dir.join("log.txt"), &format!("{line}\n"))?;
+        }
+    }
+    println!(
+        "Training time {}",
+        timedelta(start_time.elapsed().as_secs_f64())
+    );
+    Ok(())
+}
+
+/// `args` as a plain dict for checkpoints.
+fn args_value(args: &Args) -> crate::util::pickle::Value {
+    use crate::util::pickle::Value;
+    let s = |v: &str| Value::Str(v.into());
+    let items = vec![
+        ("batch_size", Value::Int(args.batch_size)),
+        ("epochs", Value::Int(args.epochs)),
+        ("model", s(&args.model)),
+        ("lr", args.lr.map_or(Value::None, Value::Float)),
+        ("blr", Value::Float(args.blr)),
+        ("finetune", s(&args.finetune)),
+        ("global_pool", Value::Bool(args.global_pool)),
+        ("dataset", s(&args.dataset)),
+        ("input_size", Value::Int(args.input_size)),
+        ("nb_classes", Value::Int(args.nb_classes)),
+        ("seed", Value::Int(args.seed)),
+    ];
+    Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
+}
