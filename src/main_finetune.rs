@@ -141,6 +141,9 @@ pub struct Args {
     /// Not in the official script: `imagefolder` or `fashion_mnist` (train / test split)
     #[arg(long, default_value = "imagefolder")]
     pub dataset: String,
+    /// Not in the official script: train on the first N training images only
+    #[arg(long)]
+    pub train_subset: Option<usize>,
     /// number of the classification types [default: the checkpoint's head when evaluating, 10 for fashion_mnist, else 1000]
     #[arg(long)]
     pub nb_classes: Option<i64>,
@@ -502,7 +505,8 @@ fn finetune(mut args: Args) -> Result<()> {
     // fix the seed for reproducibility
     tch::manual_seed(args.seed);
 
-    let dataset_train = build_split(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let dataset_train = build_split(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?
+        .first(args.train_subset);
     let dataset_val = build_split(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
     let transform = TrainTransform::new(

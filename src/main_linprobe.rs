@@ -79,6 +79,9 @@ pub struct Args {
     /// Not in the official script: `imagefolder` or `fashion_mnist` (train / test split)
     #[arg(long, default_value = "imagefolder")]
     pub dataset: String,
+    /// Not in the official script: train on the first N training images only
+    #[arg(long)]
+    pub train_subset: Option<usize>,
     /// Not in the official script (which crops 224): images input size
     #[arg(long, default_value_t = 224)]
     pub input_size: i64,
@@ -237,7 +240,8 @@ pub fn main(mut args: Args) -> Result<()> {
 
     // linear probe: weak augmentation
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
-    let dataset_train = build_dataset(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let dataset_train = build_dataset(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?
+        .first(args.train_subset);
     let dataset_val = build_dataset(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
     let data_loader_train = DataLoader {
         dataset: dataset_train.dataset.clone(),

@@ -23,20 +23,36 @@ fn help_defaults(subcommand: &str) -> BTreeMap<String, Option<String>> {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut flags = BTreeMap::new();
+    // clap puts the help (and its `[default: …]`) after the flag, or on the next lines when
+    // some flag is long: gather each flag's text up to the next flag
+    let mut entries: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
         let line = line.trim_start();
-        let Some(rest) = line.strip_prefix("--") else {
-            continue;
-        };
-        let name = rest.split([' ', '\t']).next().unwrap().to_string();
-        let default = line.rfind("[default: ").map(|i| {
-            line[i + 10..]
-                .trim_end_matches(']')
+        match line.strip_prefix("--") {
+            Some(rest) => {
+                let name = rest.split([' ', '\t']).next().unwrap().to_string();
+                entries.push((format!("--{name}"), line.to_string()));
+            }
+            None if line.starts_with('-') => entries.push((String::new(), String::new())),
+            None => {
+                if let Some(e) = entries.last_mut() {
+                    e.1.push(' ');
+                    e.1.push_str(line);
+                }
+            }
+        }
+    }
+    let mut flags = BTreeMap::new();
+    for (name, text) in entries.into_iter().filter(|e| !e.0.is_empty()) {
+        let default = text.rfind("[default: ").map(|i| {
+            text[i + 10..]
+                .split(']')
+                .next()
+                .unwrap()
                 .trim_matches('"')
                 .to_string()
         });
-        flags.insert(format!("--{name}"), default);
+        flags.insert(name, default);
     }
     flags
 }
@@ -51,8 +67,13 @@ fn same_default(official: &serde_json::Value, ours: &Option<String>) -> bool {
     }
 }
 
-/// Every official flag of `script` is accepted by `mae subcommand` with the official default.
+/// Every official flag of `script` is accepted by `mae subcommand` with the official default
+/// (`derived` flags: present, their default read off the checkpoint / the machine).
 fn check(script: &str, subcommand: &str, not_yet: &[&str]) {
+    check_with(script, subcommand, not_yet, &[])
+}
+
+fn check_with(script: &str, subcommand: &str, not_yet: &[&str], derived: &[&str]) {
     let ours = help_defaults(subcommand);
     let mut problems = Vec::new();
     for (dest, spec) in official(script) {
@@ -63,6 +84,7 @@ fn check(script: &str, subcommand: &str, not_yet: &[&str]) {
             }
             match ours.get(flag) {
                 None => problems.push(format!("{flag} (dest {dest}) is missing")),
+                Some(_) if derived.contains(&flag) => {}
                 Some(d) if flag.starts_with("--no_") || flag == "--cls_token" => {
                     if d.is_some() {
                         problems.push(format!("{flag} takes no value"))
@@ -89,6 +111,21 @@ fn pretrain_flags_are_the_official_ones() {
 }
 
 #[test]
+fn finetune_flags_are_the_official_ones() {
+    check_with(
+        "main_finetune",
+        "finetune",
+        &[],
+        &["--model", "--nb_classes", "--device"],
+    );
+}
+
+#[test]
+fn linprobe_flags_are_the_official_ones() {
+    check_with("main_linprobe", "linprobe", &[], &["--device"]);
+}
+
+#[test]
 fn eval_flags_are_official_finetune_flags() {
     // `mae eval` is `main_finetune.py --eval`: every flag it has is an official one with the
     // official default; the training-only flags arrive with `mae finetune`.
@@ -110,8 +147,9 @@ fn eval_flags_are_official_finetune_flags() {
         "--output_json",
         "--save_logits",
         "--pillow",
-        "--no_amp",
         "--precision",
+        "--dataset",
+        "--train_subset",
     ];
     // Defaults read off the checkpoint / the machine instead of fixed values; documented in --help.
     let derived = ["--model", "--nb_classes", "--device"];

@@ -151,3 +151,29 @@ pub fn labelled_batches(
         })
     }))
 }
+
+/// The first `n` images of a dataset (`torch.utils.data.Subset(ds, range(n))`).
+struct Subset(Arc<dyn ImageSource>, usize);
+
+impl ImageSource for Subset {
+    fn len(&self) -> usize {
+        self.1
+    }
+    fn load(&self, index: usize) -> Result<RgbImage> {
+        self.0.load(index)
+    }
+}
+
+impl Split {
+    /// Not in the official: the first `n` images only (`--train_subset`), for short runs.
+    pub fn first(self, n: Option<usize>) -> Split {
+        match n {
+            Some(n) if n < self.dataset.len() => Split {
+                dataset: Arc::new(Subset(self.dataset, n)),
+                targets: Arc::new(self.targets[..n].to_vec()),
+                num_classes: self.num_classes,
+            },
+            _ => self,
+        }
+    }
+}

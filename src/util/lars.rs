@@ -54,12 +54,11 @@ impl Optimizer for Lars {
                         let param_norm = p.norm();
                         let update_norm = dp.norm();
                         let one = param_norm.ones_like();
-                        let q = param_norm.gt(0.).where_self(
-                            &update_norm
-                                .gt(0.)
-                                .where_self(&(&param_norm * trust / &update_norm), &one),
-                            &one,
-                        );
+                        // torch.where(param_norm > 0., torch.where(update_norm > 0,
+                        //     trust_coefficient * param_norm / update_norm, one), one)
+                        let q = (&param_norm * trust / &update_norm)
+                            .where_self(&update_norm.gt(0.), &one)
+                            .where_self(&param_norm.gt(0.), &one);
                         dp = dp * q;
                     }
                     let mu = mu.get_or_insert_with(|| p.zeros_like());
