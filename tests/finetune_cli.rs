@@ -1,0 +1,181 @@
+//! `mae finetune` end to end on a small ImageFolder: checkpoints and log.txt every epoch,
+//! `Max accuracy`, resume (2 epochs == 1 + --resume + 1, bit for bit), `--eval --resume`, and a
+//! pre-trained checkpoint of another architecture refused with the mismatched keys listed.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::Tensor;
+
+/// data/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright, with noise.
+fn image_folder() -> PathBuf {
+    let root = common::scratch("finetune_cli").join("data");
+    for (split, n) in [("train", 12u32), ("val", 4)] {
+        for (c, base) in [("a", 40u8), ("b", 200)] {
+            let dir = root.join(split).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
+                    image::Rgb([v, v / 2, 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    root
+}
+
+fn mae(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn finetune(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "finetune",
+        "--model",
+        "vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--nb_classes",
+        "2",
+        "--batch_size",
+        "4",
+        "--warmup_epochs",
+        "1",
+        "--aa",
+        "none",
+        "--device",
+        "cpu",
+        "--num_workers",
+        "2",
+        "--data_path",
+        data.to_str().unwrap(),
+        "--output_dir",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, text) = mae(&args);
+    assert!(ok, "mae {args:?} failed:\n{text}");
+    text
+}
+
+fn model_of(path: &Path) -> Vec<(String, Tensor)> {
+    mae::util::checkpoint::load_state_dict(path).unwrap()
+}
+
+#[test]
+fn train_log_checkpoints_resume_and_eval() {
+    let data = image_folder();
+    let dir = common::scratch("finetune_cli");
+    let (full, first) = (dir.join("full"), dir.join("first"));
+    let _ = std::fs::remove_dir_all(&full);
+    let _ = std::fs::remove_dir_all(&first);
+
+    // mixup + cutmix + label smoothing + random erasing + clipping + drop path all on
+    let recipe = ["--mixup", "0.8", "--cutmix", "1.0", "--clip_grad", "1.0"];
+    let text = finetune(&data, &full, &[&["--epochs", "2"], &recipe[..]].concat());
+    assert!(text.contains("Mixup is activated!"));
+    assert!(text.contains("criterion = SoftTargetCrossEntropy()"));
+    assert!(text.contains("* Acc@1 ") && text.contains("Max accuracy: "));
+    let log = std::fs::read_to_string(full.join("log.txt")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    for (epoch, line) in log.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 7, "{line}");
+        assert_eq!(v["epoch"].as_i64().unwrap(), epoch as i64);
+        assert!(v["train_loss"].as_f64().unwrap().is_finite());
+        assert!(v["test_acc1"].as_f64().is_some() && v["n_parameters"].as_i64().is_some());
+    }
+
+    // 1 epoch, then --resume for the second: the same weights as 2 epochs straight
+    finetune(&data, &first, &[&["--epochs", "1"], &recipe[..]].concat());
+    let ckpt0 = first.join("checkpoint-0.pth");
+    let text = finetune(
+        &data,
+        &first,
+        &[
+            &["--epochs", "2", "--resume", ckpt0.to_str().unwrap()],
+            &recipe[..],
+        ]
+        .concat(),
+    );
+    assert!(text.contains("With optim & sched!"));
+    let a = model_of(&full.join("checkpoint-1.pth"));
+    let b = model_of(&first.join("checkpoint-1.pth"));
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(ta.equal(tb), "{ka} differs after resume");
+    }
+
+    // --eval --resume: evaluation only
+    let ckpt1 = full.join("checkpoint-1.pth");
+    let text = finetune(
+        &data,
+        &dir.join("eval"),
+        &["--eval", "--resume", ckpt1.to_str().unwrap()],
+    );
+    assert!(text.contains("Accuracy of the network on the 8 test images"));
+    assert!(!text.contains("Start training"));
+}
+
+#[test]
+fn pretrained_checkpoint_of_another_architecture_is_refused() {
+    let data = image_folder();
+    let dir = common::scratch("finetune_cli");
+    // a mae_vit_tiny_patch4-shaped encoder whose blocks are 32-d instead of 64-d
+    let sd: Vec<(String, Tensor)> = {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let cfg = mae::models_vit::VitConfig {
+            img_size: 32,
+            patch_size: 4,
+            embed_dim: 32,
+            depth: 2,
+            num_heads: 4,
+            num_classes: 0,
+            ..Default::default()
+        };
+        let _m = mae::models_vit::VisionTransformer::new(&vs.root(), &cfg);
+        mae::util::optim::named_parameters(&vs)
+    };
+    let path = dir.join("wrong.pth");
+    mae::util::checkpoint::save_state_dict(&path, &sd).unwrap();
+    let args = [
+        "finetune",
+        "--model",
+        "vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--nb_classes",
+        "2",
+        "--batch_size",
+        "4",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--aa",
+        "none",
+        "--data_path",
+        data.to_str().unwrap(),
+        "--output_dir",
+        "",
+        "--finetune",
+        path.to_str().unwrap(),
+    ];
+    let (ok, text) = mae(&args);
+    assert!(!ok);
+    assert!(text.contains("size mismatch for cls_token"), "{text}");
+    assert!(text.contains("blocks.0.attn.qkv.weight"), "{text}");
+}
