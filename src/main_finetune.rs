@@ -81,7 +81,7 @@ pub struct Args {
     /// Color jitter factor (enabled only when not using Auto/RandAug)
     #[arg(long)]
     pub color_jitter: Option<f64>,
-    /// Use AutoAugment policy. "v0" or "original". (RandAugment is not ported yet: warns and skips)
+    /// Use AutoAugment policy. "v0" or "original". (RandAugment policies `rand-…-inc1` and none are ported)
     #[arg(long, default_value = "rand-m9-mstd0.5-inc1")]
     pub aa: String,
     /// Label smoothing (default: 0.1)

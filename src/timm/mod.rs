@@ -4,6 +4,7 @@
 //! (timm/loss), `Mixup` (timm/data/mixup.py) and `RandomErasing` (timm/data/random_erasing.py).
 
 mod drop;
+pub mod auto_augment;
 pub mod loss;
 pub mod mixup;
 pub mod random_erasing;

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use tch::Tensor;
 
+use crate::timm::auto_augment::RandAugment;
 use crate::timm::random_erasing::RandomErasing;
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::torchvision::pil::Filter;
@@ -80,12 +81,14 @@ pub fn build_dataset(
 #[derive(Debug, Clone)]
 pub struct TrainTransform {
     pub input_size: u32,
+    pub rand_augment: Option<RandAugment>,
     pub random_erasing: Option<RandomErasing>,
 }
 
 impl TrainTransform {
     /// With an auto-augment policy timm turns colour jitter off, so `--color_jitter` only matters
-    /// with `--aa none`, which is when it would be applied (not ported: an error).
+    /// with `--aa none`, which is when it would be applied (not ported: an error). Only
+    /// RandAugment policies (`rand-…-inc1`) are ported, not AutoAugment / AugMix.
     pub fn new(
         input_size: u32,
         aa: &str,
@@ -94,24 +97,26 @@ impl TrainTransform {
         remode: &str,
         recount: i64,
     ) -> Result<Self> {
-        if !(aa.is_empty() || aa == "none") {
-            eprintln!(
-                "warning: --aa {aa}: RandAugment is not ported yet; training without it (pass --aa none to silence)"
-            );
-        } else if color_jitter.is_some_and(|c| c > 0.) {
-            anyhow::bail!("--color_jitter without --aa: ColorJitter is not ported yet");
-        }
+        let rand_augment = if aa.is_empty() || aa == "none" {
+            if color_jitter.is_some_and(|c| c > 0.) {
+                anyhow::bail!("--color_jitter without --aa: ColorJitter is not ported yet");
+            }
+            None
+        } else {
+            Some(RandAugment::from_config(aa, IMAGENET_DEFAULT_MEAN)?)
+        };
         let random_erasing = (reprob > 0.)
             .then(|| RandomErasing::new(reprob, remode, recount))
             .transpose()?;
         Ok(TrainTransform {
             input_size,
+            rand_augment,
             random_erasing,
         })
     }
 
     /// RandomResizedCropAndInterpolation(input_size, scale 0.08–1, ratio 3/4–4/3, bicubic),
-    /// RandomHorizontalFlip(0.5), ToTensor, Normalize(ImageNet), RandomErasing.
+    /// RandomHorizontalFlip(0.5), RandAugment, ToTensor, Normalize(ImageNet), RandomErasing.
     pub fn apply(&self, img: &RgbImage, rng: &mut SampleRng) -> Tensor {
         let (i, j, h, w) = random_resized_crop_params(
             img.width(),
@@ -123,6 +128,9 @@ impl TrainTransform {
         let mut img = resized_crop(img, i, j, h, w, self.input_size, Filter::Bicubic);
         if rng.uniform(0., 1.) < 0.5 {
             img = hflip(&img);
+        }
+        if let Some(ra) = &self.rand_augment {
+            img = ra.call(&img, rng);
         }
         let mut x = to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD);
         if let Some(re) = &self.random_erasing {
