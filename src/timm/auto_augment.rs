@@ -383,7 +383,7 @@ impl RandAugment {
         }
         let mut magnitude = self.magnitude;
         if self.magnitude_std == f64::INFINITY {
-            magnitude = random(rng) * magnitude;
+            magnitude *= random(rng);
         } else if self.magnitude_std > 0. {
             magnitude = gauss(rng, magnitude, self.magnitude_std);
         }

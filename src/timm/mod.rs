@@ -1,10 +1,11 @@
 //! The parts of timm 0.3.2 that MAE imports: `PatchEmbed`, `Attention`, `Mlp`, `Block`
 //! (timm/models/vision_transformer.py), `DropPath` (timm/models/layers/drop.py) and
 //! `trunc_normal_` (timm/models/layers/weight_init.py); and for fine-tuning the criteria
-//! (timm/loss), `Mixup` (timm/data/mixup.py) and `RandomErasing` (timm/data/random_erasing.py).
+//! (timm/loss), `Mixup` (timm/data/mixup.py), `RandAugment` (timm/data/auto_augment.py) and
+//! `RandomErasing` (timm/data/random_erasing.py).
 
-mod drop;
 pub mod auto_augment;
+mod drop;
 pub mod loss;
 pub mod mixup;
 pub mod random_erasing;

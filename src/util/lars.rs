@@ -59,7 +59,7 @@ impl Optimizer for Lars {
                         let q = (&param_norm * trust / &update_norm)
                             .where_self(&update_norm.gt(0.), &one)
                             .where_self(&param_norm.gt(0.), &one);
-                        dp = dp * q;
+                        dp *= q;
                     }
                     let mu = mu.get_or_insert_with(|| p.zeros_like());
                     let _ = mu.g_mul_scalar_(momentum).g_add_(&dp);
