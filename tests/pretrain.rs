@@ -583,3 +583,52 @@ fn shipped_fashion_mnist_checkpoint_reconstructs_test_images() {
         "loss {loss} vs {init_loss} at init"
     );
 }
+
+/// GradScaler semantics (enabled on CUDA; exercised here on CPU tensors): scaled backward,
+/// exact unscale (powers of two), inf/NaN gradients skip the step and halve the scale, the
+/// scale doubles after `growth_interval` good steps, and the state dict round-trips.
+#[test]
+fn grad_scaler_semantics() {
+    use mae::util::misc::NativeScalerWithGradNormCount as Scaler;
+    use mae::util::optim::AdamW;
+    let make = || {
+        let p = Tensor::from_slice(&[1f32, -2., 3.]).set_requires_grad(true);
+        let group = ParamGroup {
+            names: vec!["w".into()],
+            params: vec![p.shallow_clone()],
+            lr: 0.,
+            weight_decay: 0.05,
+            lr_scale: None,
+        };
+        (p, AdamW::new(vec![group], 1e-2, (0.9, 0.95)))
+    };
+    let x = Tensor::from_slice(&[0.5f32, 1.5, -1.]);
+    let (p1, mut opt1) = make();
+    let (p2, mut opt2) = make();
+    let mut scaler = Scaler::new(true);
+    scaler.growth_interval = 3;
+    for step in 0..3 {
+        assert!(scaler.call(&(&p1 * &x).sum(None), &mut opt1, true));
+        opt1.zero_grad();
+        (&p2 * &x).sum(None).backward();
+        opt2.step();
+        opt2.zero_grad();
+        assert!(
+            p1.equal(&p2),
+            "step {step}: scaled and unscaled updates differ"
+        );
+    }
+    assert_eq!((scaler.scale, scaler.growth_tracker), (131072., 0));
+    let inf = Tensor::from_slice(&[f32::INFINITY, 1., 1.]);
+    let before = p1.copy();
+    assert!(!scaler.call(&(&p1 * &inf).sum(None), &mut opt1, true));
+    assert!(
+        p1.equal(&before),
+        "a step with inf gradients must be skipped"
+    );
+    assert_eq!((scaler.scale, scaler.growth_tracker), (65536., 0));
+    let mut restored = Scaler::new(true);
+    restored.load_state_dict(&scaler.state_dict()).unwrap();
+    assert_eq!(restored, scaler);
+    assert_eq!(Scaler::new(false).state_dict().to_string(), "{}");
+}
