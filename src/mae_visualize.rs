@@ -15,6 +15,7 @@ use crate::main_finetune::{detect_model, device};
 use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use crate::torchvision::datasets::pil_loader;
 use crate::torchvision::pil::{self, Filter, PassOrder};
+use crate::util::amp::{self, Precision};
 use crate::util::checkpoint;
 use crate::util::misc::load_mae_checkpoint;
 
@@ -54,6 +55,10 @@ pub struct Args {
     /// Resize as Pillow 12 (horizontal pass first) or 13
     #[arg(long, default_value = "12")]
     pub pillow: PassOrder,
+    /// Autocast dtype of the forward: fp32, bf16 or fp16 (CUDA only) [default: fp32 on the CPU,
+    /// fp16 on CUDA, as the official torch.cuda.amp]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 /// The demo's `imagenet_mean` / `imagenet_std` (float64 numpy arrays).
@@ -69,6 +74,7 @@ pub const TITLES: [&str; 4] = [
 
 pub fn run(args: &Args) -> Result<()> {
     let device = device(args.device.as_deref())?;
+    let precision = Precision::for_device(args.precision, device)?;
     let path = match &args.checkpoint {
         Some(p) => p.clone(),
         None if Path::new(DEFAULT_CHECKPOINT).exists() => PathBuf::from(DEFAULT_CHECKPOINT),
@@ -86,7 +92,7 @@ pub fn run(args: &Args) -> Result<()> {
     tch::manual_seed(args.seed);
     for image in &args.images {
         let img = load_image(image, model.patch_embed.img_size, args.pillow)?;
-        let out = run_one_image(&img, &model, args.mask_ratio)?;
+        let out = run_one_image(&img, &model, args.mask_ratio, precision)?;
         println!("{}: loss {:.4}", image.display(), out.loss);
         rows.push(out.panels);
         for (v, t) in saved.iter_mut().zip(out.tensors) {
@@ -174,10 +180,12 @@ pub struct OneImage {
 
 /// `run_one_image(img, model)`: the forward draws its masking noise like the official one,
 /// `torch.rand(N, L)` on the CPU generator (passed in explicitly when the model is on a GPU).
+/// Only the forward runs under `precision`'s autocast; its prediction comes back as float32.
 pub fn run_one_image(
     img: &Tensor,
     model: &MaskedAutoencoderViT,
     mask_ratio: f64,
+    precision: Precision,
 ) -> Result<OneImage> {
     let device = model.pos_embed.device();
     let x = img.permute([0, 3, 1, 2]); // nhwc->nchw, float64
@@ -189,9 +197,11 @@ pub fn run_one_image(
     // run MAE
     let xf = x.to_kind(Kind::Float);
     let (loss, pred, mask) = tch::no_grad(|| {
+        let _amp = amp::autocast(device, precision);
         model.forward_with_noise(&xf.to_device(device), mask_ratio, noise.as_ref())
     })?;
-    let (pred, mask) = (pred.to_device(Device::Cpu), mask.to_device(Device::Cpu));
+    let pred = pred.to_kind(Kind::Float).to_device(Device::Cpu);
+    let mask = mask.to_device(Device::Cpu);
     let y = model.unpatchify(&pred)?;
     let y_nhwc = y.permute([0, 2, 3, 1]);
 

@@ -3,20 +3,9 @@
 //! small ImageFolder of real photos (tools/make_eval_fixture.py), and its errors.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use tch::Tensor;
-
-/// Writes (once; the script keeps a stamp) the photo folder and its vit_base_patch16 checkpoint.
-fn fixture() -> (PathBuf, PathBuf) {
-    let dir = common::root().join("target/fixtures/eval");
-    common::run_python(
-        &common::root().join("tools/make_eval_fixture.py"),
-        &[dir.to_str().unwrap()],
-    );
-    let ckpt = dir.join("vit_base_patch16_eval.pth");
-    (dir, ckpt)
-}
 
 fn mae(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mae"))
@@ -44,7 +33,7 @@ fn tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
 
 #[test]
 fn eval_matches_reference_pipeline() {
-    let (dir, ckpt) = fixture();
+    let (dir, ckpt) = common::eval_fixture();
     let scratch = common::scratch("eval");
     let (ref_logits, our_logits, json) = (
         scratch.join("ref_logits.safetensors"),
@@ -117,7 +106,7 @@ fn eval_matches_reference_pipeline() {
 
 #[test]
 fn eval_errors_name_the_problem() {
-    let (dir, ckpt) = fixture();
+    let (dir, ckpt) = common::eval_fixture();
     let scratch = common::scratch("eval_errors");
     let run = |args: &[&str]| {
         let out = mae(&[&["eval", "--device", "cpu", "--num_workers", "2"], args].concat());

@@ -61,6 +61,18 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The `mae eval` fixture (tools/make_eval_fixture.py, written once: the script keeps a stamp):
+/// the photo folder and its vit_base_patch16 checkpoint.
+pub fn eval_fixture() -> (PathBuf, PathBuf) {
+    let dir = root().join("target/fixtures/eval");
+    run_python(
+        &root().join("tools/make_eval_fixture.py"),
+        &[dir.to_str().unwrap()],
+    );
+    let ckpt = dir.join("vit_base_patch16_eval.pth");
+    (dir, ckpt)
+}
+
 /// The sample photos in ../shared/images (public domain, see SOURCES.md there).
 pub fn shared_image(name: &str) -> PathBuf {
     let p = root().join("../shared/images").join(name);

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""PyTorch's own CPU mixed precision on a parity-fixture ViT, the reference for tests/amp.rs:
+timm VisionTransformer (tools/make_parity_fixtures.py's `timm_vit`, official keys) loaded from
+DIR/TAG.pth, run on DIR/TAG_io.safetensors' `imgs` under `torch.no_grad()` in float32 and under
+`torch.autocast('cpu', dtype=torch.bfloat16)`; logits written as float32 to OUT.
+
+usage: amp_reference.py DIR NAME TAG IMG NUM_CLASSES GLOBAL_POOL(0|1) OUT
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from make_parity_fixtures import timm_vit
+
+    d, name, tag, img, num_classes, gp, out = sys.argv[1:8]
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = timm_vit(name, int(img), gp == "1", int(num_classes))
+    sd = torch.load(os.path.join(d, tag + ".pth"), map_location="cpu")["model"]
+    model.load_state_dict(sd, strict=True)
+    x = load_file(os.path.join(d, tag + "_io.safetensors"))["imgs"]
+    with torch.no_grad():
+        fp32 = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x)
+    assert bf16.dtype == torch.bfloat16, bf16.dtype
+    save_file({"fp32": fp32.contiguous(), "bf16": bf16.float().contiguous()}, out)
+
+
+if __name__ == "__main__":
+    main()
