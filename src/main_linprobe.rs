@@ -275,7 +275,12 @@ pub fn main(mut args: Args) -> Result<()> {
     for (name, p) in vs.variables() {
         let _ = p.set_requires_grad(name.starts_with("head.1."));
     }
-    let n_parameters: usize = vs.variables().values().map(Tensor::numel).sum();
+    let n_parameters: usize = vs
+        .variables()
+        .values()
+        .filter(|p| p.requires_grad())
+        .map(Tensor::numel)
+        .sum();
     println!("Model = {}", args.model);
     println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
 
