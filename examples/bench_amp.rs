@@ -76,7 +76,6 @@ fn main() -> Result<()> {
             }
         }
     }
-    drop(torch);
     drop(py_in); // EOF ends bench_amp.py
     py.wait()?;
 
