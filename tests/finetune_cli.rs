@@ -179,3 +179,83 @@ fn pretrained_checkpoint_of_another_architecture_is_refused() {
     assert!(text.contains("size mismatch for cls_token"), "{text}");
     assert!(text.contains("blocks.0.attn.qkv.weight"), "{text}");
 }
+
+#[test]
+fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
+    let data = image_folder();
+    let dir = common::scratch("finetune_cli");
+    // a mae_vit_tiny_patch4 pre-training checkpoint (encoder + decoder, official keys)
+    let path = dir.join("mae_tiny.pth");
+    {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _m = mae::models_mae::build(
+            "mae_vit_tiny_patch4",
+            &vs.root(),
+            mae::models_mae::MaeConfig::default(),
+        )
+        .unwrap();
+        mae::util::checkpoint::save_state_dict(&path, &mae::util::optim::named_parameters(&vs))
+            .unwrap();
+    }
+    for pool in ["--cls_token", "--global_pool"] {
+        let out = dir.join(format!("linprobe{pool}"));
+        let _ = std::fs::remove_dir_all(&out);
+        let args = [
+            "linprobe",
+            "--model",
+            "vit_tiny_patch4",
+            "--input_size",
+            "32",
+            "--nb_classes",
+            "2",
+            "--batch_size",
+            "8",
+            "--epochs",
+            "2",
+            "--warmup_epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--data_path",
+            data.to_str().unwrap(),
+            "--output_dir",
+            out.to_str().unwrap(),
+            "--finetune",
+            path.to_str().unwrap(),
+            pool,
+        ];
+        let (ok, text) = mae(&args);
+        assert!(ok, "mae {args:?} failed:\n{text}");
+        let fc_norm_missing = text.contains("missing_keys=[\"fc_norm.bias\"");
+        assert_eq!(fc_norm_missing, pool == "--global_pool", "{text}");
+        assert!(text.contains("LARS (") && text.contains("Max accuracy: "));
+        let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        // only the Linear head trains: 64 × 2 + 2
+        assert_eq!(last["n_parameters"].as_i64(), Some(130));
+        let ckpt = out.join("checkpoint-1.pth");
+        let sd = model_of(&ckpt);
+        let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
+        for k in [
+            "head.0.running_mean",
+            "head.0.running_var",
+            "head.0.num_batches_tracked",
+            "head.1.weight",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+        // the encoder stayed as loaded
+        let loaded = model_of(&path);
+        let before = &loaded
+            .iter()
+            .find(|(k, _)| k == "blocks.0.attn.qkv.weight")
+            .unwrap()
+            .1;
+        let after = &sd
+            .iter()
+            .find(|(k, _)| k == "blocks.0.attn.qkv.weight")
+            .unwrap()
+            .1;
+        assert!(before.equal(after), "the encoder moved");
+    }
+}
