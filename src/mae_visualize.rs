@@ -13,14 +13,20 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::inspect;
 use crate::main_finetune::{detect_model, device};
 use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
-use crate::torchvision::datasets::pil_loader;
+use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
 use crate::torchvision::pil::{self, Filter, PassOrder};
 use crate::util::amp::{self, Precision};
 use crate::util::checkpoint;
 use crate::util::misc::load_mae_checkpoint;
 
-/// Where `mae visualize` looks when no `--checkpoint` is given (relative to the working directory).
+/// Where `mae visualize --image …` looks when no `--checkpoint` is given (relative to the working
+/// directory, then to this repository).
 pub const DEFAULT_CHECKPOINT: &str = "weights/mae_visualize_vit_large.pth";
+/// With no `--image`: the MAE pre-trained here on Fashion-MNIST (weights/README.md) shows its
+/// reconstructions of Fashion-MNIST *test* images, which it never saw in training.
+pub const FASHION_MNIST_CHECKPOINT: &str = "weights/mae_pretrain_fmnist_mini_patch4.pth";
+/// How many Fashion-MNIST test images (the first ones, in file order) the default run shows.
+const FASHION_MNIST_IMAGES: usize = 6;
 const DEFAULT_URL: &str =
     "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_large.pth";
 
@@ -33,8 +39,9 @@ pub struct Args {
     /// MAE model name (mae_vit_large_patch16, ...) [default: detected from the checkpoint]
     #[arg(long)]
     pub model: Option<String>,
-    /// Image to reconstruct (repeat the flag or list several): one row each
-    #[arg(long = "image", required = true, num_args = 1..)]
+    /// Image to reconstruct (repeat the flag or list several): one row each [default: the first
+    /// Fashion-MNIST test images, with weights/mae_pretrain_fmnist_mini_patch4.pth]
+    #[arg(long = "image", num_args = 1..)]
     pub images: Vec<PathBuf>,
     /// torch.manual_seed before the forward passes: picks the masked patches (the demo uses 2)
     #[arg(long, default_value_t = 2)]
@@ -75,25 +82,50 @@ pub const TITLES: [&str; 4] = [
 pub fn run(args: &Args) -> Result<()> {
     let device = device(args.device.as_deref())?;
     let precision = Precision::for_device(args.precision, device)?;
+    let fashion_mnist = args.images.is_empty();
+    let default = if fashion_mnist {
+        FASHION_MNIST_CHECKPOINT
+    } else {
+        DEFAULT_CHECKPOINT
+    };
     let path = match &args.checkpoint {
         Some(p) => p.clone(),
-        None if Path::new(DEFAULT_CHECKPOINT).exists() => PathBuf::from(DEFAULT_CHECKPOINT),
-        None => bail!(
-            "no --checkpoint given and {DEFAULT_CHECKPOINT} does not exist: download the demo's \
-             checkpoint {DEFAULT_URL} into weights/ (weights/README.md lists the official \
-             checkpoints) or pass --checkpoint PATH"
-        ),
+        None => match find_default(default) {
+            Some(p) => p,
+            None if fashion_mnist => bail!(
+                "{FASHION_MNIST_CHECKPOINT} is missing (it ships with this repository): pass \
+                 --checkpoint PATH and --image FILE…"
+            ),
+            None => bail!(
+                "no --checkpoint given and {DEFAULT_CHECKPOINT} does not exist: download the demo's \
+                 checkpoint {DEFAULT_URL} into weights/ (weights/README.md lists the official \
+                 checkpoints) or pass --checkpoint PATH"
+            ),
+        },
     };
     let (_vs, model) = prepare_model(&path, args.model.as_deref(), device)?;
+    let size = model.patch_embed.img_size;
+    let images: Vec<(String, Tensor)> = if fashion_mnist {
+        let root = Path::new(FASHION_MNIST_ROOT);
+        let test = FashionMNIST::new(root, false)?;
+        (0..FASHION_MNIST_IMAGES.min(test.len()))
+            .map(|i| {
+                let name = format!("Fashion-MNIST test image {i}");
+                (name, prepare_image(&test.rgb(i), size, args.pillow))
+            })
+            .collect()
+    } else {
+        let load = |p: &PathBuf| Ok((p.display().to_string(), load_image(p, size, args.pillow)?));
+        args.images.iter().map(load).collect::<Result<_>>()?
+    };
 
     let mut rows = Vec::new();
     let mut saved: [Vec<Tensor>; 4] = Default::default();
     // as `torch.manual_seed(2)` then `run_one_image(img, model)` for each image
     tch::manual_seed(args.seed);
-    for image in &args.images {
-        let img = load_image(image, model.patch_embed.img_size, args.pillow)?;
-        let out = run_one_image(&img, &model, args.mask_ratio, precision)?;
-        println!("{}: loss {:.4}", image.display(), out.loss);
+    for (name, img) in &images {
+        let out = run_one_image(img, &model, args.mask_ratio, precision)?;
+        println!("{name}: loss {:.4}", out.loss);
         rows.push(out.panels);
         for (v, t) in saved.iter_mut().zip(out.tensors) {
             v.push(t);
@@ -115,6 +147,16 @@ pub fn run(args: &Args) -> Result<()> {
         println!("saved {}", path.display());
     }
     Ok(())
+}
+
+/// `rel` under the working directory, else under this repository (where `weights/` ships).
+fn find_default(rel: &str) -> Option<PathBuf> {
+    [
+        PathBuf::from(rel),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 /// `prepare_model(chkpt_dir, arch)`: builds the model named `arch` (detected from the checkpoint
@@ -156,7 +198,11 @@ pub fn prepare_model(
 /// model's input size, `np.array(img) / 255.`, minus mean, over std, in float64. Returns
 /// [1, H, W, 3] float64 (nhwc, as the demo's `img`).
 pub fn load_image(path: &Path, size: i64, order: PassOrder) -> Result<Tensor> {
-    let img = pil_loader(path)?;
+    Ok(prepare_image(&pil_loader(path)?, size, order))
+}
+
+/// [`load_image`] on a decoded image.
+pub fn prepare_image(img: &RgbImage, size: i64, order: PassOrder) -> Tensor {
     let s = size as u32;
     let img = pil::resize_with(&img, s, s, Filter::Bicubic, order);
     let x: Vec<f64> = img
@@ -166,7 +212,7 @@ pub fn load_image(path: &Path, size: i64, order: PassOrder) -> Result<Tensor> {
             (0..3).map(move |c| (p[c] as f64 / 255. - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
         })
         .collect();
-    Ok(Tensor::from_slice(&x).view([1, size, size, 3]))
+    Tensor::from_slice(&x).view([1, size, size, 3])
 }
 
 /// What `run_one_image` shows and what `--save_tensors` keeps of one image.
