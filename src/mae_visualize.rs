@@ -204,7 +204,7 @@ pub fn load_image(path: &Path, size: i64, order: PassOrder) -> Result<Tensor> {
 /// [`load_image`] on a decoded image.
 pub fn prepare_image(img: &RgbImage, size: i64, order: PassOrder) -> Tensor {
     let s = size as u32;
-    let img = pil::resize_with(&img, s, s, Filter::Bicubic, order);
+    let img = pil::resize_with(img, s, s, Filter::Bicubic, order);
     let x: Vec<f64> = img
         .as_raw()
         .chunks_exact(3)
