@@ -243,7 +243,19 @@ pub fn pretrain_transform(img: &RgbImage, input_size: u32, rng: &mut SampleRng) 
         (3. / 4., 4. / 3.),
         rng,
     );
-    let mut img = resized_crop(img, i, j, h, w, input_size, Filter::Bicubic);
+    crop_flip_normalize(img, (i, j, h, w), input_size, rng)
+}
+
+/// The tail of the RandomResizedCrop training transforms (pre-training and linear probing): the
+/// box (top, left, height, width) resized to `size` (bicubic), RandomHorizontalFlip(),
+/// ToTensor(), Normalize(ImageNet).
+pub fn crop_flip_normalize(
+    img: &RgbImage,
+    (i, j, h, w): (i64, i64, i64, i64),
+    size: u32,
+    rng: &mut SampleRng,
+) -> Tensor {
+    let mut img = resized_crop(img, i, j, h, w, size, Filter::Bicubic);
     if rng.uniform(0., 1.) < 0.5 {
         img = hflip(&img);
     }

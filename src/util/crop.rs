@@ -4,11 +4,7 @@
 use image::RgbImage;
 use tch::Tensor;
 
-use crate::torchvision::pil::Filter;
-use crate::torchvision::transforms::{
-    hflip, resized_crop, round_half_even, to_tensor_normalize, SampleRng, IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-};
+use crate::torchvision::transforms::{crop_flip_normalize, round_half_even, SampleRng};
 
 /// `RandomResizedCrop.get_params(img, scale, ratio)` of util/crop.py -> (top, left, height, width).
 pub fn get_params(
@@ -43,11 +39,7 @@ pub fn linprobe_transform(img: &RgbImage, input_size: u32, rng: &mut SampleRng) 
         (3. / 4., 4. / 3.),
         rng,
     );
-    let mut img = resized_crop(img, i, j, h, w, input_size, Filter::Bicubic);
-    if rng.uniform(0., 1.) < 0.5 {
-        img = hflip(&img);
-    }
-    to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    crop_flip_normalize(img, (i, j, h, w), input_size, rng)
 }
 
 #[cfg(test)]
