@@ -1,0 +1,219 @@
+//! The Rust side of tools/bench_models.py (driven by tools/bench.sh and tools/gpu_bench.sh): one
+//! model, one measurement, timed one step at a time on request so that the Python driver can
+//! alternate with its PyTorch reference in the same run.
+//!
+//! - `--task forward`: models_vit eval forward (`no_grad`, `forward_t(x, false)`), as `mae eval`;
+//! - `--task pretrain`: one step of engine_pretrain's loop on random images: models_mae forward
+//!   under `util::amp::autocast`, backward, AdamW step (`util::optim`, the groups of
+//!   main_pretrain), `zero_grad`; fp16 goes through `NativeScalerWithGradNormCount` enabled
+//!   (GradScaler semantics: scaled backward, unscale, inf check, step).
+//!
+//! Timing: prints `ready threads N params P` after two warm-up steps, then for every stdin line
+//! `step` runs one step and prints its seconds (CUDA is synchronised before the clock is read);
+//! EOF ends it. Parity: `--weights W --inputs I --dump OUT` loads official-key weights and `x`
+//! (and `noise` for MAE) from safetensors, runs one eval forward under the precision and writes
+//! the float32 outputs (`out`; MAE: `loss`, `pred`, `mask`) to OUT, then exits.
+//!
+//! Usage: bench_step --task forward|pretrain --model NAME --batch B --precision fp32|bf16|fp16
+//!        --device cpu|cuda [--weights W --inputs I --dump OUT] [--cudnn false]
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, ValueEnum};
+use mae::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
+use mae::models_vit::{self, VisionTransformer, VitConfig};
+use mae::util::amp::{self, Precision};
+use mae::util::checkpoint;
+use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Task {
+    Forward,
+    Pretrain,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, value_enum)]
+    task: Task,
+    /// models_vit name (forward) or models_mae name (pretrain)
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 8)]
+    batch: i64,
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
+    /// cpu or cuda (cuda:N for another card)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// input resolution (default: the model's, 224 or 32 for the *_patch4 test models)
+    #[arg(long)]
+    img_size: Option<i64>,
+    /// parity: official-key weights (safetensors or .pth)
+    #[arg(long, requires_all = ["inputs", "dump"])]
+    weights: Option<PathBuf>,
+    /// parity: `x` [N, 3, H, W] (and `noise` [N, L] for MAE)
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// parity: where to write the float32 outputs (safetensors)
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// cuDNN on/off: parity runs turn it off, since libtorch's `cudnn.allow_tf32` defaults to
+    /// true (the patch-embedding convolution would run in TF32) and tch cannot set it
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cudnn: bool,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        s => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(i)) => Device::Cuda(i),
+            _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        ensure!(
+            tch::Cuda::is_available() && (i as i64) < tch::Cuda::device_count(),
+            "--device {s}: CUDA device {i} is not available ({} visible)",
+            tch::Cuda::device_count()
+        );
+    }
+    Ok(device)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+enum Model {
+    Vit(VisionTransformer),
+    Mae(Box<MaskedAutoencoderViT>),
+}
+
+fn build(args: &Args, vs: &nn::VarStore) -> Result<Model> {
+    let small = args.model.ends_with("_patch4");
+    let img_size = args.img_size.unwrap_or(if small { 32 } else { 224 });
+    Ok(match args.task {
+        Task::Forward => {
+            let cfg = VitConfig {
+                img_size,
+                ..VitConfig::default()
+            };
+            Model::Vit(models_vit::build(&args.model, &vs.root(), cfg)?)
+        }
+        Task::Pretrain => {
+            let cfg = MaeConfig {
+                img_size,
+                ..MaeConfig::default()
+            };
+            let model = models_mae::build(&args.model, &vs.root(), cfg)?;
+            Model::Mae(Box::new(model))
+        }
+    })
+}
+
+/// Parity: one eval forward on the given weights and inputs; float32 outputs to `--dump`.
+fn dump(args: &Args, mut vs: nn::VarStore, model: &Model, device: Device) -> Result<()> {
+    let (weights, inputs, out) = match (&args.weights, &args.inputs, &args.dump) {
+        (Some(w), Some(i), Some(o)) => (w, i, o),
+        _ => bail!("--weights, --inputs and --dump go together"),
+    };
+    load_state_dict(&mut vs, checkpoint::load_state_dict(weights)?, true)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    let io: Vec<(String, Tensor)> = checkpoint::load_state_dict(inputs)?;
+    let get = |k: &str| -> Result<Tensor> {
+        let t = io.iter().find(|(n, _)| n == k);
+        let t = t.with_context(|| format!("{} has no tensor {k:?}", inputs.display()))?;
+        Ok(t.1.to_device(device))
+    };
+    let x = get("x")?;
+    let f32 = |t: Tensor| t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+    let outputs = tch::no_grad(|| -> Result<Vec<(String, Tensor)>> {
+        let _amp = amp::autocast(device, args.precision);
+        Ok(match model {
+            Model::Vit(m) => vec![("out".into(), f32(m.forward_t(&x, false)?))],
+            Model::Mae(m) => {
+                let noise = get("noise")?;
+                let (loss, pred, mask) = m.forward_with_noise(&x, 0.75, Some(&noise))?;
+                vec![
+                    ("loss".into(), f32(loss.reshape([1]))),
+                    ("pred".into(), f32(pred)),
+                    ("mask".into(), f32(mask)),
+                ]
+            }
+        })
+    })?;
+    checkpoint::save_safetensors(out, &outputs)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = parse_device(&args.device)?;
+    if !args.cudnn {
+        tch::Cuda::set_user_enabled_cudnn(false);
+    }
+    let vs = nn::VarStore::new(device);
+    let model = build(&args, &vs)?;
+    if args.dump.is_some() {
+        return dump(&args, vs, &model, device);
+    }
+
+    let (img, n) = match &model {
+        Model::Vit(m) => (m.patch_embed.img_size, args.batch),
+        Model::Mae(m) => (m.patch_embed.img_size, args.batch),
+    };
+    let x = Tensor::randn([n, 3, img, img], (Kind::Float, device));
+    let mut optimizer = AdamW::new(
+        add_weight_decay(named_parameters(&vs), 0.05, &[]),
+        1.5e-4,
+        (0.9, 0.95),
+    );
+    let mut scaler = NativeScalerWithGradNormCount::new(args.precision == Precision::Fp16);
+    let mut step = || -> Result<f64> {
+        sync(device);
+        let t = Instant::now();
+        match &model {
+            Model::Vit(m) => tch::no_grad(|| -> Result<()> {
+                let _amp = amp::autocast(device, args.precision);
+                let _ = m.forward_t(&x, false)?;
+                Ok(())
+            })?,
+            Model::Mae(m) => {
+                let loss = {
+                    let _amp = amp::autocast(device, args.precision);
+                    m.forward(&x, 0.75)?.0
+                };
+                scaler.call(&loss, &mut optimizer, true); // backward + step
+                optimizer.zero_grad();
+            }
+        }
+        sync(device);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    step()?; // warm-up: allocator, kernels, AdamW state
+    step()?;
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .sum::<usize>() as i64;
+    println!("ready threads {} params {params}", tch::get_num_threads());
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "step" => println!("{:.6}", step()?),
+            "" => continue,
+            other => bail!("expected `step` on stdin, got {other:?}"),
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
