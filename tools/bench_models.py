@@ -190,7 +190,7 @@ def print_bench(results, args, device):
         if mfu:
             fl = flops_per_image(task, model) * batch
             tf_r, tf_t = fl / res["rust"] / 1e12, fl / res["torch"] / 1e12
-            line += f" {tf_r:.1f} | {100 * tf_r / args.peak_tflops:.1f} % | {100 * tf_t / args.peak_tflops:.1f} % |"
+            line += f" {tf_r:.3g} | {100 * tf_r / args.peak_tflops:.1f} % | {100 * tf_t / args.peak_tflops:.1f} % |"
         lines.append(line)
     return "\n".join(lines)
 
