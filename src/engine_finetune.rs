@@ -11,6 +11,7 @@ use crate::util::amp::{self, Precision};
 
 use crate::timm::loss::Criterion;
 use crate::timm::mixup::Mixup;
+use crate::util::distributed;
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
     py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
@@ -120,6 +121,8 @@ pub fn train_one_epoch(
         timedelta(total_time),
         total_time / len.max(1) as f64
     );
+    // gather the stats from all processes
+    metric_logger.synchronize_between_processes()?;
     println!("Averaged stats: {metric_logger}");
     Ok(TrainStats {
         lr: metric_logger.lr.global_avg(),
@@ -223,6 +226,18 @@ pub fn evaluate(
         bar.inc(batch_size as u64);
     }
     bar.finish_and_clear();
+    if distributed::dist_eval() {
+        // gather the stats from all processes (MetricLogger.synchronize_between_processes)
+        let t = distributed::all_reduce_sum(&[
+            loss_sum,
+            batches as f64,
+            acc1_sum,
+            acc5_sum,
+            n as f64,
+        ])?;
+        (loss_sum, acc1_sum, acc5_sum) = (t[0], t[2], t[3]);
+        (batches, n) = (t[1] as usize, t[4] as usize);
+    }
     ensure!(n > 0, "the validation set is empty");
     let elapsed = start.elapsed().as_secs_f64();
     println!(

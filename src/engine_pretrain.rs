@@ -7,6 +7,7 @@ use tch::{Device, Tensor};
 
 use crate::main_pretrain::Args;
 use crate::models_mae::MaskedAutoencoderViT;
+use crate::util::distributed;
 use crate::util::lr_sched;
 use crate::util::misc::{
     py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
@@ -64,9 +65,15 @@ pub fn train_one_epoch(
         }
 
         let samples = samples.to_device(device);
+        // DDP: this rank's rows of the global batch's masking noise (None in one process)
+        let noise = distributed::global_batch_noise(
+            samples.size()[0],
+            model.patch_embed.num_patches,
+            device,
+        );
         let loss = tch::autocast(device.is_cuda(), || {
             model
-                .forward(&samples, args.mask_ratio)
+                .forward_with_noise(&samples, args.mask_ratio, noise.as_ref())
                 .map(|(loss, _, _)| loss)
         })?;
 
@@ -109,6 +116,8 @@ pub fn train_one_epoch(
         timedelta(total_time),
         total_time / len as f64
     );
+    // gather the stats from all processes
+    metric_logger.synchronize_between_processes()?;
     println!("Averaged stats: {metric_logger}");
     Ok(TrainStats {
         lr: metric_logger.lr.global_avg(),

@@ -19,6 +19,7 @@ use crate::torchvision::transforms::eval_transform_with;
 use crate::util::amp::Precision;
 use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::distributed::{self, DistArgs};
 use crate::util::datasets::{build_dataset as build_split, TrainTransform};
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
@@ -170,7 +171,7 @@ pub struct Args {
     /// Perform evaluation only (implied by `mae eval`)
     #[arg(long)]
     pub eval: bool,
-    /// Enabling distributed evaluation (recommended during training for faster monitor); accepted, one process here
+    /// Enabling distributed evaluation (recommended during training for faster monitor)
     #[arg(long)]
     pub dist_eval: bool,
     /// Threads decoding and transforming images, ahead of the model
@@ -182,17 +183,9 @@ pub struct Args {
     #[arg(long)]
     pub no_pin_mem: bool,
 
-    // distributed training parameters (one process here: accepted, world_size must be 1)
-    /// number of distributed processes
-    #[arg(long, default_value_t = 1)]
-    pub world_size: i64,
-    #[arg(long, default_value_t = -1)]
-    pub local_rank: i64,
-    #[arg(long)]
-    pub dist_on_itp: bool,
-    /// url used to set up distributed training
-    #[arg(long, default_value = "env://")]
-    pub dist_url: String,
+    // distributed training parameters
+    #[command(flatten)]
+    pub dist: DistArgs,
 
     // Not in the official parser
     /// Write each image's top-5 predictions (class, name, logit, probability) to this JSON file
@@ -241,10 +234,12 @@ pub fn detect_model(sd: &[(String, Tensor)]) -> Result<(Detected, String)> {
 
 /// `main(args)` of main_finetune.py: fine-tuning, or with `--eval` the evaluation of `--resume`.
 pub fn main(args: &Args) -> Result<()> {
+    misc::init_distributed_mode(&args.dist, device(args.device.as_deref())?)?;
+    distributed::set_dist_eval(args.dist_eval);
     if !args.eval {
         return finetune(args.clone());
     }
-    let device = device(args.device.as_deref())?;
+    let device = distributed::info().device(device(args.device.as_deref())?);
     let precision = Precision::for_device(args.precision, device)?;
 
     // fix the seed for reproducibility
@@ -377,7 +372,8 @@ pub fn data_loader_val(
     let input_size = u32::try_from(input_size).context("--input_size")?;
     let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
     std::thread::spawn(move || {
-        let indices: Vec<usize> = (0..dataset.len()).collect();
+        // SequentialSampler, or with --dist_eval DistributedSampler(shuffle=False)
+        let indices = distributed::eval_indices(dataset.len());
         for chunk in indices.chunks(batch_size) {
             let images: Result<Vec<Tensor>> = pool.install(|| {
                 chunk
@@ -491,13 +487,7 @@ impl Args {
 /// layer-wise lr decay, evaluating on the validation split after every epoch.
 fn finetune(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
-    let device = device(args.device.as_deref())?;
-    if args.world_size != 1 || args.dist_on_itp {
-        bail!(
-            "--world_size {} / --dist_on_itp: distributed training is not supported (one process)",
-            args.world_size
-        );
-    }
+    let device = distributed::info().device(device(args.device.as_deref())?);
     if args.accum_iter == 0 || args.batch_size < 1 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
@@ -583,9 +573,10 @@ fn finetune(mut args: Args) -> Result<()> {
         .map(Tensor::numel)
         .sum::<usize>() as i64;
     println!("Model = {model_name}");
+    distributed::distributed_data_parallel(&vs)?;
     println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
 
-    let eff_batch_size = args.batch_size as usize * args.accum_iter;
+    let eff_batch_size = args.batch_size as usize * args.accum_iter * misc::get_world_size();
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
@@ -661,7 +652,8 @@ fn finetune(mut args: Args) -> Result<()> {
             args.accum_iter,
             &args.lr_args(),
         )?;
-        if !args.output_dir.is_empty() {
+        let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
+        if save {
             misc::save_model(
                 &output_dir,
                 args.to_value(),
@@ -680,7 +672,7 @@ fn finetune(mut args: Args) -> Result<()> {
         max_accuracy = max_accuracy.max(test_stats.acc1);
         println!("Max accuracy: {max_accuracy:.2}%");
 
-        if !args.output_dir.is_empty() {
+        if save {
             let log_stats = log_line(
                 train_stats.lr,
                 train_stats.loss,

@@ -19,6 +19,7 @@ use crate::util::checkpoint;
 use crate::util::crop::linprobe_transform;
 use crate::util::data_loader::DataLoader;
 use crate::util::datasets::{build_dataset, labelled_batches};
+use crate::util::distributed::{self, DistArgs};
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{self, load_state_dict, timedelta, NativeScalerWithGradNormCount};
@@ -108,7 +109,7 @@ pub struct Args {
     /// Perform evaluation only
     #[arg(long)]
     pub eval: bool,
-    /// Enabling distributed evaluation (accepted; one process here)
+    /// Enabling distributed evaluation
     #[arg(long)]
     pub dist_eval: bool,
     #[arg(long, default_value_t = 10)]
@@ -119,17 +120,9 @@ pub struct Args {
     #[arg(long)]
     pub no_pin_mem: bool,
 
-    // distributed training parameters (one process here: accepted, world_size must be 1)
-    /// number of distributed processes
-    #[arg(long, default_value_t = 1)]
-    pub world_size: i64,
-    #[arg(long, default_value_t = -1)]
-    pub local_rank: i64,
-    #[arg(long)]
-    pub dist_on_itp: bool,
-    /// url used to set up distributed training
-    #[arg(long, default_value = "env://")]
-    pub dist_url: String,
+    // distributed training parameters
+    #[command(flatten)]
+    pub dist: DistArgs,
 }
 
 /// The linear-probing model: the encoder (its `head` is Identity) and
@@ -229,10 +222,9 @@ fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> 
 
 pub fn main(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
-    let device = device(args.device.as_deref())?;
-    if args.world_size != 1 || args.dist_on_itp {
-        bail!("--world_size / --dist_on_itp: distributed training is not supported (one process)");
-    }
+    let dist = misc::init_distributed_mode(&args.dist, device(args.device.as_deref())?)?;
+    distributed::set_dist_eval(args.dist_eval);
+    let device = dist.device(device(args.device.as_deref())?);
     if args.accum_iter == 0 || args.batch_size < 1 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
@@ -282,9 +274,10 @@ pub fn main(mut args: Args) -> Result<()> {
         .map(Tensor::numel)
         .sum();
     println!("Model = {}", args.model);
+    distributed::distributed_data_parallel(&vs)?; // plain BatchNorm, as the official DDP
     println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
 
-    let eff_batch_size = args.batch_size as usize * args.accum_iter;
+    let eff_batch_size = args.batch_size as usize * args.accum_iter * misc::get_world_size();
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
@@ -380,7 +373,8 @@ pub fn main(mut args: Args) -> Result<()> {
             args.accum_iter,
             &lr_args,
         )?;
-        if !args.output_dir.is_empty() {
+        let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
+        if save {
             misc::save_model(
                 &output_dir,
                 args_value(&args),
@@ -397,7 +391,7 @@ pub fn main(mut args: Args) -> Result<()> {
         );
         max_accuracy = max_accuracy.max(test_stats.acc1);
         println!("Max accuracy: {max_accuracy:.2}%");
-        if !args.output_dir.is_empty() {
+        if save {
             let line = log_line(
                 train_stats.lr,
                 train_stats.loss,

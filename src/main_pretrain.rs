@@ -15,6 +15,7 @@ use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::torchvision::transforms::pretrain_transform;
 use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::distributed::{self, DistArgs};
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{self, py_float, timedelta, NativeScalerWithGradNormCount as NativeScaler};
 use crate::util::optim::{add_weight_decay, named_parameters, AdamW};
@@ -99,17 +100,9 @@ pub struct Args {
     #[arg(long = "no_pin_mem")]
     pub no_pin_mem: bool,
 
-    // distributed training parameters (one process here: accepted, world_size must be 1)
-    /// number of distributed processes
-    #[arg(long = "world_size", default_value_t = 1)]
-    pub world_size: i64,
-    #[arg(long = "local_rank", default_value_t = -1)]
-    pub local_rank: i64,
-    #[arg(long = "dist_on_itp")]
-    pub dist_on_itp: bool,
-    /// url used to set up distributed training
-    #[arg(long = "dist_url", default_value = "env://")]
-    pub dist_url: String,
+    // distributed training parameters
+    #[command(flatten)]
+    pub dist: DistArgs,
 }
 
 impl Args {
@@ -151,11 +144,11 @@ impl Args {
             ("start_epoch", i(self.start_epoch)),
             ("num_workers", i(self.num_workers as i64)),
             ("pin_mem", Value::Bool(!self.no_pin_mem)),
-            ("world_size", i(self.world_size)),
-            ("local_rank", i(self.local_rank)),
-            ("dist_on_itp", Value::Bool(self.dist_on_itp)),
-            ("dist_url", s(&self.dist_url)),
-            ("distributed", Value::Bool(false)),
+            ("world_size", i(distributed::get_world_size() as i64)),
+            ("local_rank", i(self.dist.local_rank)),
+            ("dist_on_itp", Value::Bool(self.dist.dist_on_itp)),
+            ("dist_url", s(&self.dist.dist_url)),
+            ("distributed", Value::Bool(distributed::info().distributed)),
         ];
         Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
     }
@@ -209,18 +202,14 @@ fn build_dataset(args: &Args) -> Result<Arc<dyn ImageSource>> {
 
 pub fn main(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
-    let device = device_of(&args.device)?;
-    if args.world_size != 1 || args.dist_on_itp {
-        bail!(
-            "--world_size {} / --dist_on_itp: distributed training is not supported (one process)",
-            args.world_size
-        );
-    }
+    let device = misc::init_distributed_mode(&args.dist, device_of(&args.device)?)?
+        .device(device_of(&args.device)?);
     if args.accum_iter == 0 || args.batch_size == 0 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
 
-    // fix the seed for reproducibility
+    // fix the seed for reproducibility (not `seed + rank` as the official: every rank draws the
+    // masking noise of the whole global batch and keeps its rows, distributed::global_batch_noise)
     tch::manual_seed(args.seed);
 
     // simple augmentation
@@ -265,8 +254,9 @@ pub fn main(mut args: Args) -> Result<()> {
         .map(|t| t.numel() as i64)
         .sum();
     println!("Model = {} ({n_params} trainable parameters)", args.model);
+    distributed::distributed_data_parallel(&vs)?;
 
-    let eff_batch_size = args.batch_size * args.accum_iter;
+    let eff_batch_size = args.batch_size * args.accum_iter * misc::get_world_size();
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.); // only base_lr is specified
@@ -311,7 +301,8 @@ pub fn main(mut args: Args) -> Result<()> {
             &mut loss_scaler,
             &args,
         )?;
-        if !args.output_dir.is_empty() && (epoch % 20 == 0 || epoch + 1 == args.epochs) {
+        let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
+        if save && (epoch % 20 == 0 || epoch + 1 == args.epochs) {
             misc::save_model(
                 &output_dir,
                 args.to_value(),
@@ -322,7 +313,7 @@ pub fn main(mut args: Args) -> Result<()> {
             )?;
         }
 
-        if !args.output_dir.is_empty() {
+        if save {
             // json.dumps({'train_lr': .., 'train_loss': .., 'epoch': ..}): keys in this order
             let log_stats = format!(
                 "{{\"train_lr\": {}, \"train_loss\": {}, \"epoch\": {epoch}}}",
@@ -341,7 +332,7 @@ pub fn main(mut args: Args) -> Result<()> {
 
     let total_time = start_time.elapsed().as_secs_f64();
     println!("Training time {}", timedelta(total_time));
-    if !args.output_dir.is_empty() {
+    if !args.output_dir.is_empty() && misc::is_main_process() {
         let png = output_dir.join("loss_curve.png");
         plot::loss_curve(&output_dir.join("train_steps.csv"), &png, &args.model)?;
         println!("Loss curve: {}", png.display());

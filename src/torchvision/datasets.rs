@@ -30,64 +30,147 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
 /// libjpeg warnings (corrupt data it decodes through) are not; CMYK and YCCK JPEGs are read as
 /// Adobe's inverted CMYK (`rawmode = "CMYK;I"`) and converted with Pillow's `cmyk2rgb`.
 fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
-    use std::ffi::CStr;
-    use turbojpeg::raw;
-    struct Handle(raw::tjhandle);
-    impl Drop for Handle {
-        fn drop(&mut self) {
-            unsafe { raw::tj3Destroy(self.0) }
+    Ok(Jpeg::open(bytes)?.decode(None)?.0)
+}
+
+/// A JPEG whose header libjpeg-turbo has read: its size is known before any pixel is decoded,
+/// and a part of it can be decoded alone ([`Jpeg::decode`]).
+pub struct Jpeg<'a> {
+    handle: JpegHandle,
+    bytes: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+    /// the iMCU (width, height): 8 or 16 pixels with chroma subsampling
+    imcu: Option<(u32, u32)>,
+    cmyk: bool,
+}
+
+struct JpegHandle(turbojpeg::raw::tjhandle);
+
+impl Drop for JpegHandle {
+    fn drop(&mut self) {
+        unsafe { turbojpeg::raw::tj3Destroy(self.0) }
+    }
+}
+
+// The handle is only used by the Jpeg that owns it (TurboJPEG handles may change threads).
+unsafe impl Send for JpegHandle {}
+
+impl<'a> Jpeg<'a> {
+    pub fn open(bytes: &'a [u8]) -> Result<Self> {
+        use turbojpeg::raw;
+        let handle = JpegHandle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as i32) });
+        if handle.0.is_null() {
+            bail!("libjpeg-turbo: cannot create a decompressor");
         }
+        let mut jpeg = Jpeg {
+            handle,
+            bytes,
+            width: 0,
+            height: 0,
+            imcu: None,
+            cmyk: false,
+        };
+        let len = bytes.len() as raw::size_t;
+        jpeg.check(unsafe { raw::tj3DecompressHeader(jpeg.handle.0, bytes.as_ptr(), len) })?;
+        let param = |p: raw::TJPARAM| unsafe { raw::tj3Get(jpeg.handle.0, p as i32) };
+        let (w, h) = (
+            param(raw::TJPARAM_TJPARAM_JPEGWIDTH),
+            param(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
+        );
+        if w <= 0 || h <= 0 {
+            bail!("libjpeg-turbo: bad image size {w}x{h}");
+        }
+        let cs = param(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS;
+        let subsamp = param(raw::TJPARAM_TJPARAM_SUBSAMP);
+        (jpeg.width, jpeg.height) = (w as u32, h as u32);
+        jpeg.cmyk = cs == raw::TJCS_TJCS_CMYK || cs == raw::TJCS_TJCS_YCCK;
+        // turbojpeg.h's tjMCUWidth / tjMCUHeight (static in the header, not exported), indexed
+        // by TJSAMP: 444, 422, 420, GRAY, 440, 411, 441
+        const IMCU: [(u32, u32); 7] =
+            [(8, 8), (16, 8), (16, 16), (8, 8), (8, 16), (32, 8), (8, 32)];
+        jpeg.imcu = usize::try_from(subsamp)
+            .ok()
+            .and_then(|s| IMCU.get(s).copied());
+        Ok(jpeg)
     }
-    let h = Handle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as i32) });
-    if h.0.is_null() {
-        bail!("libjpeg-turbo: cannot create a decompressor");
-    }
-    // Fatal errors and truncation fail; other warnings leave a usable result, as in Pillow.
-    let check = |r: i32| -> Result<()> {
+
+    /// Fatal errors and truncation fail; other warnings leave a usable result, as in Pillow.
+    fn check(&self, r: i32) -> Result<()> {
+        use turbojpeg::raw;
         if r == 0 {
             return Ok(());
         }
-        let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(h.0)) }.to_string_lossy();
-        let warning = unsafe { raw::tj3GetErrorCode(h.0) } == raw::TJERR_TJERR_WARNING as i32;
+        let msg = unsafe { std::ffi::CStr::from_ptr(raw::tj3GetErrorStr(self.handle.0)) };
+        let msg = msg.to_string_lossy();
+        let warning =
+            unsafe { raw::tj3GetErrorCode(self.handle.0) } == raw::TJERR_TJERR_WARNING as i32;
         if !warning || msg.contains("Premature end of JPEG file") {
             bail!("libjpeg-turbo: {msg} (Pillow: image file is truncated or corrupt)");
         }
         Ok(())
-    };
-    let len = bytes.len() as raw::size_t;
-    check(unsafe { raw::tj3DecompressHeader(h.0, bytes.as_ptr(), len) })?;
-    let param = |p: raw::TJPARAM| unsafe { raw::tj3Get(h.0, p as i32) };
-    let (w, ht) = (
-        param(raw::TJPARAM_TJPARAM_JPEGWIDTH),
-        param(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
-    );
-    let cs = param(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS;
-    let cmyk = cs == raw::TJCS_TJCS_CMYK || cs == raw::TJCS_TJCS_YCCK;
-    let (format, channels) = if cmyk {
-        (raw::TJPF_TJPF_CMYK, 4)
-    } else {
-        (raw::TJPF_TJPF_RGB, 3)
-    };
-    if w <= 0 || ht <= 0 {
-        bail!("libjpeg-turbo: bad image size {w}x{ht}");
     }
-    let mut px = vec![0u8; w as usize * ht as usize * channels];
-    check(unsafe { raw::tj3Decompress8(h.0, bytes.as_ptr(), len, px.as_mut_ptr(), 0, format) })?;
-    if cmyk {
-        // CMYK;I then cmyk2rgb: nk = 255 - (255 - k); out = nk - MULDIV255(255 - c, nk)
-        let muldiv255 = |a: i32, b: i32| {
-            let t = a * b + 128;
-            ((t >> 8) + t) >> 8
+
+    /// The pixels of the whole image, or of an area holding the box (left, top, width, height):
+    /// libjpeg-turbo decodes only the iMCU columns and rows it needs (`tj3SetCroppingRegion`).
+    /// The box's pixels are those of the whole image (tests/data_pipeline.rs); the area has one
+    /// iMCU of margin on each side because its outermost pixels may not be (the fancy chroma
+    /// upsampling sees an edge there). Returns the pixels and the area's top-left corner.
+    pub fn decode(&self, bx: Option<(u32, u32, u32, u32)>) -> Result<(RgbImage, (u32, u32))> {
+        use turbojpeg::raw;
+        let (w, h) = (self.width, self.height);
+        let area = match (bx, self.imcu) {
+            (Some((x, y, bw, bh)), Some((mw, mh))) if x + bw <= w && y + bh <= h => {
+                let x0 = (x / mw).saturating_sub(1) * mw;
+                let y0 = y.saturating_sub(mh);
+                let (x1, y1) = ((x + bw + mw).min(w), (y + bh + mh).min(h));
+                (x0, y0, x1 - x0, y1 - y0)
+            }
+            _ => (0, 0, w, h),
         };
-        px = px
-            .chunks_exact(4)
-            .flat_map(|p| {
-                let nk = p[3] as i32;
-                [0, 1, 2].map(|c| (nk - muldiv255(255 - p[c] as i32, nk)).clamp(0, 255) as u8)
-            })
-            .collect();
+        let region = raw::tjregion {
+            x: area.0 as i32,
+            y: area.1 as i32,
+            w: area.2 as i32,
+            h: area.3 as i32,
+        };
+        if area != (0, 0, w, h) {
+            self.check(unsafe { raw::tj3SetCroppingRegion(self.handle.0, region) })?;
+        }
+        let (format, channels) = if self.cmyk {
+            (raw::TJPF_TJPF_CMYK, 4)
+        } else {
+            (raw::TJPF_TJPF_RGB, 3)
+        };
+        let mut px = vec![0u8; area.2 as usize * area.3 as usize * channels];
+        let len = self.bytes.len() as raw::size_t;
+        self.check(unsafe {
+            raw::tj3Decompress8(
+                self.handle.0,
+                self.bytes.as_ptr(),
+                len,
+                px.as_mut_ptr(),
+                0,
+                format,
+            )
+        })?;
+        if self.cmyk {
+            // CMYK;I then cmyk2rgb: nk = 255 - (255 - k); out = nk - MULDIV255(255 - c, nk)
+            let muldiv255 = |a: i32, b: i32| {
+                let t = a * b + 128;
+                ((t >> 8) + t) >> 8
+            };
+            px = px
+                .chunks_exact(4)
+                .flat_map(|p| {
+                    let nk = p[3] as i32;
+                    [0, 1, 2].map(|c| (nk - muldiv255(255 - p[c] as i32, nk)).clamp(0, 255) as u8)
+                })
+                .collect();
+        }
+        let img = RgbImage::from_raw(area.2, area.3, px).expect("w*h*3 pixels");
+        Ok((img, (area.0, area.1)))
     }
-    Ok(RgbImage::from_raw(w as u32, ht as u32, px).expect("w*h*3 pixels"))
 }
 
 fn has_image_extension(name: &str) -> bool {

@@ -118,12 +118,20 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
-/// Horizontal pass over rows `first..first + rows` of a `width`-pixel-wide RGB buffer.
-fn resample_horizontal(src: &[u8], width: usize, first: usize, rows: usize, c: &Coeffs) -> Vec<u8> {
+/// Horizontal pass over rows `first..first + rows` of an RGB buffer `stride` pixels wide, from
+/// column `x0` on (`c.bounds` index columns from `x0`).
+fn resample_horizontal(
+    src: &[u8],
+    stride: usize,
+    x0: usize,
+    first: usize,
+    rows: usize,
+    c: &Coeffs,
+) -> Vec<u8> {
     let out_w = c.bounds.len();
     let mut out = vec![0u8; rows * out_w * 3];
     for (y, dst_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
-        let src_row = &src[(first + y) * width * 3..(first + y + 1) * width * 3];
+        let src_row = &src[((first + y) * stride + x0) * 3..(first + y + 1) * stride * 3];
         for (xx, (&(xmin, n), dst)) in c.bounds.iter().zip(dst_row.chunks_exact_mut(3)).enumerate()
         {
             let k = &c.weights[xx * c.ksize..xx * c.ksize + n];
@@ -139,19 +147,20 @@ fn resample_horizontal(src: &[u8], width: usize, first: usize, rows: usize, c: &
     out
 }
 
-/// Vertical pass of a `width`-pixel-wide RGB buffer; `c.bounds` index rows of `src`.
-fn resample_vertical(src: &[u8], width: usize, c: &Coeffs) -> Vec<u8> {
-    let stride = width * 3;
-    let mut out = vec![0u8; c.bounds.len() * stride];
+/// Vertical pass over columns `x0..x0 + width` of an RGB buffer `stride` pixels wide;
+/// `c.bounds` index rows of `src`.
+fn resample_vertical(src: &[u8], stride: usize, x0: usize, width: usize, c: &Coeffs) -> Vec<u8> {
+    let row_len = width * 3;
+    let mut out = vec![0u8; c.bounds.len() * row_len];
     // Row by row rather than Pillow's pixel by pixel: the same integer sums, in cache order.
-    let mut acc = vec![0i32; stride];
-    for (yy, dst_row) in out.chunks_exact_mut(stride).enumerate() {
+    let mut acc = vec![0i32; row_len];
+    for (yy, dst_row) in out.chunks_exact_mut(row_len).enumerate() {
         let (ymin, n) = c.bounds[yy];
         let k = &c.weights[yy * c.ksize..yy * c.ksize + n];
         acc.fill(1i32 << (PRECISION_BITS - 1));
         for (y, &w) in k.iter().enumerate() {
-            let row = &src[(ymin + y) * stride..(ymin + y + 1) * stride];
-            for (a, &p) in acc.iter_mut().zip(row) {
+            let start = ((ymin + y) * stride + x0) * 3;
+            for (a, &p) in acc.iter_mut().zip(&src[start..start + row_len]) {
                 *a += p as i32 * w;
             }
         }
@@ -203,37 +212,63 @@ pub fn resize_with(
     filter: Filter,
     order: PassOrder,
 ) -> RgbImage {
-    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
-    let (out_w, out_h) = (width as usize, height as usize);
+    let whole = (0, 0, img.width() as usize, img.height() as usize);
+    let data = resize_box(img, whole, width as usize, height as usize, filter, order);
+    RgbImage::from_raw(width, height, data).expect("resampled buffer has width*height*3 bytes")
+}
+
+/// `img.crop(box).resize((out_w, out_h), filter)` without copying the crop: the box
+/// (left, top, width, height) must lie inside `img`. The coefficients are those of the cropped
+/// image (clamped to the box's edges, not the image's), so the pixels are Pillow's. Returns
+/// `out_h` rows of `out_w` RGB pixels.
+pub fn resize_box(
+    img: &RgbImage,
+    (left, top, in_w, in_h): (usize, usize, usize, usize),
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+    order: PassOrder,
+) -> Vec<u8> {
+    let stride = img.width() as usize;
+    assert!(
+        left + in_w <= stride && top + in_h <= img.height() as usize,
+        "crop box outside the image"
+    );
+    let src = img.as_raw();
     if out_w == 0 || out_h == 0 || in_w == 0 || in_h == 0 {
-        return RgbImage::new(width, height);
+        return vec![0; out_w * out_h * 3];
     }
     let horiz = precompute_coeffs(in_w, 0.0, in_w as f64, out_w, filter);
     let mut vert = precompute_coeffs(in_h, 0.0, in_h as f64, out_h, filter);
     let (dh, dw) = (in_h as i64 - out_h as i64, in_w as i64 - out_w as i64);
     let horizontal_first = order == PassOrder::Pillow12 || !(dh > 0 && dh > dw * 2);
-    let mut data = img.as_raw().clone();
-    if horizontal_first {
-        let mut w = in_w;
-        if out_w != in_w {
-            let first = vert.bounds[0].0;
-            let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
-            for b in vert.bounds.iter_mut() {
-                b.0 -= first;
-            }
-            data = resample_horizontal(&data, in_w, first, last - first, &horiz);
-            w = out_w;
+    if horizontal_first && out_w != in_w {
+        let first = vert.bounds[0].0;
+        let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
+        let data = resample_horizontal(src, stride, left, top + first, last - first, &horiz);
+        if out_h == in_h {
+            return data;
         }
-        if out_h != in_h {
-            data = resample_vertical(&data, w, &vert);
+        for b in vert.bounds.iter_mut() {
+            b.0 -= first;
         }
+        resample_vertical(&data, out_w, 0, out_w, &vert)
+    } else if out_h != in_h {
+        for b in vert.bounds.iter_mut() {
+            b.0 += top;
+        }
+        let data = resample_vertical(src, stride, left, in_w, &vert);
+        if out_w == in_w {
+            return data;
+        }
+        resample_horizontal(&data, in_w, 0, 0, out_h, &horiz)
     } else {
-        data = resample_vertical(&data, in_w, &vert); // out_h != in_h here
-        if out_w != in_w {
-            data = resample_horizontal(&data, in_w, 0, out_h, &horiz);
-        }
+        // same size: the crop itself
+        (top..top + in_h)
+            .flat_map(|y| &src[(y * stride + left) * 3..(y * stride + left + in_w) * 3])
+            .copied()
+            .collect()
     }
-    RgbImage::from_raw(width, height, data).expect("resampled buffer has width*height*3 bytes")
 }
 
 #[cfg(test)]

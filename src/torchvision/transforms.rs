@@ -84,13 +84,47 @@ pub fn hflip(img: &RgbImage) -> RgbImage {
 pub fn to_tensor_normalize(img: &RgbImage, mean: [f64; 3], std: [f64; 3]) -> Tensor {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = vec![0f32; 3 * h * w];
-    let (m, s) = (mean.map(|v| v as f32), std.map(|v| v as f32));
-    for (i, p) in img.as_raw().chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * h * w + i] = (p[c] as f32 / 255.0 - m[c]) / s[c];
+    to_tensor_normalize_into(img.as_raw(), w, false, mean, std, &mut out);
+    Tensor::from_slice(&out).view([3, h as i64, w as i64])
+}
+
+/// [`to_tensor_normalize`] of RGB rows `width` pixels wide, mirrored first when `flip`
+/// (`RandomHorizontalFlip`), written into `out` (`[3, H, W]`). The same float32 operations,
+/// looked up per byte value.
+pub fn to_tensor_normalize_into(
+    rgb: &[u8],
+    width: usize,
+    flip: bool,
+    mean: [f64; 3],
+    std: [f64; 3],
+    out: &mut [f32],
+) {
+    let plane = rgb.len() / 3;
+    assert_eq!(out.len(), 3 * plane, "output of 3 x {plane} floats");
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        let (m, s) = (mean[c] as f32, std[c] as f32);
+        std::array::from_fn(|v| (v as f32 / 255.0 - m) / s)
+    });
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let rows = rgb
+        .chunks_exact(width * 3)
+        .zip(r.chunks_exact_mut(width))
+        .zip(g.chunks_exact_mut(width).zip(b.chunks_exact_mut(width)));
+    for ((src, r), (g, b)) in rows {
+        let dst = r.iter_mut().zip(g.iter_mut().zip(b.iter_mut()));
+        let put = |(r, (g, b)): (&mut f32, (&mut f32, &mut f32)), p: &[u8]| {
+            *r = lut[0][p[0] as usize];
+            *g = lut[1][p[1] as usize];
+            *b = lut[2][p[2] as usize];
+        };
+        if flip {
+            dst.zip(src.chunks_exact(3).rev())
+                .for_each(|(d, p)| put(d, p));
+        } else {
+            dst.zip(src.chunks_exact(3)).for_each(|(d, p)| put(d, p));
         }
     }
-    Tensor::from_slice(&out).view([3, h as i64, w as i64])
 }
 
 /// MAE's `util/datasets.build_transform(is_train=False)`: Resize(int(input_size / crop_pct),
@@ -229,21 +263,37 @@ pub fn resized_crop(
     size: u32,
     filter: Filter,
 ) -> RgbImage {
-    let c = crop(img, left, top, width as u32, height as u32);
-    pil::resize(&c, size, size, filter)
+    let inside = top >= 0
+        && left >= 0
+        && top + height <= img.height() as i64
+        && left + width <= img.width() as i64;
+    let data = if inside {
+        let b = (left as usize, top as usize, width as usize, height as usize);
+        pil::resize_box(
+            img,
+            b,
+            size as usize,
+            size as usize,
+            filter,
+            PassOrder::Pillow12,
+        )
+    } else {
+        let c = crop(img, left, top, width as u32, height as u32);
+        return pil::resize(&c, size, size, filter);
+    };
+    RgbImage::from_raw(size, size, data).expect("size*size*3 bytes")
 }
 
 /// main_pretrain.py's `transform_train`: RandomResizedCrop(input_size, scale=(0.2, 1.0),
 /// interpolation=3 (bicubic)), RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet).
 pub fn pretrain_transform(img: &RgbImage, input_size: u32, rng: &mut SampleRng) -> Tensor {
-    let (i, j, h, w) = random_resized_crop_params(
-        img.width(),
-        img.height(),
-        (0.2, 1.0),
-        (3. / 4., 4. / 3.),
-        rng,
-    );
+    let (i, j, h, w) = pretrain_crop_params(img.width(), img.height(), rng);
     crop_flip_normalize(img, (i, j, h, w), input_size, rng)
+}
+
+/// The box of main_pretrain.py's RandomResizedCrop: scale (0.2, 1.0), ratio (3/4, 4/3).
+pub fn pretrain_crop_params(width: u32, height: u32, rng: &mut SampleRng) -> (i64, i64, i64, i64) {
+    random_resized_crop_params(width, height, (0.2, 1.0), (3. / 4., 4. / 3.), rng)
 }
 
 /// The tail of the RandomResizedCrop training transforms (pre-training and linear probing): the
@@ -251,13 +301,26 @@ pub fn pretrain_transform(img: &RgbImage, input_size: u32, rng: &mut SampleRng) 
 /// ToTensor(), Normalize(ImageNet).
 pub fn crop_flip_normalize(
     img: &RgbImage,
-    (i, j, h, w): (i64, i64, i64, i64),
+    bx: (i64, i64, i64, i64),
     size: u32,
     rng: &mut SampleRng,
 ) -> Tensor {
-    let mut img = resized_crop(img, i, j, h, w, size, Filter::Bicubic);
-    if rng.uniform(0., 1.) < 0.5 {
-        img = hflip(&img);
-    }
-    to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    let s = size as usize;
+    let mut out = vec![0f32; 3 * s * s];
+    crop_flip_normalize_into(img, bx, size, rng, &mut out);
+    Tensor::from_slice(&out).view([3, s as i64, s as i64])
+}
+
+/// [`crop_flip_normalize`] written into `out` (`[3, size, size]`, e.g. a slice of the batch).
+pub fn crop_flip_normalize_into(
+    img: &RgbImage,
+    (i, j, h, w): (i64, i64, i64, i64),
+    size: u32,
+    rng: &mut SampleRng,
+    out: &mut [f32],
+) {
+    let resized = resized_crop(img, i, j, h, w, size, Filter::Bicubic);
+    let flip = rng.uniform(0., 1.) < 0.5;
+    let (mean, std) = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD);
+    to_tensor_normalize_into(resized.as_raw(), size as usize, flip, mean, std, out);
 }

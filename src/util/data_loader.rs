@@ -1,18 +1,28 @@
 //! What main_pretrain.py takes from torch.utils.data: `DistributedSampler(shuffle=True)` and
-//! `DataLoader(batch_size, num_workers, drop_last=True)`, for one process. Samples are decoded
-//! and augmented by `num_workers` rayon threads, batches queued ahead of the model through a
-//! bounded channel. Sample `i` of epoch `e` is augmented with its own generator seeded from
-//! (seed, e, i), and the order is shuffled from (seed, e): a run is the same whatever the
+//! `DataLoader(batch_size, num_workers, pin_memory, drop_last=True)`, for one process. Samples
+//! are decoded and augmented by `num_workers` rayon threads, batches queued ahead of the model
+//! through a bounded channel. Sample `i` of epoch `e` is augmented with its own generator seeded
+//! from (seed, e, i), and the order is shuffled from (seed, e): a run is the same whatever the
 //! number of threads.
+//!
+//! The RandomResizedCrop transforms can also be given as data ([`ResizedCrop`]): the box is
+//! drawn from the JPEG header's size, only the part of the JPEG around it is decoded, and the
+//! resized, flipped, normalised pixels are written straight into the batch (pinned when the
+//! batches go to CUDA, then copied with `non_blocking`) — the same values as the closure.
 
 use std::sync::{mpsc, Arc};
 
 use anyhow::{anyhow, Context, Result};
 use image::RgbImage;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
-use crate::torchvision::datasets::{pil_loader, FashionMNIST, ImageFolder};
-use crate::torchvision::transforms::SampleRng;
+use crate::torchvision::datasets::{decode, FashionMNIST, ImageFolder, Jpeg};
+use crate::torchvision::transforms::{
+    crop_flip_normalize, crop_flip_normalize_into, pretrain_crop_params, SampleRng,
+};
+
+/// A crop box as torchvision's `get_params` return it: (top, left, height, width).
+pub type CropBox = (i64, i64, i64, i64);
 
 /// A dataset before its transform: `len` images, loaded by index.
 pub trait ImageSource: Send + Sync {
@@ -21,6 +31,18 @@ pub trait ImageSource: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Image `index` for a crop whose box `params(width, height)` draws from its size: the
+    /// image, or an area of it holding the box with the same pixels, and the box in the
+    /// returned image's coordinates. By default the whole image.
+    fn load_box(
+        &self,
+        index: usize,
+        params: &mut dyn FnMut(u32, u32) -> CropBox,
+    ) -> Result<(RgbImage, CropBox)> {
+        let img = self.load(index)?;
+        let bx = params(img.width(), img.height());
+        Ok((img, bx))
+    }
 }
 
 impl ImageSource for ImageFolder {
@@ -28,7 +50,32 @@ impl ImageSource for ImageFolder {
         self.samples.len()
     }
     fn load(&self, index: usize) -> Result<RgbImage> {
-        pil_loader(&self.samples[index].0)
+        crate::torchvision::datasets::pil_loader(&self.samples[index].0)
+    }
+    /// JPEGs: the box is drawn from the header's size and only the area around it is decoded.
+    fn load_box(
+        &self,
+        index: usize,
+        params: &mut dyn FnMut(u32, u32) -> CropBox,
+    ) -> Result<(RgbImage, CropBox)> {
+        let path = &self.samples[index].0;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+        let decoding = || format!("decoding image {}", path.display());
+        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            let img = decode(&bytes).with_context(decoding)?;
+            let bx = params(img.width(), img.height());
+            return Ok((img, bx));
+        }
+        let jpeg = Jpeg::open(&bytes).with_context(decoding)?;
+        let (i, j, h, w) = params(jpeg.width, jpeg.height);
+        let area = [j, i, w, h].map(|v| u32::try_from(v).ok());
+        let area = match area {
+            [Some(x), Some(y), Some(w), Some(h)] => Some((x, y, w, h)),
+            _ => None, // not inside the image: decode it whole
+        };
+        let (img, (x0, y0)) = jpeg.decode(area).with_context(decoding)?;
+        Ok((img, (i - y0 as i64, j - x0 as i64, h, w)))
     }
 }
 
@@ -43,6 +90,58 @@ impl ImageSource for FashionMNIST {
 
 pub type Transform = dyn Fn(&RgbImage, &mut SampleRng) -> Tensor + Send + Sync;
 
+/// A RandomResizedCrop training transform as data: the box `params(width, height, rng)`, resized
+/// to `size`×`size` (bicubic), RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet)
+/// ([`crop_flip_normalize`]). Knowing that the box is drawn from the size alone lets the loader
+/// decode only the box's part of a JPEG.
+#[derive(Debug, Clone, Copy)]
+pub struct ResizedCrop {
+    pub size: u32,
+    pub params: fn(u32, u32, &mut SampleRng) -> CropBox,
+}
+
+impl ResizedCrop {
+    /// main_pretrain.py's `transform_train` (scale 0.2–1): `pretrain_transform`.
+    pub fn pretrain(size: u32) -> Self {
+        ResizedCrop {
+            size,
+            params: pretrain_crop_params,
+        }
+    }
+
+    /// main_linprobe.py's `transform_train` (util/crop.py's box, scale 0.08–1):
+    /// `linprobe_transform`.
+    pub fn linprobe(size: u32) -> Self {
+        ResizedCrop {
+            size,
+            params: |w, h, rng| {
+                crate::util::crop::get_params(w, h, (0.08, 1.0), (0.75, 4. / 3.), rng)
+            },
+        }
+    }
+
+    /// The same transform on a decoded image, as a [`Transform`].
+    pub fn apply(&self, img: &RgbImage, rng: &mut SampleRng) -> Tensor {
+        let bx = (self.params)(img.width(), img.height(), rng);
+        crop_flip_normalize(img, bx, self.size, rng)
+    }
+}
+
+/// How [`DataLoader::epoch_with`] runs an epoch; the default is [`DataLoader::epoch`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpochOptions {
+    /// Where the model runs. On CUDA each batch is built in pinned host memory and the
+    /// iterator hands it over with a `non_blocking` copy (`pin_memory=True`, then
+    /// `samples.to(device, non_blocking=True)` in the engines).
+    pub device: Option<Device>,
+    /// Run this crop instead of `transform` (it must be the transform `transform` is): the
+    /// same pixels, decoding only each box's part of a JPEG.
+    pub crop: Option<ResizedCrop>,
+    /// `SequentialSampler` with `drop_last=False` (evaluation): the indices in order, the last
+    /// batch possibly short. Otherwise shuffled from (seed, epoch), full batches only.
+    pub sequential: bool,
+}
+
 pub struct DataLoader {
     pub dataset: Arc<dyn ImageSource>,
     pub transform: Arc<Transform>,
@@ -54,9 +153,10 @@ pub struct DataLoader {
 }
 
 impl DataLoader {
-    /// `len(data_loader)`: full batches only (drop_last).
+    /// `len(data_loader)`: full batches of this rank's share only (drop_last).
     pub fn len(&self) -> usize {
-        self.dataset.len() / self.batch_size
+        let sampler = crate::util::distributed::DistributedSampler::current();
+        sampler.num_samples(self.dataset.len()) / self.batch_size
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,7 +164,8 @@ impl DataLoader {
     }
 
     /// `DistributedSampler.set_epoch(epoch); iter(sampler)`: a permutation of the indices
-    /// (Fisher-Yates from the (seed, epoch) generator).
+    /// (Fisher-Yates from the (seed, epoch) generator), the same on every rank, of which
+    /// this rank takes its share (util::distributed::DistributedSampler; all of it in one process).
     pub fn sampler_indices(&self, epoch: u64) -> Vec<usize> {
         let mut rng = SampleRng::new(self.seed, epoch, u64::MAX);
         let mut idx: Vec<usize> = (0..self.dataset.len()).collect();
@@ -72,43 +173,118 @@ impl DataLoader {
             let j = rng.randint(0, i as i64 + 1) as usize;
             idx.swap(i, j);
         }
-        idx
+        crate::util::distributed::DistributedSampler::current().subsample(idx)
     }
 
-    /// The batches of `epoch` ([batch_size, 3, H, W] each), produced in the background.
+    /// The batches of `epoch` ([batch_size, 3, H, W] each) on the CPU, produced in the
+    /// background.
     pub fn epoch(&self, epoch: u64) -> Result<Batches> {
+        self.epoch_with(epoch, &EpochOptions::default())
+    }
+
+    /// [`epoch`](Self::epoch) with the batches' device, the crop as data, or sequential order.
+    pub fn epoch_with(&self, epoch: u64, opts: &EpochOptions) -> Result<Batches> {
+        if self.batch_size == 0 {
+            anyhow::bail!("--batch_size must be at least 1");
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.num_workers.max(1))
             .build()
             .context("starting the data loader threads")?;
         let (tx, rx) = mpsc::sync_channel(self.prefetch.max(1));
-        let (dataset, transform) = (self.dataset.clone(), self.transform.clone());
-        let (seed, batch_size) = (self.seed, self.batch_size);
-        let order = self.sampler_indices(epoch);
-        let len = self.len();
+        let order = if opts.sequential {
+            (0..self.dataset.len()).collect()
+        } else {
+            self.sampler_indices(epoch)
+        };
+        let batches: Vec<Vec<usize>> = if opts.sequential {
+            order.chunks(self.batch_size).map(<[_]>::to_vec).collect()
+        } else {
+            order
+                .chunks_exact(self.batch_size)
+                .map(<[_]>::to_vec)
+                .collect()
+        };
+        let len = batches.len();
+        let pin = opts.device.filter(|d| d.is_cuda());
+        let work = Work {
+            dataset: self.dataset.clone(),
+            transform: self.transform.clone(),
+            crop: opts.crop,
+            seed: self.seed,
+            epoch,
+            pin,
+        };
         std::thread::spawn(move || {
-            for batch in order.chunks_exact(batch_size) {
-                let samples: Result<Vec<Tensor>> = pool.install(|| {
-                    use rayon::prelude::*;
-                    batch
-                        .par_iter()
-                        .map(|&i| {
-                            let img = dataset
-                                .load(i)
-                                .with_context(|| format!("dataset sample {i}"))?;
-                            let mut rng = SampleRng::new(seed, epoch, i as u64);
-                            Ok(transform(&img, &mut rng))
-                        })
-                        .collect()
-                });
-                let batch = samples.map(|s| Tensor::stack(&s, 0));
+            for batch in batches {
+                let batch = pool.install(|| work.batch(&batch));
                 let failed = batch.is_err();
                 if tx.send(batch).is_err() || failed {
                     return; // the consumer stopped, or nothing more to send
                 }
             }
         });
-        Ok(Batches { rx, left: len })
+        Ok(Batches {
+            rx,
+            left: len,
+            device: pin,
+        })
+    }
+}
+
+/// What the loader thread needs to build a batch.
+struct Work {
+    dataset: Arc<dyn ImageSource>,
+    transform: Arc<Transform>,
+    crop: Option<ResizedCrop>,
+    seed: u64,
+    epoch: u64,
+    pin: Option<Device>,
+}
+
+impl Work {
+    /// Samples `indices`, transformed by the pool's threads, as one [N, 3, H, W] tensor.
+    fn batch(&self, indices: &[usize]) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let rng = |i: usize| SampleRng::new(self.seed, self.epoch, i as u64);
+        let context = |i: usize| format!("dataset sample {i}");
+        let Some(crop) = self.crop else {
+            let samples: Vec<Tensor> = indices
+                .par_iter()
+                .map(|&i| {
+                    let img = self.dataset.load(i).with_context(|| context(i))?;
+                    Ok((self.transform)(&img, &mut rng(i)))
+                })
+                .collect::<Result<_>>()?;
+            let batch = Tensor::stack(&samples, 0);
+            return match self.pin {
+                Some(d) => batch.f_pin_memory(d).context("pinning a batch"),
+                None => Ok(batch),
+            };
+        };
+        let s = crop.size as i64;
+        let per = (3 * s * s) as usize;
+        let mut batch = Tensor::empty([indices.len() as i64, 3, s, s], (Kind::Float, Device::Cpu));
+        if let Some(d) = self.pin {
+            batch = batch.f_pin_memory(d).context("pinning a batch")?;
+        }
+        // SAFETY: `batch` is a new contiguous float32 CPU tensor of indices.len() * per
+        // elements, alive and not otherwise accessed until this slice is dropped.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(batch.data_ptr() as *mut f32, indices.len() * per)
+        };
+        out.par_chunks_mut(per)
+            .zip(indices.par_iter())
+            .try_for_each(|(out, &i)| {
+                let mut rng = rng(i);
+                let (img, bx) = self
+                    .dataset
+                    .load_box(i, &mut |w, h| (crop.params)(w, h, &mut rng))
+                    .with_context(|| context(i))?;
+                crop_flip_normalize_into(&img, bx, crop.size, &mut rng, out);
+                Ok::<_, anyhow::Error>(())
+            })?;
+        Ok(batch)
     }
 }
 
@@ -116,6 +292,8 @@ impl DataLoader {
 pub struct Batches {
     rx: mpsc::Receiver<Result<Tensor>>,
     left: usize,
+    /// CUDA: the batches are pinned and copied there without blocking
+    device: Option<Device>,
 }
 
 impl Iterator for Batches {
@@ -125,11 +303,17 @@ impl Iterator for Batches {
             return None;
         }
         self.left -= 1;
-        Some(
-            self.rx
-                .recv()
-                .unwrap_or_else(|_| Err(anyhow!("the data loader thread stopped"))),
-        )
+        let batch = self
+            .rx
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow!("the data loader thread stopped")));
+        Some(match self.device {
+            Some(d) => batch.and_then(|b| {
+                b.f_to_device_(d, Kind::Float, true, false)
+                    .context("copying a batch to the device")
+            }),
+            None => batch,
+        })
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.left, Some(self.left))

@@ -169,6 +169,12 @@ pub fn load_pretrained_for_finetune(
 
 use crate::util::optim::{Optimizer, ParamGroup};
 use crate::util::pickle::Value;
+// init_distributed_mode, is_main_process, get_rank, get_world_size: torch.distributed's role,
+// on c10d (src/util/distributed.rs)
+use crate::util::distributed;
+pub use crate::util::distributed::{
+    get_rank, get_world_size, init_distributed_mode, is_main_process,
+};
 
 /// `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` (norm 2): the total norm of the
 /// per-parameter gradient norms; every gradient times `min(max_norm / (total + 1e-6), 1)`,
@@ -242,6 +248,14 @@ impl SmoothedValue {
     pub fn value(&self) -> f64 {
         self.deque.back().copied().unwrap_or(f64::NAN)
     }
+
+    /// Warning: does not synchronize the deque!
+    pub fn synchronize_between_processes(&mut self) -> Result<()> {
+        let t = distributed::all_reduce_sum(&[self.count as f64, self.total])?;
+        self.count = t[0] as usize;
+        self.total = t[1];
+        Ok(())
+    }
 }
 
 /// `MetricLogger(delimiter="  ")` with the meters `train_one_epoch` uses: `lr` (window 1, printed
@@ -258,6 +272,13 @@ impl Default for MetricLogger {
             lr: SmoothedValue::new(1),
             loss: SmoothedValue::new(20),
         }
+    }
+}
+
+impl MetricLogger {
+    pub fn synchronize_between_processes(&mut self) -> Result<()> {
+        self.lr.synchronize_between_processes()?;
+        self.loss.synchronize_between_processes()
     }
 }
 
@@ -323,6 +344,7 @@ impl NativeScalerWithGradNormCount {
         if !self.enabled {
             loss.backward();
             if update_grad {
+                distributed::sync_gradients_or_exit(); // DDP: gradients averaged over ranks
                 if let Some(max_norm) = clip_grad {
                     clip_grad_norm_(optimizer.param_groups(), max_norm);
                 }
@@ -334,6 +356,7 @@ impl NativeScalerWithGradNormCount {
         if !update_grad {
             return false;
         }
+        distributed::sync_gradients_or_exit();
         // unscale_: grads *= 1 / scale (computed in double, as GradScaler), inf/NaN check
         let inv_scale = 1. / self.scale;
         let mut found_inf = false;

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod crop;
 pub mod data_loader;
 pub mod datasets;
+pub mod distributed;
 pub mod lars;
 pub mod lr_decay;
 pub mod lr_sched;

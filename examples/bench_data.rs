@@ -1,0 +1,128 @@
+//! Training data pipeline throughput (tools/bench_data.sh compares it with torchvision's
+//! DataLoader, tools/bench_data.py): main_pretrain.py's transform (RandomResizedCrop(224,
+//! scale 0.2–1, bicubic), RandomHorizontalFlip, ToTensor, Normalize) on an ImageFolder, batches of
+//! `--batch_size` from `--num_workers` threads. The first epoch is a warm-up. Prints one JSON line.
+//!
+//! `--mode crop` (what the training loop can use): the crop as data, JPEGs decoded only around
+//! the box, written straight into the batch. `--mode closure`: the `pretrain_transform` closure
+//! on whole decoded images. `--profile`: one thread's time per stage instead.
+//!
+//! usage: cargo run --release --example bench_data -- DATA_PATH [--mode crop|closure]
+//!        [--batch_size 64] [--num_workers 2] [--epochs 3] [--profile]
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Parser;
+use mae::torchvision::datasets::{pil_loader, ImageFolder};
+use mae::torchvision::pil::{self, Filter, PassOrder};
+use mae::torchvision::transforms::{
+    pretrain_crop_params, pretrain_transform, to_tensor_normalize_into, SampleRng,
+    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+};
+use mae::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
+
+#[derive(Parser)]
+struct Args {
+    data_path: PathBuf,
+    #[arg(long, default_value = "crop")]
+    mode: String,
+    #[arg(long = "batch_size", default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long = "num_workers", default_value_t = 2)]
+    num_workers: usize,
+    #[arg(long, default_value_t = 3)]
+    epochs: u64,
+    #[arg(long = "input_size", default_value_t = 224)]
+    input_size: u32,
+    #[arg(long)]
+    profile: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dataset = Arc::new(ImageFolder::new(&args.data_path.join("train"))?);
+    if args.profile {
+        return profile(&dataset, args.input_size);
+    }
+    let size = args.input_size;
+    let loader = DataLoader {
+        dataset: dataset.clone(),
+        transform: Arc::new(move |img, rng| pretrain_transform(img, size, rng)),
+        batch_size: args.batch_size,
+        num_workers: args.num_workers,
+        seed: 0,
+        prefetch: 2,
+    };
+    let opts = EpochOptions {
+        crop: match args.mode.as_str() {
+            "crop" => Some(ResizedCrop::pretrain(size)),
+            "closure" => None,
+            m => anyhow::bail!("--mode {m}: expected crop or closure"),
+        },
+        ..EpochOptions::default()
+    };
+    let mut n = 0;
+    let mut t0 = Instant::now();
+    for epoch in 0..=args.epochs {
+        if epoch == 1 {
+            (n, t0) = (0, Instant::now()); // epoch 0 is the warm-up
+        }
+        for batch in loader.epoch_with(epoch, &opts)? {
+            n += batch?.size()[0];
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"side": format!("rust-{}", args.mode), "images": n,
+            "seconds": (dt * 1000.).round() / 1000., "images_per_s": (n as f64 / dt * 10.).round() / 10.,
+            "num_workers": args.num_workers, "batch_size": args.batch_size})
+    );
+    Ok(())
+}
+
+/// Milliseconds per image of each stage, one thread, over every image of the folder.
+fn profile(dataset: &ImageFolder, size: u32) -> Result<()> {
+    let s = size as usize;
+    let mut out = vec![0f32; 3 * s * s];
+    let mut t = [0f64; 6];
+    let n = dataset.len();
+    for i in 0..n {
+        let path = &dataset.samples[i].0;
+        let mut rng = SampleRng::new(0, 0, i as u64);
+        let t0 = Instant::now();
+        let bytes = std::fs::read(path)?;
+        let t1 = Instant::now();
+        let full = mae::torchvision::datasets::decode(&bytes)?;
+        let t2 = Instant::now();
+        let (bi, bj, bh, bw) = pretrain_crop_params(full.width(), full.height(), &mut rng);
+        let bx = (bj as usize, bi as usize, bw as usize, bh as usize);
+        let resized = pil::resize_box(&full, bx, s, s, Filter::Bicubic, PassOrder::Pillow12);
+        let t3 = Instant::now();
+        let (m, sd) = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD);
+        to_tensor_normalize_into(&resized, s, rng.uniform(0., 1.) < 0.5, m, sd, &mut out);
+        let t4 = Instant::now();
+        let mut rng = SampleRng::new(0, 0, i as u64);
+        let _ = dataset.load_box(i, &mut |w, h| pretrain_crop_params(w, h, &mut rng))?;
+        let t5 = Instant::now();
+        let _ = pil_loader(path)?;
+        let t6 = Instant::now();
+        for (k, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)]
+            .into_iter()
+            .enumerate()
+        {
+            t[k] += (b - a).as_secs_f64() * 1000. / n as f64;
+        }
+    }
+    let r = |v: f64| (v * 1000.).round() / 1000.;
+    println!(
+        "{}",
+        serde_json::json!({"images": n, "ms_per_image": {
+            "read_file": r(t[0]), "decode_whole": r(t[1]), "crop_resize_bicubic": r(t[2]),
+            "flip_to_tensor_normalize": r(t[3]), "read_and_decode_box_only": r(t[4]),
+            "pil_loader_whole": r(t[5])}})
+    );
+    Ok(())
+}

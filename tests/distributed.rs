@@ -1,0 +1,482 @@
+//! Data-parallel training on c10d (Gloo over 127.0.0.1, processes started here): 2 ranks with
+//! `--batch_size b` end where 1 process with `--batch_size 2b` ends (pre-training launched by
+//! torchrun, fine-tuning by hand-set RANK/WORLD_SIZE), the DistributedSampler split, `--dist_eval`,
+//! a killed rank, and a Rust rank and a Python torch.distributed rank in one group.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mae::util::checkpoint;
+use mae::util::distributed::{DistributedSampler, ProcessGroup};
+use tch::{Kind, Tensor};
+
+/// A port nobody listens on now (the OS picks it), so parallel tests do not collide.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// `mae args…` with no launcher variables from the caller's environment.
+fn mae(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mae"));
+    c.args(args).env("OMP_NUM_THREADS", "1");
+    for k in [
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_PROCID",
+        "OMPI_COMM_WORLD_RANK",
+        "TORCHELASTIC_USE_AGENT_STORE",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// Rank `rank` of `world` as torchrun would start it, on `port`.
+fn rank_cmd(args: &[&str], rank: usize, world: usize, port: u16) -> Command {
+    let mut c = mae(args);
+    c.env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string());
+    c
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `world` ranks of `mae args…`; returns rank 0's stdout.
+fn run_ranks(args: &[&str], world: usize) -> String {
+    let port = free_port();
+    let children: Vec<Child> = (0..world)
+        .map(|r| {
+            rank_cmd(args, r, world, port)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting mae")
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("waiting for a rank"))
+        .collect();
+    let mut stdout = String::new();
+    for (r, out) in outs.into_iter().enumerate() {
+        let s = ok(out, &format!("rank {r} of mae {args:?}"));
+        if r == 0 {
+            stdout = s;
+        }
+    }
+    stdout
+}
+
+/// An ImageFolder of 32×32-ish PNGs in two classes under `split` ("train" / "val").
+fn image_folder(root: &Path, split: &str, n: usize) {
+    for i in 0..n {
+        let dir = root.join(split).join(format!("class{}", i % 2));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (w, h) = (32 + (i as u32 * 7) % 9, 32 + (i as u32 * 5) % 7);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = (x * 7 + y * (13 + (i % 2) as u32 * 20) + i as u32 * 31) as u8;
+            image::Rgb([v, v.wrapping_mul(3), 255 - v])
+        });
+        img.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The largest relative error ‖a − b‖ / ‖a‖ over the model tensors of two checkpoints. The key
+/// third of `qkv.bias` is left out: softmax ignores it, its gradient is float round-off, which
+/// Adam scales up to full-size steps (in one process as much as in two).
+fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
+    let load = |p: &Path| -> BTreeMap<String, Tensor> {
+        checkpoint::load_state_dict(p)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .into_iter()
+            .collect()
+    };
+    let (a, b) = (load(a), load(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "key sets"
+    );
+    let mut worst = (0f64, String::new());
+    for (k, ta) in &a {
+        let (mut ta, mut tb) = (ta.to_kind(Kind::Double), b[k].to_kind(Kind::Double));
+        if k.ends_with("qkv.bias") {
+            let d = ta.size()[0] / 3;
+            ta = Tensor::cat(&[ta.narrow(0, 0, d), ta.narrow(0, 2 * d, d)], 0);
+            tb = Tensor::cat(&[tb.narrow(0, 0, d), tb.narrow(0, 2 * d, d)], 0);
+        }
+        let den = ta.norm().double_value(&[]).max(1e-12);
+        let err = (&ta - &tb).norm().double_value(&[]) / den;
+        if err > worst.0 {
+            worst = (err, k.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
+    let dir = common::scratch("distributed_pretrain");
+    let _ = std::fs::remove_dir_all(dir.join("one"));
+    let _ = std::fs::remove_dir_all(dir.join("two"));
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    // 12 images: 3 steps of 4 in one process, 3 steps of 2 on each of 2 ranks
+    let common_args = [
+        "pretrain",
+        "--dataset",
+        "fashion_mnist",
+        "--train_subset",
+        "12",
+        "--model",
+        "mae_vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup_epochs",
+        "1",
+        "--blr",
+        "1e-1",
+        "--norm_pix_loss",
+        "--num_workers",
+        "1",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+    ];
+    let mut args1 = common_args.to_vec();
+    args1.extend(["--batch_size", "4", "--output_dir", s(&one)]);
+    let out1 = ok(mae(&args1).output().unwrap(), "mae pretrain (1 process)");
+    assert!(out1.contains("effective batch size: 4"), "{out1}");
+
+    // torchrun --no-python --nproc_per_node 2 mae pretrain …
+    let torchrun = common::root().join(".venv/bin/torchrun");
+    assert!(
+        torchrun.exists(),
+        "{} is missing: run tools/setup.sh",
+        torchrun.display()
+    );
+    let mut args2 = common_args.to_vec();
+    args2.extend(["--batch_size", "2", "--output_dir", s(&two)]);
+    let t = Instant::now();
+    let out2 = Command::new(&torchrun)
+        .args([
+            "--no-python",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            &free_port().to_string(),
+            env!("CARGO_BIN_EXE_mae"),
+        ])
+        .args(&args2)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let out2 = ok(out2, "torchrun mae pretrain (2 ranks)");
+    let wall = t.elapsed().as_secs_f64();
+    assert!(out2.contains("effective batch size: 4"), "{out2}");
+    assert!(out2.contains("| distributed init (rank 0)"), "{out2}");
+
+    let (err, key) = max_rel_err(&one.join("checkpoint-0.pth"), &two.join("checkpoint-0.pth"));
+    println!("pretrain, 3 steps: 2 ranks × 2 vs 1 × 4: max rel. err. {err:.2e} ({key}); torchrun wall {wall:.1} s");
+    assert!(err <= 1e-5, "rel. err. {err} at {key}");
+    // the same log.txt (train_loss averaged over ranks, as synchronize_between_processes)
+    let log = |d: &Path| std::fs::read_to_string(d.join("log.txt")).unwrap();
+    let (l1, l2) = (log(&one), log(&two));
+    let loss = |l: &str| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(l.trim()).unwrap();
+        v["train_loss"].as_f64().unwrap()
+    };
+    assert!(
+        (loss(&l1) - loss(&l2)).abs() <= 1e-5 * loss(&l1).abs(),
+        "{l1} vs {l2}"
+    );
+}
+
+#[test]
+fn finetune_two_ranks_equal_one_process_and_dist_eval_prints_the_same_line() {
+    let dir = common::scratch("distributed_finetune");
+    let data = dir.join("data");
+    if !data.join("val").exists() {
+        image_folder(&data, "train", 24);
+        image_folder(&data, "val", 16);
+    }
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let _ = std::fs::remove_dir_all(&one);
+    let _ = std::fs::remove_dir_all(&two);
+    // deterministic recipe: no drop path, mixup, cutmix or random erasing (those draw from
+    // torch's generator per batch); RandAugment draws per sample, as the crops
+    let common_args = [
+        "finetune",
+        "--model",
+        "vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--nb_classes",
+        "2",
+        "--data_path",
+        s(&data),
+        "--epochs",
+        "1",
+        "--warmup_epochs",
+        "1",
+        "--blr",
+        "1e-1",
+        "--drop_path",
+        "0",
+        "--mixup",
+        "0",
+        "--cutmix",
+        "0",
+        "--reprob",
+        "0",
+        "--num_workers",
+        "1",
+        "--device",
+        "cpu",
+        "--seed",
+        "7",
+    ];
+    let mut args1 = common_args.to_vec();
+    args1.extend(["--batch_size", "8", "--output_dir", s(&one)]);
+    ok(mae(&args1).output().unwrap(), "mae finetune (1 process)");
+    let mut args2 = common_args.to_vec();
+    args2.extend(["--batch_size", "4", "--output_dir", s(&two)]);
+    let t = Instant::now();
+    let out2 = run_ranks(&args2, 2);
+    let wall = t.elapsed().as_secs_f64();
+    assert!(out2.contains("effective batch size: 8"), "{out2}");
+    assert!(!two.join("checkpoint-0.pth").with_extension("tmp").exists());
+    let (err, key) = max_rel_err(&one.join("checkpoint-0.pth"), &two.join("checkpoint-0.pth"));
+    println!("finetune, 3 steps: 2 ranks × 4 vs 1 × 8: max rel. err. {err:.2e} ({key}); 2-rank wall {wall:.1} s");
+    assert!(err <= 1e-5, "rel. err. {err} at {key}");
+
+    // --dist_eval: each rank evaluates half of the 16 validation images, the metrics are
+    // summed over ranks; the printed line is the one process's
+    let ckpt = one.join("checkpoint-0.pth");
+    let eval_args = |bs: &'static str| {
+        vec![
+            "finetune".to_string(),
+            "--eval".into(),
+            "--resume".into(),
+            ckpt.to_string_lossy().into_owned(),
+            "--model".into(),
+            "vit_tiny_patch4".into(),
+            "--input_size".into(),
+            "32".into(),
+            "--nb_classes".into(),
+            "2".into(),
+            "--data_path".into(),
+            data.to_string_lossy().into_owned(),
+            "--batch_size".into(),
+            bs.into(),
+            "--num_workers".into(),
+            "1".into(),
+            "--device".into(),
+            "cpu".into(),
+        ]
+    };
+    let line = |out: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with("* Acc@1"))
+            .unwrap_or_else(|| panic!("no '* Acc@1' line in:\n{out}"))
+            .to_string()
+    };
+    let a1 = eval_args("8");
+    let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
+    let single = line(&ok(mae(&a1).output().unwrap(), "mae finetune --eval"));
+    let mut a2 = eval_args("4");
+    a2.push("--dist_eval".into());
+    let a2: Vec<&str> = a2.iter().map(String::as_str).collect();
+    let dist = line(&run_ranks(&a2, 2));
+    println!("--dist_eval: {dist} / one process: {single}");
+    assert_eq!(dist, single);
+}
+
+#[test]
+fn distributed_sampler_splits_the_epoch_list_across_ranks() {
+    // the union of the ranks' shares is the shuffled list padded from its start to a multiple
+    // of the world size; without padding the shares are disjoint
+    let shuffled: Vec<usize> = (0..23).map(|i| (i * 7) % 23).collect();
+    for world in [1usize, 2, 3, 4, 5] {
+        let shares: Vec<Vec<usize>> = (0..world)
+            .map(|rank| {
+                DistributedSampler {
+                    num_replicas: world,
+                    rank,
+                }
+                .subsample(shuffled.clone())
+            })
+            .collect();
+        let n = shuffled.len().div_ceil(world);
+        assert!(shares.iter().all(|s| s.len() == n), "equal shares of {n}");
+        let mut union = vec![0usize; n * world];
+        for (rank, share) in shares.iter().enumerate() {
+            for (j, &i) in share.iter().enumerate() {
+                union[j * world + rank] = i;
+            }
+        }
+        let mut padded = shuffled.clone();
+        padded.extend_from_slice(&shuffled[..n * world - shuffled.len()]);
+        assert_eq!(union, padded, "world {world}");
+        let distinct: std::collections::BTreeSet<usize> = union.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            shuffled.len(),
+            "every index, the padding repeats"
+        );
+        if shuffled.len() % world == 0 {
+            assert_eq!(union.len(), distinct.len(), "disjoint without padding");
+        }
+    }
+}
+
+#[test]
+fn a_killed_rank_stops_the_survivor_within_the_timeout_naming_it() {
+    let dir = common::scratch("distributed_killed");
+    let args = [
+        "pretrain",
+        "--dataset",
+        "fashion_mnist",
+        "--train_subset",
+        "64",
+        "--model",
+        "mae_vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--epochs",
+        "1000",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "1",
+        "--device",
+        "cpu",
+        "--output_dir",
+        "",
+        "--dist_timeout",
+        "20",
+    ];
+    let port = free_port();
+    let mut r0 = rank_cmd(&args, 0, 2, port)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r1 = rank_cmd(&args, 1, 2, port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait for training to start (rank 0 prints its first iteration), then kill rank 1
+    let mut out0 = r0.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("Epoch: [0]") {
+        let n = out0.read(&mut buf).unwrap();
+        assert!(n > 0, "rank 0 stopped before training:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::thread::spawn(move || std::io::copy(&mut out0, &mut std::io::sink()));
+    r1.kill().unwrap();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(st) = r0.try_wait().unwrap() {
+            break st;
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            let _ = r0.kill();
+            panic!("rank 0 still runs 60 s after rank 1 was killed (--dist_timeout 20)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let secs = killed.elapsed().as_secs_f64();
+    let _ = r1.wait();
+    let mut err = String::new();
+    r0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    std::fs::write(dir.join("rank0.stderr"), &err).unwrap();
+    println!(
+        "rank 0 exited {status} {secs:.1} s after rank 1 was killed: {}",
+        err.trim()
+    );
+    assert!(!status.success(), "rank 0 exited 0:\n{err}");
+    assert!(secs < 20. + 5., "rank 0 took {secs:.1} s");
+    assert!(
+        err.contains("rank 1"),
+        "no 'rank 1' in rank 0's error:\n{err}"
+    );
+}
+
+#[test]
+fn a_rust_rank_and_a_python_rank_all_reduce_in_one_group() {
+    let py = common::python();
+    let port = free_port();
+    let code = r#"
+import os, torch, torch.distributed as dist
+from datetime import timedelta
+dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=30))
+t = torch.arange(1, 5, dtype=torch.float32) * (dist.get_rank() + 1)
+dist.all_reduce(t)
+print("python", dist.get_rank(), dist.get_world_size(), t.tolist(), flush=True)
+dist.barrier()
+"#;
+    let child = Command::new(py)
+        .arg("-c")
+        .arg(code)
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // this test process is rank 0 and hosts the store
+    let pg = ProcessGroup::new(
+        "gloo",
+        "127.0.0.1",
+        port,
+        0,
+        2,
+        true,
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let t = Tensor::arange_start(1, 5, (Kind::Float, tch::Device::Cpu));
+    pg.all_reduce(&t, false).unwrap();
+    pg.barrier().unwrap();
+    let out = ok(child.wait_with_output().unwrap(), "python rank");
+    let rust = Vec::<f32>::try_from(&t).unwrap();
+    println!("rust 0 2 {rust:?} / {}", out.trim());
+    assert_eq!(rust, [3., 6., 9., 12.]);
+    assert!(out.contains("python 1 2 [3.0, 6.0, 9.0, 12.0]"), "{out}");
+}
