@@ -51,7 +51,9 @@ fi
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 HEADER="$(date -u '+%Y-%m-%d %H:%M UTC'), ${CPU:-unknown CPU}, $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-HEADER+=", command: tools/bench.sh $([ "$QUICK" = 1 ] && echo --quick) --rounds $ROUNDS"
+CMD="tools/bench.sh --rounds $ROUNDS"
+[ "$QUICK" = 1 ] && CMD+=" --quick"
+HEADER+=", command: $CMD"
 echo "## mae benchmark: $HEADER"
 LOAD_BEFORE=$(loadavg)
 echo "## load average before: $LOAD_BEFORE"
