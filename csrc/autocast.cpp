@@ -1,4 +1,5 @@
-// libtorch's autocast state (ATen/autocast_mode.h) for src/util/amp.rs: what torch.autocast's
+// libtorch's autocast state (ATen/autocast_mode.h) for src/util/amp.rs, and setting a gradient to
+// None for the optimizers (src/util/optim.rs). Autocast: what torch.autocast's
 // __enter__/__exit__ call through torch._C, for any device type and dtype. tch 0.24 only wraps
 // the CUDA enabled flag. Device types and dtypes travel as c10's enum values (DeviceType::CPU = 0,
 // CUDA = 1; ScalarType::Half = 5, Float = 6, BFloat16 = 15). No C++ exception may cross into
@@ -52,6 +53,18 @@ int mae_autocast_decrement_nesting() { return at::autocast::decrement_nesting();
 int mae_autocast_clear_cache() {
   try {
     at::autocast::clear_cache();
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// `optimizer.zero_grad()` of torch 2.x (set_to_none=True): drop each parameter's .grad instead
+// of zeroing it (tch's zero_grad zeroes), so that the next backward writes the gradient into a
+// fresh tensor rather than accumulating into a zeroed one. `t` is tch's C_tensor (an at::Tensor*).
+int mae_set_grad_to_none(at::Tensor* t) {
+  try {
+    t->mutable_grad().reset();
     return 0;
   } catch (...) {
     return -1;

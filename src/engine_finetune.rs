@@ -35,7 +35,9 @@ pub struct TrainStats {
 
 /// `train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler,
 /// max_norm, mixup_fn, args=args)`. `forward(samples, train)` is `model(samples)` in train mode;
-/// `data_loader` yields the epoch's batches (its length is `len(data_loader)`).
+/// `data_loader` yields the epoch's batches (its length is `len(data_loader)`). The forward runs
+/// under `precision`'s autocast (float32 weights, gradients and optimizer state; `loss_scaler`
+/// enabled for fp16).
 #[allow(clippy::too_many_arguments)]
 pub fn train_one_epoch(
     forward: &dyn Fn(&Tensor) -> Result<Tensor>,
@@ -43,6 +45,7 @@ pub fn train_one_epoch(
     data_loader: impl ExactSizeIterator<Item = Result<Batch>>,
     optimizer: &mut impl Optimizer,
     device: Device,
+    precision: Precision,
     epoch: i64,
     loss_scaler: &mut NativeScalerWithGradNormCount,
     max_norm: Option<f64>,
@@ -77,10 +80,12 @@ pub fn train_one_epoch(
             targets = mixup_fn.call(&mut samples, &targets);
         }
 
-        let loss = tch::autocast(device.is_cuda(), || {
-            forward(&samples)
-                .map(|outputs| criterion.forward(&outputs.to_kind(Kind::Float), &targets))
-        })?;
+        // with torch.cuda.amp.autocast(): any device, `precision`'s dtype; the criterion runs on
+        // float32 logits
+        let loss = {
+            let _amp = amp::autocast(device, precision);
+            criterion.forward(&forward(&samples)?.to_kind(Kind::Float), &targets)
+        };
 
         let loss_value = loss.double_value(&[]);
         if !loss_value.is_finite() {

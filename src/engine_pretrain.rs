@@ -7,6 +7,7 @@ use tch::{Device, Tensor};
 
 use crate::main_pretrain::Args;
 use crate::models_mae::MaskedAutoencoderViT;
+use crate::util::amp::{self, Precision};
 use crate::util::distributed;
 use crate::util::lr_sched;
 use crate::util::misc::{
@@ -31,7 +32,9 @@ pub struct TrainStats {
 }
 
 /// `train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args=args)`;
-/// `data_loader` yields the batches of the epoch (its length is `len(data_loader)`).
+/// `data_loader` yields the batches of the epoch (its length is `len(data_loader)`). The forward
+/// runs under `--precision`'s autocast; weights, gradients and AdamW state stay float32, and
+/// `loss_scaler` scales the loss when it is enabled (fp16).
 pub fn train_one_epoch(
     model: &MaskedAutoencoderViT,
     data_loader: impl ExactSizeIterator<Item = Result<Tensor>>,
@@ -47,6 +50,7 @@ pub fn train_one_epoch(
     let accum_iter = args.accum_iter;
     let len = data_loader.len();
     let mut steps = Vec::with_capacity(len);
+    let precision = Precision::for_device(args.precision, device)?;
 
     optimizer.zero_grad();
 
@@ -65,17 +69,17 @@ pub fn train_one_epoch(
         }
 
         let samples = samples.to_device(device);
+        // with torch.cuda.amp.autocast(): any device, --precision's dtype; the loss is float32
         // DDP: this rank's rows of the global batch's masking noise (None in one process)
         let noise = distributed::global_batch_noise(
             samples.size()[0],
             model.patch_embed.num_patches,
             device,
         );
-        let loss = tch::autocast(device.is_cuda(), || {
-            model
-                .forward_with_noise(&samples, args.mask_ratio, noise.as_ref())
-                .map(|(loss, _, _)| loss)
-        })?;
+        let loss = {
+            let _amp = amp::autocast(device, precision);
+            (model.forward_with_noise(&samples, args.mask_ratio, noise.as_ref())?).0
+        };
 
         let loss_value = loss.double_value(&[]);
         if !loss_value.is_finite() {

@@ -19,8 +19,8 @@ use crate::torchvision::transforms::eval_transform_with;
 use crate::util::amp::Precision;
 use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::datasets::{build_dataset as build_split, Split, TrainTransform};
 use crate::util::distributed::{self, DistArgs};
-use crate::util::datasets::{build_dataset as build_split, TrainTransform};
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{
@@ -197,8 +197,9 @@ pub struct Args {
     /// Resample as Pillow 12 (horizontal pass first, as the official numbers were computed) or 13
     #[arg(long, default_value = "12")]
     pub pillow: PassOrder,
-    /// Autocast dtype of the evaluation forward: fp32, bf16 or fp16 (CUDA only) [default: fp32 on
-    /// the CPU, fp16 on CUDA, as the official torch.cuda.amp]
+    /// Autocast dtype of the training and evaluation forwards: fp32, bf16 or fp16 (CUDA only, with
+    /// dynamic loss scaling when training); weights, gradients and AdamW state stay float32
+    /// [default: fp32 on the CPU, fp16 on CUDA, as the official torch.cuda.amp + GradScaler]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
 }
@@ -278,8 +279,25 @@ pub fn main(args: &Args) -> Result<()> {
         ),
     };
 
-    let dataset_val = build_dataset(args)?;
-    println!("{dataset_val}");
+    // Not in the official: --dataset fashion_mnist evaluates its test split
+    let (dataset_val, folder) = if args.dataset == "imagefolder" {
+        let folder = Arc::new(build_dataset(args)?);
+        println!("{folder}");
+        let split = Split {
+            targets: Arc::new(folder.samples.iter().map(|s| s.1).collect()),
+            num_classes: folder.classes.len() as i64,
+            dataset: folder.clone(),
+        };
+        (split, Some(folder))
+    } else if let Some(path) = &args.output_json {
+        bail!(
+            "--output_json {} lists image paths: it needs --dataset imagefolder",
+            path.display()
+        );
+    } else {
+        let split = build_split(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+        (split, None)
+    };
 
     let mut vs = nn::VarStore::new(device);
     let cfg = VitConfig {
@@ -294,12 +312,10 @@ pub fn main(args: &Args) -> Result<()> {
         .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
     println!("Resume checkpoint {}", resume.display());
 
-    let num_images = dataset_val.len();
-    let dataset_val = Arc::new(dataset_val);
-    let targets = Arc::new(dataset_val.samples.iter().map(|s| s.1).collect());
+    let num_images = dataset_val.dataset.len();
     let data_loader_val = data_loader_val(
-        dataset_val.clone(),
-        targets,
+        dataset_val.dataset.clone(),
+        dataset_val.targets.clone(),
         args.batch_size,
         args.num_workers,
         args.input_size,
@@ -319,9 +335,8 @@ pub fn main(args: &Args) -> Result<()> {
         test_stats.acc1
     );
     if let Some(logits) = logits {
-        let targets: Vec<i64> = dataset_val.samples.iter().map(|s| s.1).collect();
         if let Some(path) = &args.save_logits {
-            let t = Tensor::from_slice(&targets);
+            let t = Tensor::from_slice(&dataset_val.targets);
             checkpoint::save_safetensors(
                 path,
                 &[
@@ -330,8 +345,8 @@ pub fn main(args: &Args) -> Result<()> {
                 ],
             )?;
         }
-        if let Some(path) = &args.output_json {
-            write_top5(path, &dataset_val, &logits)?;
+        if let (Some(path), Some(folder)) = (&args.output_json, &folder) {
+            write_top5(path, folder, &logits)?;
         }
     }
     Ok(())
@@ -597,7 +612,8 @@ fn finetune(mut args: Args) -> Result<()> {
         args.layer_decay,
     );
     let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.999));
-    let mut loss_scaler = NativeScaler::new(device.is_cuda());
+    let precision = Precision::for_device(args.precision, device)?;
+    let mut loss_scaler = NativeScaler::new(precision == Precision::Fp16);
 
     let criterion = if mixup_fn.is_some() {
         // smoothing is handled with mixup label transform
@@ -645,6 +661,7 @@ fn finetune(mut args: Args) -> Result<()> {
             batches,
             &mut optimizer,
             device,
+            precision,
             epoch,
             &mut loss_scaler,
             args.clip_grad,

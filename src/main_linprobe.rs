@@ -83,6 +83,11 @@ pub struct Args {
     /// Not in the official script: train on the first N training images only
     #[arg(long)]
     pub train_subset: Option<usize>,
+    /// Not in the official script: autocast dtype of the forward, fp32, bf16 or fp16 (CUDA only,
+    /// with dynamic loss scaling); weights, gradients and LARS state stay float32 [default: fp32
+    /// on the CPU, fp16 on CUDA, as the official torch.cuda.amp + GradScaler]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Not in the official script (which crops 224): images input size
     #[arg(long, default_value_t = 224)]
     pub input_size: i64,
@@ -225,6 +230,7 @@ pub fn main(mut args: Args) -> Result<()> {
     let dist = misc::init_distributed_mode(&args.dist, device(args.device.as_deref())?)?;
     distributed::set_dist_eval(args.dist_eval);
     let device = dist.device(device(args.device.as_deref())?);
+    let precision = Precision::for_device(args.precision, device)?;
     if args.accum_iter == 0 || args.batch_size < 1 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
@@ -298,7 +304,7 @@ pub fn main(mut args: Args) -> Result<()> {
     ];
     let mut optimizer = Lars::new(head_params, lr, args.weight_decay);
     println!("{optimizer}");
-    let mut loss_scaler = NativeScalerWithGradNormCount::new(device.is_cuda());
+    let mut loss_scaler = NativeScalerWithGradNormCount::new(precision == Precision::Fp16);
     let criterion = Criterion::CrossEntropyLoss;
     println!("criterion = {criterion}");
 
@@ -324,7 +330,7 @@ pub fn main(mut args: Args) -> Result<()> {
                 dataset_val.dataset.len(),
                 forward,
                 device,
-                Precision::for_device(None, device)?,
+                precision,
                 false,
             )?
             .0,
@@ -366,6 +372,7 @@ pub fn main(mut args: Args) -> Result<()> {
             batches,
             &mut optimizer,
             device,
+            precision,
             epoch,
             &mut loss_scaler,
             None,

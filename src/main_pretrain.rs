@@ -14,7 +14,9 @@ use crate::engine_pretrain::{train_one_epoch, Step};
 use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::torchvision::transforms::pretrain_transform;
+use crate::util::amp::Precision;
 use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::datasets;
 use crate::util::distributed::{self, DistArgs};
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{self, py_float, timedelta, NativeScalerWithGradNormCount as NativeScaler};
@@ -103,6 +105,16 @@ pub struct Args {
     // distributed training parameters
     #[command(flatten)]
     pub dist: DistArgs,
+
+    // Not in the official parser
+    /// Train on the first N training images only (short runs, tests)
+    #[arg(long = "train_subset")]
+    pub train_subset: Option<usize>,
+    /// Autocast dtype of the training forward: fp32, bf16 or fp16 (CUDA only, with dynamic loss
+    /// scaling); weights, gradients and AdamW state stay float32 [default: fp32 on the CPU, fp16
+    /// on CUDA, as the official torch.cuda.amp + GradScaler]
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
 }
 
 impl Args {
@@ -214,7 +226,7 @@ pub fn main(mut args: Args) -> Result<()> {
 
     // simple augmentation
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
-    let dataset_train = build_dataset(&args)?;
+    let dataset_train = datasets::first(build_dataset(&args)?, args.train_subset);
     let data_loader_train = DataLoader {
         dataset: dataset_train,
         transform: Arc::new(move |img, rng| pretrain_transform(img, input_size, rng)),
@@ -269,7 +281,9 @@ pub fn main(mut args: Args) -> Result<()> {
     let param_groups = add_weight_decay(named_parameters(&vs), args.weight_decay, &[]);
     let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.95));
     println!("{optimizer}");
-    let mut loss_scaler = NativeScaler::new(device.is_cuda());
+    let precision = Precision::for_device(args.precision, device)?;
+    println!("precision: {precision:?}");
+    let mut loss_scaler = NativeScaler::new(precision == Precision::Fp16);
 
     if !args.resume.is_empty() {
         let resume = PathBuf::from(&args.resume);

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use mae::engine_finetune::{train_one_epoch, Batch};
 use mae::models_vit::{self, VitConfig};
 use mae::timm::loss::Criterion;
+use mae::util::amp::Precision;
 use mae::util::lr_decay::param_groups_lrd;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
@@ -160,6 +161,7 @@ fn fine_tuning_steps_match_pytorch() {
             batches.collect::<Vec<_>>().into_iter(),
             &mut optimizer,
             Device::Cpu,
+            Precision::Fp32,
             epoch,
             &mut scaler,
             clip_grad,

@@ -11,6 +11,7 @@ use mae::engine_finetune::{train_one_epoch, Batch};
 use mae::main_linprobe::LinProbe;
 use mae::models_vit::VitConfig;
 use mae::timm::loss::Criterion;
+use mae::util::amp::Precision;
 use mae::util::lars::Lars;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
@@ -88,6 +89,7 @@ fn lars_linear_probe_steps_match_pytorch() {
         batches.into_iter(),
         &mut optimizer,
         Device::Cpu,
+        Precision::Fp32,
         1,
         &mut scaler,
         None,

@@ -172,6 +172,15 @@ impl ImageSource for Subset {
     }
 }
 
+/// Not in the official: the first `n` images of `dataset` (`--train_subset`), all when `n` is
+/// `None` or at least its length.
+pub fn first(dataset: Arc<dyn ImageSource>, n: Option<usize>) -> Arc<dyn ImageSource> {
+    match n {
+        Some(n) if n < dataset.len() => Arc::new(Subset(dataset, n)),
+        _ => dataset,
+    }
+}
+
 impl Split {
     /// Not in the official: the first `n` images only (`--train_subset`), for short runs.
     pub fn first(self, n: Option<usize>) -> Split {

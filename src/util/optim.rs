@@ -4,6 +4,8 @@
 //! parameter groups of timm 0.3.2's `optim_factory.add_weight_decay`.
 
 use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::os::raw::c_int;
 
 use anyhow::{bail, ensure, Context, Result};
 use tch::{nn, Kind, Tensor};
@@ -21,18 +23,28 @@ pub struct ParamGroup {
     pub lr_scale: Option<f64>,
 }
 
+extern "C" {
+    fn mae_set_grad_to_none(tensor: *mut c_void) -> c_int;
+}
+
+/// `param.grad = None` (csrc/autocast.cpp), what torch 2.x's `optimizer.zero_grad()` does
+/// (`set_to_none=True`). tch's `zero_grad` fills the gradient with zeros instead, so each
+/// backward then adds into it: one more pass over every gradient per step. The optimizers and
+/// `clip_grad_norm_` skip parameters without a gradient, as torch does.
+pub fn set_grad_to_none(param: &mut Tensor) {
+    let rc = unsafe { mae_set_grad_to_none(param.as_mut_ptr() as *mut c_void) };
+    assert_eq!(rc, 0, "libtorch failed to reset a gradient");
+}
+
 /// What the training loop and checkpoints need of a `torch.optim.Optimizer` (AdamW when
 /// pre-training and fine-tuning, LARS when linear probing).
 pub trait Optimizer {
     fn param_groups(&mut self) -> &mut [ParamGroup];
     fn step(&mut self);
+    /// `optimizer.zero_grad()` (torch 2.x: `set_to_none=True`).
     fn zero_grad(&mut self) {
-        for p in self
-            .param_groups()
-            .iter_mut()
-            .flat_map(|g| g.params.iter_mut())
-        {
-            p.zero_grad();
+        for p in self.param_groups().iter_mut().flat_map(|g| &mut g.params) {
+            set_grad_to_none(p);
         }
     }
     fn state_dict(&self) -> Value;
@@ -88,15 +100,9 @@ impl AdamW {
         }
     }
 
-    /// `optimizer.zero_grad()`.
+    /// `optimizer.zero_grad()` (torch 2.x: `set_to_none=True`).
     pub fn zero_grad(&mut self) {
-        for p in self
-            .param_groups
-            .iter_mut()
-            .flat_map(|g| g.params.iter_mut())
-        {
-            p.zero_grad();
-        }
+        Optimizer::zero_grad(self)
     }
 
     /// One AdamW step on every parameter that has a gradient, in torch's operation order
