@@ -56,6 +56,7 @@ fn build_c10d(root: &Path) {
         .include(root.join("include/torch/csrc/api/include"))
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
+        .flag_if_supported("-Wno-interference-size")
         .file("csrc/c10d.cpp");
     if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {
         // .libtorch -> site-packages/torch; the nvidia wheels sit beside it.

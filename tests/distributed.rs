@@ -353,7 +353,7 @@ fn distributed_sampler_splits_the_epoch_list_across_ranks() {
             shuffled.len(),
             "every index, the padding repeats"
         );
-        if shuffled.len() % world == 0 {
+        if shuffled.len().is_multiple_of(world) {
             assert_eq!(union.len(), distinct.len(), "disjoint without padding");
         }
     }
@@ -479,4 +479,66 @@ dist.barrier()
     println!("rust 0 2 {rust:?} / {}", out.trim());
     assert_eq!(rust, [3., 6., 9., 12.]);
     assert!(out.contains("python 1 2 [3.0, 6.0, 9.0, 12.0]"), "{out}");
+}
+
+/// `--features nccl` builds csrc/c10d.cpp with ProcessGroupNCCL: here the same compile (the flags
+/// and header directories of build.rs) into a shared library linked with `--no-undefined`
+/// against libtorch_cuda, so every c10d/NCCL/CUDA symbol it uses resolves, without a GPU and
+/// without rebuilding the crate with another feature set.
+#[test]
+fn the_nccl_shim_compiles_and_links_against_libtorch_cuda() {
+    let root = common::root();
+    let torch =
+        std::fs::canonicalize(root.join(".libtorch")).expect(".libtorch: run tools/setup.sh");
+    let lib = torch.join("lib");
+    assert!(
+        lib.join("libtorch_cuda.so").exists(),
+        "{}: no libtorch_cuda.so",
+        lib.display()
+    );
+    let nvidia = torch.with_file_name("nvidia");
+    let headers = root.join(".venv/cuda-headers/nvidia/cu13/include");
+    let include = [
+        torch.join("include"),
+        torch.join("include/torch/csrc/api/include"),
+        nvidia.join("nccl/include"),
+        nvidia.join("cu13/include"),
+        headers.clone(),
+        headers.join("cccl"),
+    ];
+    for d in &include {
+        assert!(d.exists(), "{} is missing: run tools/setup.sh", d.display());
+    }
+    let out = common::scratch("distributed_nccl").join("libmae_c10d_nccl.so");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let status = Command::new(&cxx)
+        .args([
+            "-std=c++17",
+            "-shared",
+            "-fPIC",
+            "-D_GLIBCXX_USE_CXX11_ABI=1",
+        ])
+        .args([
+            "-DUSE_C10D_GLOO",
+            "-DUSE_C10D_NCCL",
+            "-DUSE_CUDA",
+            "-DMAE_C10D_NCCL",
+        ])
+        .args(["-Wno-deprecated-declarations", "-Wno-interference-size"])
+        .args(include.iter().map(|d| format!("-I{}", d.display())))
+        .arg(root.join("csrc/c10d.cpp"))
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("-L{}", lib.display()))
+        .args([
+            "-Wl,--no-undefined",
+            "-ltorch_cuda",
+            "-ltorch_cpu",
+            "-lc10",
+            "-lc10_cuda",
+        ])
+        .status()
+        .unwrap_or_else(|e| panic!("running {cxx}: {e}"));
+    assert!(status.success(), "compiling csrc/c10d.cpp with NCCL failed");
+    assert!(out.exists());
 }

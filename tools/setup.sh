@@ -71,6 +71,28 @@ else
   apt_install dataset-fashion-mnist
 fi
 
+# c10d for data-parallel training (csrc/c10d.cpp, src/util/distributed.rs): ProcessGroupGloo.hpp
+# includes gloo's headers, which the torch wheel does not ship (only c10d:: symbols are called,
+# those resolve in libtorch_cpu, so Debian's gloo version does not matter).
+if [ -f /usr/include/gloo/algorithm.h ]; then
+  say "gloo headers present"
+else
+  apt_install libgloo-dev
+fi
+
+# The NCCL build (`cargo build --release --features nccl`): nccl.h comes with torch's nvidia-nccl
+# wheel, the CUDA runtime headers with nvidia-cuda-runtime; the crt/ and cccl/ headers they need
+# are pinned here, beside the venv's packages (not imported by Python).
+CUDA_HEADERS="$VENV/cuda-headers"
+if [ -f "$CUDA_HEADERS/nvidia/cu13/include/crt/host_config.h" ] && [ -d "$CUDA_HEADERS/nvidia/cu13/include/cccl/cuda" ]; then
+  say "CUDA crt/cccl headers present in $CUDA_HEADERS"
+else
+  say "installing the CUDA crt/cccl headers into $CUDA_HEADERS"
+  "$VENV/bin/python" -m pip install --quiet --no-deps --upgrade --target "$CUDA_HEADERS" \
+    nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 \
+    || die "pip install --target $CUDA_HEADERS nvidia-cuda-crt nvidia-cuda-cccl failed"
+fi
+
 # The demo checkpoint README's first command inspects, written in the official format.
 mkdir -p "$ROOT/target/fixtures"
 if [ ! -f "$ROOT/target/fixtures/demo_vit_base_patch16.pth" ]; then

@@ -5,12 +5,16 @@
 //! `save_model`); training checkpoints add `optimizer`, `epoch`, `scaler` and
 //! `args: argparse.Namespace`, which load here as opaque [`Value::Object`]s.
 //!
-//! Storages are read straight into their tensor's buffer (peak memory ≈ file size) and checked
-//! against the zip's CRC-32; every offset and length in the file is bounded by the file size.
+//! The file is memory-mapped; storages are copied from the map straight into their tensors'
+//! (not zero-filled) buffers by the rayon threads, checked against the zip's CRC-32, and their
+//! pages dropped from the map once copied (peak memory ≈ file size). Every offset and length
+//! in the file is bounded by the file size.
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use memmap2::Mmap;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -151,17 +155,23 @@ fn storage_type(kind: Kind) -> Result<&'static str> {
 // Reading
 // ------------------------------------------------------------------------------------------
 
+/// Storages are copied in chunks of this size, spread over the rayon threads; each chunk's
+/// CRC-32 is taken while it is still in cache, then the chunks' CRCs are combined per entry.
+const CHUNK: usize = 4 << 20;
+
 fn load_inner(path: &Path) -> Result<Value> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut magic = [0u8; 9];
-    let n = read_up_to(&mut file, &mut magic)?;
-    let magic = &magic[..n];
-    if magic.is_empty() {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
         bail!("empty file");
     }
+    // SAFETY: a read-only shared map; every offset into it is bounds checked against its
+    // length. What the OS cannot promise is that no other process truncates the file while it
+    // is mapped: that would end this process with SIGBUS (as it would `torch.load(mmap=True)`).
+    // Our own writers (`atomic_write`) never change a file in place: they rename over it.
+    let map = unsafe { Mmap::map(&file)? };
+    let magic = &map[..map.len().min(9)];
     if magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06") {
-        return read_torch_zip(file, len);
+        return read_torch_zip(&map);
     }
     if magic.len() >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
         bail!(
@@ -170,23 +180,12 @@ fn load_inner(path: &Path) -> Result<Value> {
         );
     }
     if magic.len() == 9 && magic[8] == b'{' {
-        return read_safetensors(file, len);
+        return read_safetensors(&map);
     }
     bail!(
         "not a PyTorch zip checkpoint nor safetensors (starts with {:02x?})",
         magic
     )
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 fn le16(b: &[u8], at: usize) -> u64 {
@@ -202,16 +201,14 @@ fn le64(b: &[u8], at: usize) -> u64 {
         .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
 }
 
-/// Reads `n` bytes at `offset`, bounded by the file length.
-fn read_at(file: &mut File, file_len: u64, offset: u64, n: u64, what: &str) -> Result<Vec<u8>> {
+/// The `n` bytes at `offset`, bounded by the file length.
+fn bytes_at<'a>(file: &'a [u8], offset: u64, n: u64, what: &str) -> Result<&'a [u8]> {
+    let len = file.len() as u64;
     ensure!(
-        offset.checked_add(n).is_some_and(|e| e <= file_len),
-        "{what}: {n} bytes at offset {offset} reach past the end of the file ({file_len} bytes; truncated?)"
+        offset.checked_add(n).is_some_and(|e| e <= len),
+        "{what}: {n} bytes at offset {offset} reach past the end of the file ({len} bytes; truncated?)"
     );
-    let mut buf = vec![0u8; n as usize];
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(&mut buf)?;
-    Ok(buf)
+    Ok(&file[offset as usize..(offset + n) as usize])
 }
 
 struct Entry {
@@ -220,24 +217,18 @@ struct Entry {
     header: u64,
 }
 
-struct Zip {
-    file: File,
-    len: u64,
+struct Zip<'a> {
+    file: &'a [u8],
     entries: HashMap<String, Entry>,
     first: String,
 }
 
 /// The central directory of a stored (uncompressed) zip, zip64 included.
-fn read_zip(mut file: File, len: u64) -> Result<Zip> {
+fn read_zip(file: &[u8]) -> Result<Zip<'_>> {
+    let len = file.len() as u64;
     ensure!(len >= 22, "truncated zip: {len} bytes");
     let tail_len = len.min(22 + 65535);
-    let tail = read_at(
-        &mut file,
-        len,
-        len - tail_len,
-        tail_len,
-        "end of central directory",
-    )?;
+    let tail = bytes_at(file, len - tail_len, tail_len, "end of central directory")?;
     let eocd = (0..=tail.len() - 22)
         .rev()
         .find(|&i| tail[i..i + 4] == *b"PK\x05\x06")
@@ -245,34 +236,28 @@ fn read_zip(mut file: File, len: u64) -> Result<Zip> {
             anyhow!("no zip end-of-central-directory record (truncated or not a zip)")
         })?;
     let eocd_at = len - tail_len + eocd as u64;
-    let mut count = le16(&tail, eocd + 10);
-    let mut cd_size = le32(&tail, eocd + 12);
-    let mut cd_offset = le32(&tail, eocd + 16);
+    let mut count = le16(tail, eocd + 10);
+    let mut cd_size = le32(tail, eocd + 12);
+    let mut cd_offset = le32(tail, eocd + 16);
     // zip64: locator just before the EOCD, pointing at the zip64 EOCD record.
     if eocd_at >= 20 {
-        let loc = read_at(&mut file, len, eocd_at - 20, 20, "zip64 locator")?;
+        let loc = bytes_at(file, eocd_at - 20, 20, "zip64 locator")?;
         if loc[..4] == *b"PK\x06\x07" {
-            let rec = read_at(
-                &mut file,
-                len,
-                le64(&loc, 8),
-                56,
-                "zip64 end of central directory",
-            )?;
+            let rec = bytes_at(file, le64(loc, 8), 56, "zip64 end of central directory")?;
             ensure!(
                 rec[..4] == *b"PK\x06\x06",
                 "bad zip64 end-of-central-directory signature"
             );
-            count = le64(&rec, 32);
-            cd_size = le64(&rec, 40);
-            cd_offset = le64(&rec, 48);
+            count = le64(rec, 32);
+            cd_size = le64(rec, 40);
+            cd_offset = le64(rec, 48);
         }
     }
     ensure!(
         count <= cd_size / 46,
         "zip claims {count} entries in a {cd_size}-byte central directory"
     );
-    let cd = read_at(&mut file, len, cd_offset, cd_size, "central directory")?;
+    let cd = bytes_at(file, cd_offset, cd_size, "central directory")?;
     let mut entries = HashMap::new();
     let mut first = String::new();
     let mut p = 0usize;
@@ -286,16 +271,16 @@ fn read_zip(mut file: File, len: u64) -> Result<Zip> {
             p + 46 <= cd.len(),
             "central directory entry {i} is truncated"
         );
-        let method = le16(&cd, p + 10);
-        let crc = le32(&cd, p + 16) as u32;
-        let mut csize = le32(&cd, p + 20);
-        let mut size = le32(&cd, p + 24);
+        let method = le16(cd, p + 10);
+        let crc = le32(cd, p + 16) as u32;
+        let mut csize = le32(cd, p + 20);
+        let mut size = le32(cd, p + 24);
         let (n, m, k) = (
-            le16(&cd, p + 28) as usize,
-            le16(&cd, p + 30) as usize,
-            le16(&cd, p + 32) as usize,
+            le16(cd, p + 28) as usize,
+            le16(cd, p + 30) as usize,
+            le16(cd, p + 32) as usize,
         );
-        let mut header = le32(&cd, p + 42);
+        let mut header = le32(cd, p + 42);
         let name = cd
             .get(p + 46..p + 46 + n)
             .ok_or_else(|| anyhow!("central directory entry {i}: truncated name"))?;
@@ -344,87 +329,135 @@ fn read_zip(mut file: File, len: u64) -> Result<Zip> {
     }
     Ok(Zip {
         file,
-        len,
         entries,
         first,
     })
 }
 
-impl Zip {
-    fn entry(&self, name: &str) -> Result<&Entry> {
-        self.entries
+impl<'a> Zip<'a> {
+    /// An entry's data (located through its local header) and its CRC-32, not yet checked.
+    fn data(&self, name: &str) -> Result<(&'a [u8], u32)> {
+        let e = self
+            .entries
             .get(name)
-            .ok_or_else(|| anyhow!("missing zip entry {name}"))
-    }
-
-    /// Offset of an entry's data, from its local header.
-    fn data_offset(&mut self, name: &str) -> Result<(u64, u64, u32)> {
-        let (header, size, crc) = {
-            let e = self.entry(name)?;
-            (e.header, e.size, e.crc)
-        };
-        let h = read_at(&mut self.file, self.len, header, 30, name)?;
+            .ok_or_else(|| anyhow!("missing zip entry {name}"))?;
+        let h = bytes_at(self.file, e.header, 30, name)?;
         ensure!(
             h[..4] == *b"PK\x03\x04",
-            "entry {name}: bad local header signature at offset {header}"
+            "entry {name}: bad local header signature at offset {}",
+            e.header
         );
-        let start = header + 30 + le16(&h, 26) + le16(&h, 28);
-        ensure!(
-            start + size <= self.len,
-            "entry {name}: {size} bytes at offset {start} reach past the end of the file"
-        );
-        Ok((start, size, crc))
+        let start = e.header + 30 + le16(h, 26) + le16(h, 28);
+        Ok((bytes_at(self.file, start, e.size, name)?, e.crc))
     }
 
-    fn read(&mut self, name: &str) -> Result<Vec<u8>> {
-        let (start, size, crc) = self.data_offset(name)?;
-        let data = read_at(&mut self.file, self.len, start, size, name)?;
+    fn read(&self, name: &str) -> Result<&'a [u8]> {
+        let (data, crc) = self.data(name)?;
         ensure!(
-            crc32fast::hash(&data) == crc,
+            crc32fast::hash(data) == crc,
             "entry {name}: CRC-32 mismatch (corrupt file)"
         );
         Ok(data)
     }
+}
 
-    /// A storage of `numel` elements of `kind`, read into a fresh tensor's own buffer.
-    fn storage(&mut self, name: &str, kind: Kind, numel: i64, big_endian: bool) -> Result<Tensor> {
-        let (start, size, crc) = self.data_offset(name)?;
-        let elt = kind.elt_size_in_bytes() as u64;
-        let nbytes = u64::try_from(numel).ok().and_then(|n| n.checked_mul(elt));
-        ensure!(
-            nbytes == Some(size),
-            "storage {name} claims {numel} elements of {kind:?} but its entry holds {size} bytes"
+/// A tensor allocated (not zero-filled) while the pickle is read, filled from the file after.
+struct Fill<'a> {
+    name: String,
+    src: &'a [u8],
+    dst: Tensor,
+    crc: Option<u32>,
+    big_endian: bool,
+}
+
+/// Copies every storage from the map into its tensor, in [`CHUNK`]s over the rayon threads.
+/// Checks the zip's CRC-32 of each (torch.load does not: its miniz reader is built without the
+/// check, and `mmap=True` never reads the data; a flipped bit is refused here), byte-swaps
+/// big-endian files and refuses bools other than 0/1. Each chunk's pages are dropped from the
+/// map once copied, so the process holds the file's bytes once (in the tensors), not twice.
+fn fill(map: &Mmap, fills: &[Fill]) -> Result<()> {
+    struct Job {
+        fill: usize,
+        src: (usize, usize), // offset into the map, length
+        dst: usize,          // address in the tensor's buffer
+        elt: usize,          // byte-swapped in groups of `elt` (1: left as is)
+        crc: bool,
+        bool: bool,
+    }
+    let mut jobs = vec![];
+    for (i, f) in fills.iter().enumerate() {
+        let kind = f.dst.kind();
+        let (at, dst) = (
+            f.src.as_ptr() as usize - map.as_ptr() as usize,
+            f.dst.data_ptr() as usize,
         );
-        let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
-        if size > 0 {
-            // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `size` bytes that nothing
-            // else references yet.
-            let buf =
-                unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, size as usize) };
-            self.file.seek(SeekFrom::Start(start))?;
-            self.file
-                .read_exact(buf)
-                .with_context(|| format!("reading {name}"))?;
-            ensure!(
-                crc32fast::hash(buf) == crc,
-                "entry {name}: CRC-32 mismatch (corrupt file)"
-            );
-            if big_endian && elt > 1 {
-                buf.chunks_exact_mut(elt as usize).for_each(|c| c.reverse());
+        jobs.extend((0..f.src.len()).step_by(CHUNK).map(|o| Job {
+            fill: i,
+            src: (at + o, CHUNK.min(f.src.len() - o)),
+            dst: dst + o,
+            elt: if f.big_endian {
+                kind.elt_size_in_bytes()
+            } else {
+                1
+            },
+            crc: f.crc.is_some(),
+            bool: kind == Kind::Bool,
+        }));
+    }
+    let hashes: Vec<(crc32fast::Hasher, bool)> = jobs
+        .par_iter()
+        .map(|j| {
+            let src = &map[j.src.0..j.src.0 + j.src.1];
+            // SAFETY: `dst` points into a fresh contiguous CPU tensor of `fills[j.fill]`, alive
+            // for this whole function; the jobs cover disjoint ranges of it, within its size
+            // (a storage's tensor holds exactly its entry's bytes, checked when it is made).
+            let dst = unsafe { std::slice::from_raw_parts_mut(j.dst as *mut u8, j.src.1) };
+            dst.copy_from_slice(src);
+            let mut h = crc32fast::Hasher::new();
+            if j.crc {
+                h.update(dst);
             }
-            if kind == Kind::Bool {
-                ensure!(
-                    buf.iter().all(|&b| b <= 1),
-                    "storage {name}: bool values other than 0/1"
-                );
+            advise_dont_need(map, j.src.0, j.src.1);
+            if j.elt > 1 {
+                dst.chunks_exact_mut(j.elt).for_each(|c| c.reverse());
             }
+            (h, !j.bool || dst.iter().all(|&b| b <= 1))
+        })
+        .collect();
+    let mut jobs = jobs.iter().zip(hashes).peekable();
+    for (i, f) in fills.iter().enumerate() {
+        let mut crc = crc32fast::Hasher::new();
+        while let Some((_, (h, bools_ok))) = jobs.next_if(|(j, _)| j.fill == i) {
+            ensure!(bools_ok, "storage {}: bool values other than 0/1", f.name);
+            crc.combine(&h);
         }
-        Ok(t)
+        if let Some(want) = f.crc {
+            ensure!(
+                crc.finalize() == want,
+                "entry {}: CRC-32 mismatch (corrupt file)",
+                f.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Drops the map's whole pages within `len` bytes at `offset` from this process (the page
+/// cache keeps them): a read-only shared file map reads them back from the file if touched.
+fn advise_dont_need(map: &Mmap, offset: usize, len: usize) {
+    const PAGE: usize = 4096; // the map starts on a page; a larger page size only drops less
+    let (start, end) = (offset.next_multiple_of(PAGE), (offset + len) & !(PAGE - 1));
+    if end > start {
+        // SAFETY: MADV_DONTNEED on a shared read-only file mapping only unmaps pages; the
+        // bytes stay those of the file. Advice only: a failure changes nothing.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
     }
 }
 
-fn read_torch_zip(file: File, len: u64) -> Result<Value> {
-    let mut zip = read_zip(file, len)?;
+fn read_torch_zip(map: &Mmap) -> Result<Value> {
+    let zip = read_zip(map)?;
     // torch's reader: the archive name is the first entry's directory.
     let prefix = zip.first.split('/').next().unwrap_or("").to_string();
     let pkl = format!("{prefix}/data.pkl");
@@ -435,7 +468,7 @@ fn read_torch_zip(file: File, len: u64) -> Result<Value> {
         bail!("not a torch.save archive: no {pkl} (entries: {names:?})");
     }
     let big_endian = match zip.entries.contains_key(&format!("{prefix}/byteorder")) {
-        true => match zip.read(&format!("{prefix}/byteorder"))?.as_slice() {
+        true => match zip.read(&format!("{prefix}/byteorder"))? {
             b"little" => false,
             b"big" => true,
             other => bail!("unknown byteorder {:?}", String::from_utf8_lossy(other)),
@@ -444,6 +477,7 @@ fn read_torch_zip(file: File, len: u64) -> Result<Value> {
     };
     let data = zip.read(&pkl)?;
     let mut storages: HashMap<String, (Kind, Tensor)> = HashMap::new();
+    let mut fills = vec![];
     let mut persistent_load = |pid: Value| -> Result<Value> {
         let (class, key, numel) = match pid.as_list() {
             Some(
@@ -459,25 +493,43 @@ fn read_torch_zip(file: File, len: u64) -> Result<Value> {
             );
             return Ok(Value::Tensor(t.shallow_clone()));
         }
-        let t = zip.storage(&format!("{prefix}/data/{key}"), kind, numel, big_endian)?;
+        let name = format!("{prefix}/data/{key}");
+        let (src, crc) = zip.data(&name)?;
+        let nbytes = u64::try_from(numel)
+            .ok()
+            .and_then(|n| n.checked_mul(kind.elt_size_in_bytes() as u64));
+        ensure!(
+            nbytes == Some(src.len() as u64),
+            "storage {name} claims {numel} elements of {kind:?} but its entry holds {} bytes",
+            src.len()
+        );
+        let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
+        fills.push(Fill {
+            name,
+            src,
+            dst: t.shallow_clone(),
+            crc: Some(crc),
+            big_endian,
+        });
         storages.insert(key, (kind, t.shallow_clone()));
         Ok(Value::Tensor(t))
     };
-    pickle::unpickle(&data, &mut persistent_load).with_context(|| format!("in {pkl}"))
+    let value =
+        pickle::unpickle(data, &mut persistent_load).with_context(|| format!("in {pkl}"))?;
+    fill(map, &fills)?;
+    Ok(value)
 }
 
 /// safetensors: `u64` header length, JSON header, then the raw little-endian data.
-fn read_safetensors(mut file: File, len: u64) -> Result<Value> {
-    let n = le64(
-        &read_at(&mut file, len, 0, 8, "safetensors header length")?,
-        0,
-    );
+fn read_safetensors(map: &Mmap) -> Result<Value> {
+    let len = map.len() as u64;
+    let n = le64(bytes_at(map, 0, 8, "safetensors header length")?, 0);
     ensure!(
         n <= len - 8 && n <= 100 << 20,
         "safetensors header of {n} bytes in a {len}-byte file"
     );
     let header: serde_json::Value =
-        serde_json::from_slice(&read_at(&mut file, len, 8, n, "safetensors header")?)
+        serde_json::from_slice(bytes_at(map, 8, n, "safetensors header")?)
             .context("safetensors header is not valid JSON")?;
     let header = header
         .as_object()
@@ -523,25 +575,25 @@ fn read_safetensors(mut file: File, len: u64) -> Result<Value> {
             numel as u128 * kind.elt_size_in_bytes() as u128,
             e - b
         );
-        specs.push((b, name.clone(), kind, shape, numel));
+        specs.push((b, e, name.clone(), kind, shape, numel));
     }
     specs.sort_by_key(|s| s.0);
-    let mut items = vec![];
-    for (b, name, kind, shape, numel) in specs {
+    let (mut items, mut fills) = (vec![], vec![]);
+    for (b, e, name, kind, shape, numel) in specs {
         let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
-        let nbytes = numel as usize * kind.elt_size_in_bytes();
-        if nbytes > 0 {
-            // SAFETY: fresh contiguous CPU tensor of exactly `nbytes` bytes.
-            let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes) };
-            file.seek(SeekFrom::Start(base + b))?;
-            file.read_exact(buf)
-                .with_context(|| format!("reading tensor {name}"))?;
-        }
+        fills.push(Fill {
+            src: bytes_at(map, base + b, e - b, &name)?,
+            name: format!("tensor {name}"),
+            dst: t.shallow_clone(),
+            crc: None,
+            big_endian: false,
+        });
         items.push((
             Value::Str(name),
             Value::Tensor(t.f_reshape(shape.as_slice())?),
         ));
     }
+    fill(map, &fills)?;
     Ok(Value::Dict(items))
 }
 

@@ -294,8 +294,7 @@ impl ProcessGroup {
     /// Every rank's (pid, host id), so that a failed collective can name the rank it lost.
     fn exchange_peers(&mut self, device: Device) -> Result<()> {
         let t = Tensor::zeros([self.world_size as i64, 2], (Kind::Int64, device));
-        let _ = t
-            .get(self.rank as i64)
+        t.get(self.rank as i64)
             .copy_(&Tensor::from_slice(&[std::process::id() as i64, host_id()]));
         self.all_reduce(&t, false)?;
         let v = Vec::<i64>::try_from(t.to_device(Device::Cpu).flatten(0, 1))?;
@@ -391,7 +390,7 @@ pub fn init_distributed_mode(args: &DistArgs, device: Device) -> Result<DistInfo
     if backend == "nccl" && !device.is_cuda() {
         bail!("--dist_backend nccl needs CUDA (--device cuda); on the CPU use --dist_backend gloo");
     }
-    if !(args.dist_timeout > 0.) {
+    if args.dist_timeout.is_nan() || args.dist_timeout <= 0. {
         bail!("--dist_timeout {}: expected seconds > 0", args.dist_timeout);
     }
     let (addr, port) = master_of(&args.dist_url, &env)?;

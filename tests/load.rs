@@ -1,0 +1,182 @@
+//! The fast load path: memory-mapped checkpoints copied into their tensors in parallel chunks
+//! (src/util/checkpoint.rs), and models built without random init for a full checkpoint
+//! (`init: false`). No Python needed: the files are written by the crate's own writer, whose
+//! output PyTorch reads back in tests/checkpoint.rs.
+use mae::models_mae::{self, MaeConfig};
+use mae::models_vit::{self, VitConfig};
+use mae::util::checkpoint;
+use mae::util::misc::{load_mae_checkpoint, load_vit_checkpoint};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tmp/load")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = t.contiguous();
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    let mut out = vec![0u8; n];
+    t.copy_data_u8(&mut out, t.numel());
+    out
+}
+
+/// Storages of several chunks (the copy works in 4 MiB pieces) and odd sizes, every dtype
+/// family; a view sharing its storage.
+fn state_dict() -> Vec<(String, Tensor)> {
+    let big = Tensor::randn([3 << 20], (Kind::Float, Device::Cpu)); // 12 MiB: 3 chunks
+    vec![
+        ("big".into(), big.shallow_clone()),
+        ("big_view".into(), big.narrow(0, 5, 1000)),
+        (
+            "odd_bf16".into(),
+            Tensor::randn([1_234_567], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16),
+        ),
+        (
+            "mask".into(),
+            Tensor::randn([4099], (Kind::Float, Device::Cpu)).gt(0.),
+        ),
+        (
+            "ids".into(),
+            Tensor::arange(9 << 20 >> 3, (Kind::Int64, Device::Cpu)),
+        ),
+        (
+            "empty".into(),
+            Tensor::zeros([0, 7], (Kind::Float, Device::Cpu)),
+        ),
+    ]
+}
+
+fn assert_same(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: entry count");
+    for ((ka, ta), (kb, tb)) in a.iter().zip(b) {
+        assert_eq!(ka, kb, "{what}");
+        assert_eq!(ta.kind(), tb.kind(), "{what}: {ka}");
+        assert_eq!(ta.size(), tb.size(), "{what}: {ka}");
+        assert!(bytes_of(ta) == bytes_of(tb), "{what}: {ka} differs");
+    }
+}
+
+#[test]
+fn multi_chunk_storages_load_bit_exact() {
+    let dir = tmp_dir("bit_exact");
+    let sd = state_dict();
+    let pth = dir.join("sd.pth");
+    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    assert_same(&sd, &checkpoint::load_state_dict(&pth).unwrap(), "pth");
+    let st = dir.join("sd.safetensors");
+    let contiguous: Vec<_> = sd.iter().map(|(k, t)| (k.clone(), t.copy())).collect();
+    checkpoint::save_safetensors(&st, &contiguous).unwrap();
+    assert_same(
+        &contiguous,
+        &checkpoint::load_state_dict(&st).unwrap(),
+        "safetensors",
+    );
+    // The loaded tensors own their memory: writing to them leaves the file alone.
+    let loaded = checkpoint::load_state_dict(&pth).unwrap();
+    let _ = loaded[0].1.shallow_clone().fill_(0.);
+    assert_same(&sd, &checkpoint::load_state_dict(&pth).unwrap(), "reload");
+}
+
+#[test]
+fn corrupt_and_truncated_storages_are_refused() {
+    let dir = tmp_dir("corrupt");
+    let pth = dir.join("sd.pth");
+    checkpoint::save_state_dict(&pth, &state_dict()).unwrap();
+    let good = std::fs::read(&pth).unwrap();
+    // One flipped bit in the first, a middle and the last chunk of the 12 MiB storage (it
+    // starts in the first KiB of the file), and one near the end of the last storage.
+    for at in [2048, 6 << 20, (12 << 20) - 10, good.len() / 2] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        let path = dir.join(format!("flipped_{at}.pth"));
+        std::fs::write(&path, &bad).unwrap();
+        let err = format!("{:#}", checkpoint::load(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("CRC-32 mismatch"), "{err}");
+    }
+    for cut in [good.len() / 3, good.len() - 100] {
+        let path = dir.join(format!("cut_{cut}.pth"));
+        std::fs::write(&path, &good[..cut]).unwrap();
+        let err = format!("{:#}", checkpoint::load(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+}
+
+/// Outputs and parameters of `init` + load and of no-init + load, bit for bit.
+#[test]
+fn no_init_build_then_load_equals_init_then_load() {
+    let dir = tmp_dir("no_init");
+    tch::manual_seed(0);
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+
+    // models_vit: a "fine-tuned" checkpoint with random weights
+    let vit = |init: bool| VitConfig {
+        img_size: 32,
+        num_classes: 10,
+        init,
+        ..VitConfig::default()
+    };
+    let src = nn::VarStore::new(Device::Cpu);
+    models_vit::build("vit_tiny_patch4", &src.root(), vit(true)).unwrap();
+    let pth = dir.join("vit.pth");
+    let sd: Vec<(String, Tensor)> = src.variables().into_iter().collect();
+    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    let mut outs = vec![];
+    for init in [true, false] {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = models_vit::build("vit_tiny_patch4", &vs.root(), vit(init)).unwrap();
+        load_vit_checkpoint(&mut vs, &model, checkpoint::load_state_dict(&pth).unwrap()).unwrap();
+        let mut vars: Vec<_> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        outs.push((model.forward_t(&x, false).unwrap(), vars));
+    }
+    assert!(
+        bytes_of(&outs[0].0) == bytes_of(&outs[1].0),
+        "vit logits differ"
+    );
+    assert_same(&outs[0].1, &outs[1].1, "vit parameters");
+
+    // models_mae
+    let mae = |init: bool| MaeConfig {
+        init,
+        ..MaeConfig::default()
+    };
+    let src = nn::VarStore::new(Device::Cpu);
+    models_mae::build("mae_vit_tiny_patch4", &src.root(), mae(true)).unwrap();
+    let pth = dir.join("mae.pth");
+    let sd: Vec<(String, Tensor)> = src.variables().into_iter().collect();
+    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    let noise = Tensor::rand([2, 64], (Kind::Float, Device::Cpu));
+    let mut outs = vec![];
+    for init in [true, false] {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), mae(init)).unwrap();
+        load_mae_checkpoint(&mut vs, &model, checkpoint::load_state_dict(&pth).unwrap()).unwrap();
+        let (loss, pred, _) = model.forward_with_noise(&x, 0.75, Some(&noise)).unwrap();
+        outs.push((loss, pred));
+    }
+    assert!(
+        bytes_of(&outs[0].0) == bytes_of(&outs[1].0),
+        "mae loss differs"
+    );
+    assert!(
+        bytes_of(&outs[0].1) == bytes_of(&outs[1].1),
+        "mae pred differs"
+    );
+
+    // A checkpoint that leaves a parameter out is refused, so no unwritten weight is ever used.
+    let partial: Vec<_> = sd.into_iter().filter(|(k, _)| k != "norm.weight").collect();
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), mae(false)).unwrap();
+    let err = format!(
+        "{:#}",
+        load_mae_checkpoint(&mut vs, &model, partial).unwrap_err()
+    );
+    assert!(err.contains("norm.weight"), "{err}");
+}
