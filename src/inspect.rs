@@ -367,6 +367,7 @@ fn check_against(
     if name.starts_with("mae_") {
         let cfg = crate::models_mae::MaeConfig {
             img_size,
+            init: false, // only the names and shapes are compared
             ..Default::default()
         };
         crate::models_mae::build(name, &vs.root(), cfg)
@@ -380,6 +381,7 @@ fn check_against(
             img_size,
             num_classes,
             global_pool: !cls_token,
+            init: false,
             ..Default::default()
         };
         crate::models_vit::build(name, &vs.root(), cfg)

@@ -187,6 +187,7 @@ pub fn prepare_model(
         ),
     };
     let mut vs = nn::VarStore::new(device);
+    cfg.init = false; // no random init: load_mae_checkpoint (strict) overwrites every parameter
     let model = models_mae::build(&arch, &vs.root(), cfg)?;
     load_mae_checkpoint(&mut vs, &model, sd)
         .with_context(|| format!("loading {} into {arch}", path.display()))?;

@@ -305,6 +305,7 @@ pub fn main(args: &Args) -> Result<()> {
         num_classes: nb_classes,
         drop_path_rate: args.drop_path,
         global_pool,
+        init: false, // no random init: load_vit_checkpoint (strict) overwrites every parameter
         ..VitConfig::default()
     };
     let model = models_vit::build(&model_name, &vs.root(), cfg)?;

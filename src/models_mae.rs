@@ -23,6 +23,7 @@ pub struct MaeConfig {
     pub decoder_num_heads: i64, // 16
     pub mlp_ratio: f64,         // 4.
     pub norm_pix_loss: bool,    // false: predict raw pixels; true: per-patch normalised pixels
+    pub init: bool, // true; false (not in the reference): no initialize_weights, a full checkpoint follows
 }
 
 impl Default for MaeConfig {
@@ -39,6 +40,7 @@ impl Default for MaeConfig {
             decoder_num_heads: 16,
             mlp_ratio: 4.,
             norm_pix_loss: false,
+            init: true,
         }
     }
 }
@@ -66,7 +68,11 @@ pub struct MaskedAutoencoderViT {
 impl MaskedAutoencoderViT {
     pub fn new(vs: &nn::Path, cfg: &MaeConfig) -> Self {
         // self.apply(self._init_weights): xavier_uniform Linear, zero bias; LayerNorm 1 / 0
-        let init = LinearInit::XavierUniform;
+        // (skipped with `init: false`: the strict checkpoint loads overwrite every parameter)
+        let init = match cfg.init {
+            true => LinearInit::XavierUniform,
+            false => LinearInit::None,
+        };
         let patch_embed = PatchEmbed::new(
             vs / "patch_embed",
             cfg.img_size,
@@ -128,7 +134,9 @@ impl MaskedAutoencoderViT {
             norm_pix_loss: cfg.norm_pix_loss,
             in_chans: cfg.in_chans,
         };
-        model.initialize_weights();
+        if cfg.init {
+            model.initialize_weights();
+        }
         model
     }
 

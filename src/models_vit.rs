@@ -23,6 +23,7 @@ pub struct VitConfig {
     pub mlp_ratio: f64,      // 4.
     pub drop_path_rate: f64, // 0.1 (main_finetune --drop_path)
     pub global_pool: bool,   // true (main_finetune --global_pool); false: cls token
+    pub init: bool, // true; false (not in the reference): no random init, a full checkpoint follows
 }
 
 impl Default for VitConfig {
@@ -38,6 +39,7 @@ impl Default for VitConfig {
             mlp_ratio: 4.,
             drop_path_rate: 0.1,
             global_pool: true,
+            init: true,
         }
     }
 }
@@ -58,7 +60,11 @@ pub struct VisionTransformer {
 impl VisionTransformer {
     pub fn new(vs: &nn::Path, cfg: &VitConfig) -> Self {
         // self.apply(self._init_weights): trunc_normal_(std=.02) Linear, zero bias; LayerNorm 1 / 0
-        let init = LinearInit::TruncNormal(0.02);
+        // (skipped with `init: false`: the strict checkpoint loads overwrite every parameter)
+        let init = match cfg.init {
+            true => LinearInit::TruncNormal(0.02),
+            false => LinearInit::None,
+        };
         let patch_embed = PatchEmbed::new(
             vs / "patch_embed",
             cfg.img_size,
@@ -69,8 +75,10 @@ impl VisionTransformer {
         let num_patches = patch_embed.num_patches;
         let mut cls_token = vs.zeros("cls_token", &[1, 1, cfg.embed_dim]);
         let mut pos_embed = vs.zeros("pos_embed", &[1, num_patches + 1, cfg.embed_dim]);
-        trunc_normal_(&mut pos_embed, 0.02);
-        trunc_normal_(&mut cls_token, 0.02);
+        if cfg.init {
+            trunc_normal_(&mut pos_embed, 0.02);
+            trunc_normal_(&mut cls_token, 0.02);
+        }
         let dpr = linspace_f32(0., cfg.drop_path_rate, cfg.depth); // stochastic depth decay rule
         let blocks = (0..cfg.depth)
             .map(|i| {
