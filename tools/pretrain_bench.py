@@ -5,6 +5,9 @@ the same run, alternating, with the same thread count.
 
 Usage: pretrain_bench.py [MODEL BATCH ITERS]...   (default: mae_vit_mini_patch4 128 10,
 mae_vit_base_patch16 8 3). Set OMP_NUM_THREADS to fix the threads of both.
+Environment: ROUNDS (alternations, 2); PRECISION=bf16 runs both forwards under bf16 autocast
+(torch.autocast('cpu', torch.bfloat16), `--precision bf16`); ZERO_GRAD_AB=1 also times Rust with
+the gradients zeroed instead of set to None (MAE_ZERO_GRAD=zeros, the port before f625fb0).
 """
 import os
 import subprocess
@@ -26,10 +29,13 @@ def torch_step_time(name, batch, iters):
     opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     img = MAE[name][0]
     x = torch.randn(batch, 3, img, img)
+    bf16 = os.environ.get("PRECISION", "fp32") == "bf16"
     times = []
     for i in range(iters + 1):
         t = time.perf_counter()
-        model(pixel_values=x).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(pixel_values=x).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
         if i > 0:
@@ -46,12 +52,18 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--example", "bench_pretrain"], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target/release/examples/bench_pretrain")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    precision = os.environ.get("PRECISION", "fp32")
+    variants = [{}] + ([{"MAE_ZERO_GRAD": "zeros"}] if os.environ.get("ZERO_GRAD_AB") == "1" else [])
+    print(f"load average {os.getloadavg()}", flush=True)
     for name, batch, iters in runs:
-        for _ in range(2):  # alternate to spread the noise of a shared machine
-            out = subprocess.run([exe, name, str(batch), str(iters)], check=True, capture_output=True, text=True)
-            print(out.stdout.strip(), flush=True)
+        for _ in range(int(os.environ.get("ROUNDS", "2"))):  # alternate to spread the noise of a shared machine
+            for env in variants:
+                out = subprocess.run([exe, name, str(batch), str(iters), precision], check=True,
+                                     capture_output=True, text=True, env={**os.environ, **env})
+                print(out.stdout.strip(), flush=True)
             t = torch_step_time(name, batch, iters)
-            print(f"torch {name} batch {batch}: median {t:.4f} s/step, {batch / t:.1f} img/s ({iters} steps)", flush=True)
+            print(f"torch {name} batch {batch} {precision}: median {t:.4f} s/step, {batch / t:.1f} img/s ({iters} steps)", flush=True)
+    print(f"load average {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":
