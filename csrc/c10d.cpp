@@ -36,6 +36,8 @@ int guarded(F&& f) {
   try {
     f();
     return 0;
+  } catch (const c10::Error& e) {
+    last_error = e.what_without_backtrace();  // the message, not libtorch's C++ stack
   } catch (const std::exception& e) {
     last_error = e.what();
   } catch (...) {

@@ -416,7 +416,12 @@ pub fn init_distributed_mode(args: &DistArgs, device: Device) -> Result<DistInfo
         r.rank == 0 && !agent_store,
         timeout,
     )?;
-    pg.exchange_peers(info.device(device))?;
+    pg.exchange_peers(info.device(device)).with_context(|| {
+        format!(
+            "the first collective of the {} ranks (do all of them have world size {}?)",
+            r.world_size, r.world_size
+        )
+    })?;
     pg.barrier()?;
     *GROUP
         .lock()
