@@ -53,21 +53,72 @@ pub fn load_state_dict(
     sd: Vec<(String, Tensor)>,
     strict: bool,
 ) -> Result<LoadReport> {
+    let (report, pairs) = match_state_dict(vs, sd, strict)?;
+    tch::no_grad(|| pairs.into_iter().try_for_each(|(mut v, t)| v.f_copy_(&t)))?;
+    Ok(report)
+}
+
+/// The (parameter, checkpoint tensor) pairs whose keys and shapes match, and what did not.
+fn match_state_dict(
+    vs: &nn::VarStore,
+    sd: Vec<(String, Tensor)>,
+    strict: bool,
+) -> Result<(LoadReport, Vec<(Tensor, Tensor)>)> {
     let mut vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut report = LoadReport::default();
-    let mut copies = Vec::new();
+    let mut pairs = Vec::new();
     for (k, t) in sd {
         match vars.remove(&k) {
             None => report.unexpected_keys.push(k),
             Some(v) if v.size() != t.size() => report.mismatched_keys.push((k, t.size(), v.size())),
-            Some(v) => copies.push((v, t)),
+            Some(v) => pairs.push((v, t)),
         }
     }
     report.missing_keys = vars.into_keys().collect();
     if strict && !report.is_clean() {
         bail!("Error(s) in loading state_dict: {report}");
     }
-    tch::no_grad(|| copies.into_iter().try_for_each(|(mut v, t)| v.f_copy_(&t)))?;
+    Ok((report, pairs))
+}
+
+/// [`load_state_dict`] strictly, for a model built to receive a whole checkpoint (`init:
+/// false`): a checkpoint tensor of the parameter's dtype and device, contiguous and sharing
+/// memory with no other entry, becomes the parameter's storage (`param.set_(t)`, as
+/// `param.data = t`) instead of being copied; the rest is copied. The model then holds the
+/// checkpoint's bytes once, and no second buffer is ever written.
+fn adopt_state_dict(vs: &mut nn::VarStore, sd: Vec<(String, Tensor)>) -> Result<LoadReport> {
+    let (report, pairs) = match_state_dict(vs, sd, true)?;
+    let span = |t: &Tensor| {
+        let start = t.data_ptr() as usize;
+        (start, start + t.numel() * t.kind().elt_size_in_bytes())
+    };
+    // entries whose bytes overlap (views of one storage) stay distinct parameters: copied
+    let mut spans: Vec<(usize, usize)> = pairs.iter().map(|(_, t)| span(t)).collect();
+    spans.sort_unstable();
+    let mut shared = std::collections::HashSet::new();
+    let mut reach: Option<(usize, usize)> = None; // (end, start) of the span reaching furthest
+    for &(start, end) in &spans {
+        if let Some((far, owner)) = reach.filter(|&(far, _)| start < far) {
+            shared.extend([start, owner]);
+            if end <= far {
+                continue;
+            }
+        }
+        reach = Some((end, start));
+    }
+    tch::no_grad(|| {
+        pairs.into_iter().try_for_each(|(mut v, t)| {
+            let adopt = t.numel() > 0
+                && t.kind() == v.kind()
+                && t.device() == v.device()
+                && t.is_contiguous()
+                && !shared.contains(&span(&t).0);
+            match adopt {
+                true => v.f_set_source_tensor_(&t).map(drop),
+                false => v.f_copy_(&t),
+            }
+        })
+    })?;
     Ok(report)
 }
 
@@ -81,8 +132,9 @@ fn interpolate_to(
     interpolate_pos_embed(sd, key, num_patches, pos_embed.size()[1] - num_patches)
 }
 
-/// A pre-training checkpoint (`checkpoint['model']` of main_pretrain.py) into `model`, strictly;
-/// `pos_embed` / `decoder_pos_embed` are interpolated when the checkpoint's resolution differs.
+/// A pre-training checkpoint (`checkpoint['model']` of main_pretrain.py) into `model`, strictly
+/// (its tensors become the parameters: [`adopt_state_dict`]); `pos_embed` / `decoder_pos_embed`
+/// are interpolated when the checkpoint's resolution differs.
 pub fn load_mae_checkpoint(
     vs: &mut nn::VarStore,
     model: &MaskedAutoencoderViT,
@@ -91,11 +143,12 @@ pub fn load_mae_checkpoint(
     let n = model.patch_embed.num_patches;
     interpolate_to(&mut sd, "pos_embed", &model.pos_embed, n)?;
     interpolate_to(&mut sd, "decoder_pos_embed", &model.decoder_pos_embed, n)?;
-    load_state_dict(vs, sd, true)
+    adopt_state_dict(vs, sd)
 }
 
-/// A fine-tuned checkpoint (main_finetune.py `--resume` / `--eval`) into `model`, strictly;
-/// `pos_embed` is interpolated when the checkpoint's resolution differs.
+/// A fine-tuned checkpoint (main_finetune.py `--resume` / `--eval`) into `model`, strictly
+/// (its tensors become the parameters: [`adopt_state_dict`]); `pos_embed` is interpolated when
+/// the checkpoint's resolution differs.
 pub fn load_vit_checkpoint(
     vs: &mut nn::VarStore,
     model: &VisionTransformer,
@@ -107,7 +160,7 @@ pub fn load_vit_checkpoint(
         &model.pos_embed,
         model.patch_embed.num_patches,
     )?;
-    load_state_dict(vs, sd, true)
+    adopt_state_dict(vs, sd)
 }
 
 /// main_finetune.py `--finetune`: a pre-training checkpoint into a fresh VisionTransformer.
