@@ -150,6 +150,9 @@ fn eval_flags_are_official_finetune_flags() {
         "--precision",
         "--dataset",
         "--train_subset",
+        // data-parallel options the official hard-codes (nccl, torch's 30 min timeout)
+        "--dist_backend",
+        "--dist_timeout",
     ];
     // Defaults read off the checkpoint / the machine instead of fixed values; documented in --help.
     let derived = ["--model", "--nb_classes", "--device"];
