@@ -118,6 +118,25 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
+/// `$name(args)` runs `$body` compiled for AVX2 where the CPU has it (the integer sums
+/// vectorise eight lanes wide; the same sums, so the same pixels), else for the baseline.
+macro_rules! avx2_dispatch {
+    ($name:ident => $body:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// Horizontal pass over rows `first..first + rows` of an RGB buffer `stride` pixels wide, from
 /// column `x0` on (`c.bounds` index columns from `x0`).
 fn resample_horizontal(
@@ -130,26 +149,106 @@ fn resample_horizontal(
 ) -> Vec<u8> {
     let out_w = c.bounds.len();
     let mut out = vec![0u8; rows * out_w * 3];
+    // Each row copied as RGBX (Pillow's own layout), zero-padded by a kernel's width: every
+    // output pixel then sums `ksize` taps of four lanes (the weights past its `n` taps are 0,
+    // and integer sums do not depend on their order, so the pixels are Pillow's).
+    let span = c
+        .bounds
+        .iter()
+        .map(|&(xmin, n)| xmin + n)
+        .max()
+        .unwrap_or(0);
+    let mut row4 = vec![0u8; (span + c.ksize) * 4];
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for (y, dst_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
-        let src_row = &src[((first + y) * stride + x0) * 3..(first + y + 1) * stride * 3];
-        for (xx, (&(xmin, n), dst)) in c.bounds.iter().zip(dst_row.chunks_exact_mut(3)).enumerate()
+        let start = ((first + y) * stride + x0) * 3;
+        for (d, p) in row4
+            .chunks_exact_mut(4)
+            .zip(src[start..start + span * 3].chunks_exact(3))
         {
-            let k = &c.weights[xx * c.ksize..xx * c.ksize + n];
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (p, &w) in src_row[xmin * 3..(xmin + n) * 3].chunks_exact(3).zip(k) {
-                acc[0] += p[0] as i32 * w;
-                acc[1] += p[1] as i32 * w;
-                acc[2] += p[2] as i32 * w;
-            }
-            dst.copy_from_slice(&acc.map(clip8));
+            d[..3].copy_from_slice(p);
         }
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            unsafe { horizontal_row_avx2(&row4, c, dst_row) };
+            continue;
+        }
+        horizontal_row(&row4, c, dst_row);
     }
     out
 }
 
-/// Vertical pass over columns `x0..x0 + width` of an RGB buffer `stride` pixels wide;
-/// `c.bounds` index rows of `src`.
-fn resample_vertical(src: &[u8], stride: usize, x0: usize, width: usize, c: &Coeffs) -> Vec<u8> {
+fn horizontal_row(row4: &[u8], c: &Coeffs, dst_row: &mut [u8]) {
+    let k = c.ksize;
+    for (xx, (&(xmin, _), dst)) in c.bounds.iter().zip(dst_row.chunks_exact_mut(3)).enumerate() {
+        let px = &row4[xmin * 4..(xmin + k) * 4];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); 4];
+        for (p, &w) in px.chunks_exact(4).zip(&c.weights[xx * k..(xx + 1) * k]) {
+            for ch in 0..4 {
+                acc[ch] += p[ch] as i32 * w;
+            }
+        }
+        dst.copy_from_slice(&[clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]);
+    }
+}
+
+/// [`horizontal_row`] two taps (eight lanes) at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_row_avx2(row4: &[u8], c: &Coeffs, dst_row: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let k = c.ksize;
+    for (xx, (&(xmin, _), dst)) in c.bounds.iter().zip(dst_row.chunks_exact_mut(3)).enumerate() {
+        let w = &c.weights[xx * k..(xx + 1) * k];
+        let px = &row4[xmin * 4..(xmin + k) * 4];
+        let mut acc = _mm256_setzero_si256();
+        let mut t = 0;
+        while t + 1 < k {
+            // SAFETY: taps t and t + 1 are the 8 bytes px[4t..4t + 8], inside px.
+            let p = unsafe { _mm_loadl_epi64(px.as_ptr().add(t * 4) as *const __m128i) };
+            let ww = _mm256_setr_epi32(
+                w[t],
+                w[t],
+                w[t],
+                w[t],
+                w[t + 1],
+                w[t + 1],
+                w[t + 1],
+                w[t + 1],
+            );
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(p), ww));
+            t += 2;
+        }
+        let hi = _mm256_extracti128_si256::<1>(acc);
+        let mut acc4 = _mm_add_epi32(_mm256_castsi256_si128(acc), hi);
+        if t < k {
+            let p = u32::from_le_bytes([px[t * 4], px[t * 4 + 1], px[t * 4 + 2], px[t * 4 + 3]]);
+            let p = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(p as i32));
+            acc4 = _mm_add_epi32(acc4, _mm_mullo_epi32(p, _mm_set1_epi32(w[t])));
+        }
+        acc4 = _mm_add_epi32(acc4, _mm_set1_epi32(1 << (PRECISION_BITS - 1)));
+        let mut a = [0i32; 4];
+        // SAFETY: `a` holds 16 bytes.
+        unsafe { _mm_storeu_si128(a.as_mut_ptr() as *mut __m128i, acc4) };
+        dst.copy_from_slice(&[clip8(a[0]), clip8(a[1]), clip8(a[2])]);
+    }
+}
+
+// Vertical pass over columns `x0..x0 + width` of an RGB buffer `stride` pixels wide;
+// `c.bounds` index rows of `src`.
+avx2_dispatch!(resample_vertical => resample_vertical_impl(
+    src: &[u8], stride: usize, x0: usize, width: usize, c: &Coeffs) -> Vec<u8>);
+
+#[inline(always)]
+fn resample_vertical_impl(
+    src: &[u8],
+    stride: usize,
+    x0: usize,
+    width: usize,
+    c: &Coeffs,
+) -> Vec<u8> {
     let row_len = width * 3;
     let mut out = vec![0u8; c.bounds.len() * row_len];
     // Row by row rather than Pillow's pixel by pixel: the same integer sums, in cache order.
