@@ -94,7 +94,7 @@ fn sync(device: Device) {
 }
 
 enum Model {
-    Vit(VisionTransformer),
+    Vit(Box<VisionTransformer>),
     Mae(Box<MaskedAutoencoderViT>),
 }
 
@@ -107,7 +107,7 @@ fn build(args: &Args, vs: &nn::VarStore) -> Result<Model> {
                 img_size,
                 ..VitConfig::default()
             };
-            Model::Vit(models_vit::build(&args.model, &vs.root(), cfg)?)
+            Model::Vit(Box::new(models_vit::build(&args.model, &vs.root(), cfg)?))
         }
         Task::Pretrain => {
             let cfg = MaeConfig {

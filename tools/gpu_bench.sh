@@ -36,6 +36,7 @@ RUST=target/release/examples/bench_step
 [ -x "$RUST" ] || { echo "$RUST is missing: cargo build --release --example bench_step (and carry it)" >&2; exit 1; }
 TORCH_LIB=$($PY -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || exit 1
 export LD_LIBRARY_PATH="/opt/torch/.venv/lib/python3.12/site-packages/torch/lib:$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+"$RUST" --help >/dev/null || { echo "$RUST does not start: libtorch not on LD_LIBRARY_PATH ($LD_LIBRARY_PATH)?" >&2; exit 1; }
 OUT=${OUT:-target/gpu_bench}
 mkdir -p "$OUT"
 rm -f "$OUT"/parity.md "$OUT"/throughput.md "$OUT"/table.md
