@@ -18,8 +18,8 @@ use clap::Parser;
 use mae::torchvision::datasets::{pil_loader, ImageFolder};
 use mae::torchvision::pil::{self, Filter, PassOrder};
 use mae::torchvision::transforms::{
-    pretrain_crop_params, pretrain_transform, to_tensor_normalize_into, SampleRng,
-    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+    crop_flip_normalize_into, pretrain_crop_params, pretrain_transform, to_tensor_normalize_into,
+    SampleRng, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
 };
 use mae::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
 
@@ -38,6 +38,9 @@ struct Args {
     input_size: u32,
     #[arg(long)]
     profile: bool,
+    /// ResizedCrop::fast_decode: JPEGs decoded at 1/2, 1/4, 1/8 size when the box allows
+    #[arg(long = "fast_decode")]
+    fast_decode: bool,
 }
 
 fn main() -> Result<()> {
@@ -57,7 +60,10 @@ fn main() -> Result<()> {
     };
     let opts = EpochOptions {
         crop: match args.mode.as_str() {
-            "crop" => Some(ResizedCrop::pretrain(size)),
+            "crop" => Some(ResizedCrop {
+                fast_decode: args.fast_decode,
+                ..ResizedCrop::pretrain(size)
+            }),
             "closure" => None,
             m => anyhow::bail!("--mode {m}: expected crop or closure"),
         },
@@ -76,7 +82,7 @@ fn main() -> Result<()> {
     let dt = t0.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"side": format!("rust-{}", args.mode), "images": n,
+        serde_json::json!({"side": format!("rust-{}{}", args.mode, if args.fast_decode { "-fast_decode" } else { "" }), "images": n,
             "seconds": (dt * 1000.).round() / 1000., "images_per_s": (n as f64 / dt * 10.).round() / 10.,
             "num_workers": args.num_workers, "batch_size": args.batch_size})
     );
@@ -87,7 +93,8 @@ fn main() -> Result<()> {
 fn profile(dataset: &ImageFolder, size: u32) -> Result<()> {
     let s = size as usize;
     let mut out = vec![0f32; 3 * s * s];
-    let mut t = [0f64; 6];
+    let mut t = [0f64; 8];
+    let (mut max_diff, mut sum_diff, mut scaled) = (0f32, 0f64, 0);
     let n = dataset.len();
     for i in 0..n {
         let path = &dataset.samples[i].0;
@@ -105,13 +112,50 @@ fn profile(dataset: &ImageFolder, size: u32) -> Result<()> {
         to_tensor_normalize_into(&resized, s, rng.uniform(0., 1.) < 0.5, m, sd, &mut out);
         let t4 = Instant::now();
         let mut rng = SampleRng::new(0, 0, i as u64);
-        let _ = dataset.load_box(i, &mut |w, h| pretrain_crop_params(w, h, &mut rng))?;
+        let _ = dataset.load_box(i, &mut |w, h| pretrain_crop_params(w, h, &mut rng), None)?;
         let t5 = Instant::now();
         let _ = pil_loader(path)?;
         let t6 = Instant::now();
-        for (k, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)]
-            .into_iter()
-            .enumerate()
+        // --fast_decode: the whole sample, against the exact one
+        let crop = ResizedCrop::pretrain(size);
+        let fast = ResizedCrop {
+            fast_decode: true,
+            ..crop
+        };
+        let mut exact = vec![0f32; 3 * s * s];
+        let sample = |c: ResizedCrop, out: &mut [f32]| -> Result<()> {
+            let mut rng = SampleRng::new(0, 0, i as u64);
+            let f = c.fast_decode.then_some(size);
+            let (img, bx) = dataset.load_box(i, &mut |w, h| (c.params)(w, h, &mut rng), f)?;
+            crop_flip_normalize_into(&img, bx, size, &mut rng, out);
+            Ok(())
+        };
+        let t7 = Instant::now();
+        sample(crop, &mut exact)?;
+        let t8 = Instant::now();
+        sample(fast, &mut out)?;
+        let t9 = Instant::now();
+        let mut diff = 0f64;
+        for (k, (e, f)) in exact.iter().zip(&out).enumerate() {
+            let levels = ((e - f).abs() * IMAGENET_DEFAULT_STD[k / (s * s)] as f32 * 255.).round();
+            max_diff = max_diff.max(levels);
+            diff += levels as f64 / (3 * s * s) as f64;
+        }
+        if diff > 0. {
+            (scaled, sum_diff) = (scaled + 1, sum_diff + diff);
+        }
+        for (k, (a, b)) in [
+            (t0, t1),
+            (t1, t2),
+            (t2, t3),
+            (t3, t4),
+            (t4, t5),
+            (t5, t6),
+            (t7, t8),
+            (t8, t9),
+        ]
+        .into_iter()
+        .enumerate()
         {
             t[k] += (b - a).as_secs_f64() * 1000. / n as f64;
         }
@@ -122,7 +166,9 @@ fn profile(dataset: &ImageFolder, size: u32) -> Result<()> {
         serde_json::json!({"images": n, "ms_per_image": {
             "read_file": r(t[0]), "decode_whole": r(t[1]), "crop_resize_bicubic": r(t[2]),
             "flip_to_tensor_normalize": r(t[3]), "read_and_decode_box_only": r(t[4]),
-            "pil_loader_whole": r(t[5])}})
+            "pil_loader_whole": r(t[5]), "sample_exact": r(t[6]), "sample_fast_decode": r(t[7])},
+            "fast_decode": {"samples_scaled": scaled, "levels_max": max_diff,
+                "levels_mean_over_scaled": r(sum_diff / scaled.max(1) as f64)}})
     );
     Ok(())
 }

@@ -261,3 +261,26 @@ fn resized_crop_without_copy_equals_crop_then_resize() {
         }
     }
 }
+
+#[test]
+fn fast_decode_is_close_and_opt_in() {
+    let ds = Arc::new(mae::torchvision::datasets::ImageFolder::new(&folder()).expect("folder"));
+    let l = loader(ds, 6, 2);
+    let exact = ResizedCrop::pretrain(64);
+    let fast = ResizedCrop {
+        fast_decode: true,
+        ..exact
+    };
+    let run = |crop| {
+        let opts = EpochOptions {
+            crop: Some(crop),
+            ..EpochOptions::default()
+        };
+        tch::Tensor::cat(&collect(&l, 0, &opts), 0)
+    };
+    let (a, b) = (run(exact), run(fast));
+    // boxes of 128+ px a side decode at 1/2 or less: not the same pixels, but close
+    assert!(!a.equal(&b), "fast_decode changed nothing");
+    let levels = (&a - &b).abs().mean(tch::Kind::Float).double_value(&[]) * 0.226 * 255.;
+    assert!(levels < 4., "mean difference {levels} levels");
+}

@@ -117,10 +117,27 @@ impl<'a> Jpeg<'a> {
     /// iMCU of margin on each side because its outermost pixels may not be (the fancy chroma
     /// upsampling sees an edge there). Returns the pixels and the area's top-left corner.
     pub fn decode(&self, bx: Option<(u32, u32, u32, u32)>) -> Result<(RgbImage, (u32, u32))> {
+        self.decode_scaled(bx, 1)
+    }
+
+    /// [`decode`](Self::decode) at 1/`denom` of the size (1, 2, 4 or 8), scaled in the DCT
+    /// domain (`tj3SetScalingFactor`): not Pillow's pixels, the `--fast_decode` of the loader.
+    /// The box is given in the whole image's coordinates, the returned corner in the scaled
+    /// image's.
+    pub fn decode_scaled(
+        &self,
+        bx: Option<(u32, u32, u32, u32)>,
+        denom: u32,
+    ) -> Result<(RgbImage, (u32, u32))> {
         use turbojpeg::raw;
-        let (w, h) = (self.width, self.height);
+        let (w, h) = (self.width.div_ceil(denom), self.height.div_ceil(denom));
         let area = match (bx, self.imcu) {
-            (Some((x, y, bw, bh)), Some((mw, mh))) if x + bw <= w && y + bh <= h => {
+            (Some((x, y, bw, bh)), Some((mw, mh)))
+                if x + bw <= self.width && y + bh <= self.height =>
+            {
+                let (mw, mh) = (mw.div_ceil(denom), mh.div_ceil(denom));
+                let (x, y) = (x / denom, y / denom);
+                let (bw, bh) = (bw.div_ceil(denom), bh.div_ceil(denom));
                 let x0 = (x / mw).saturating_sub(1) * mw;
                 let y0 = y.saturating_sub(mh);
                 let (x1, y1) = ((x + bw + mw).min(w), (y + bh + mh).min(h));
@@ -128,6 +145,13 @@ impl<'a> Jpeg<'a> {
             }
             _ => (0, 0, w, h),
         };
+        if denom != 1 {
+            let factor = raw::tjscalingfactor {
+                num: 1,
+                denom: denom as i32,
+            };
+            self.check(unsafe { raw::tj3SetScalingFactor(self.handle.0, factor) })?;
+        }
         let region = raw::tjregion {
             x: area.0 as i32,
             y: area.1 as i32,

@@ -34,11 +34,16 @@ pub trait ImageSource: Send + Sync {
     /// Image `index` for a crop whose box `params(width, height)` draws from its size: the
     /// image, or an area of it holding the box with the same pixels, and the box in the
     /// returned image's coordinates. By default the whole image.
+    ///
+    /// `fast: Some(size)` allows a smaller image (JPEG DCT-domain scaling) as long as the box
+    /// keeps at least `size` pixels a side: not Pillow's pixels.
     fn load_box(
         &self,
         index: usize,
         params: &mut dyn FnMut(u32, u32) -> CropBox,
+        fast: Option<u32>,
     ) -> Result<(RgbImage, CropBox)> {
+        let _ = fast;
         let img = self.load(index)?;
         let bx = params(img.width(), img.height());
         Ok((img, bx))
@@ -57,6 +62,7 @@ impl ImageSource for ImageFolder {
         &self,
         index: usize,
         params: &mut dyn FnMut(u32, u32) -> CropBox,
+        fast: Option<u32>,
     ) -> Result<(RgbImage, CropBox)> {
         let path = &self.samples[index].0;
         let bytes =
@@ -74,8 +80,25 @@ impl ImageSource for ImageFolder {
             [Some(x), Some(y), Some(w), Some(h)] => Some((x, y, w, h)),
             _ => None, // not inside the image: decode it whole
         };
-        let (img, (x0, y0)) = jpeg.decode(area).with_context(decoding)?;
-        Ok((img, (i - y0 as i64, j - x0 as i64, h, w)))
+        let short = h.min(w);
+        let denom = match fast {
+            Some(size) if area.is_some() => [8, 4, 2]
+                .into_iter()
+                .find(|&d| short / d >= size as i64)
+                .unwrap_or(1),
+            _ => 1,
+        };
+        let (img, (x0, y0)) = jpeg
+            .decode_scaled(area, denom as u32)
+            .with_context(decoding)?;
+        if denom == 1 {
+            return Ok((img, (i - y0 as i64, j - x0 as i64, h, w)));
+        }
+        // the box in the scaled area, its size rounded and kept inside
+        let (top, left) = (i / denom - y0 as i64, j / denom - x0 as i64);
+        let bh = ((h as f64 / denom as f64).round() as i64).clamp(1, img.height() as i64 - top);
+        let bw = ((w as f64 / denom as f64).round() as i64).clamp(1, img.width() as i64 - left);
+        Ok((img, (top, left, bh, bw)))
     }
 }
 
@@ -98,6 +121,11 @@ pub type Transform = dyn Fn(&RgbImage, &mut SampleRng) -> Tensor + Send + Sync;
 pub struct ResizedCrop {
     pub size: u32,
     pub params: fn(u32, u32, &mut SampleRng) -> CropBox,
+    /// Opt-in, not in the official: decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg-turbo's
+    /// DCT-domain scaling) when the box stays at least `size` pixels a side, then resize from
+    /// there. Faster on large boxes; the pixels differ from Pillow's (docs in
+    /// tools/bench_data.sh's output: `--fast_decode` of examples/bench_data.rs).
+    pub fast_decode: bool,
 }
 
 impl ResizedCrop {
@@ -106,6 +134,7 @@ impl ResizedCrop {
         ResizedCrop {
             size,
             params: pretrain_crop_params,
+            fast_decode: false,
         }
     }
 
@@ -117,6 +146,7 @@ impl ResizedCrop {
             params: |w, h, rng| {
                 crate::util::crop::get_params(w, h, (0.08, 1.0), (0.75, 4. / 3.), rng)
             },
+            fast_decode: false,
         }
     }
 
@@ -279,7 +309,11 @@ impl Work {
                 let mut rng = rng(i);
                 let (img, bx) = self
                     .dataset
-                    .load_box(i, &mut |w, h| (crop.params)(w, h, &mut rng))
+                    .load_box(
+                        i,
+                        &mut |w, h| (crop.params)(w, h, &mut rng),
+                        crop.fast_decode.then_some(crop.size),
+                    )
                     .with_context(|| context(i))?;
                 crop_flip_normalize_into(&img, bx, crop.size, &mut rng, out);
                 Ok::<_, anyhow::Error>(())
