@@ -25,6 +25,19 @@ pub struct ParamGroup {
 
 extern "C" {
     fn mae_set_grad_to_none(tensor: *mut c_void) -> c_int;
+    fn mae_adamw_update(
+        param: *mut c_void,
+        grad: *mut c_void,
+        exp_avg: *mut c_void,
+        exp_avg_sq: *mut c_void,
+        lr: f64,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        step_size: f64,
+        bias_correction2_sqrt: f64,
+    ) -> c_int;
 }
 
 /// `param.grad = None` (csrc/autocast.cpp), what torch 2.x's `optimizer.zero_grad()` does
@@ -105,9 +118,9 @@ impl AdamW {
         Optimizer::zero_grad(self)
     }
 
-    /// One AdamW step on every parameter that has a gradient, in torch's operation order
-    /// (tch lacks `value=` on addcmul/addcdiv: the scalar is folded into the first factor,
-    /// which the kernels multiply first, so the float32 results are the same).
+    /// One AdamW step on every parameter that has a gradient: torch's `_single_tensor_adam`, the
+    /// default of torch.optim.AdamW on the CPU (foreach is CUDA-only, fused opt-in), with its
+    /// tensor operations in csrc/autocast.cpp (`mae_adamw_update`).
     pub fn step(&mut self) {
         let (beta1, beta2) = self.betas;
         let eps = self.eps;
@@ -126,23 +139,34 @@ impl AdamW {
                     });
                     // update step
                     let _ = st.step.g_add_scalar_(1);
-                    // perform stepweight decay
-                    if weight_decay != 0. {
-                        let _ = param.g_mul_scalar_(1. - lr * weight_decay);
-                    }
-                    // decay the first and second moment running average coefficient
-                    let _ = st.exp_avg.lerp_(&grad, 1. - beta1);
-                    let _ = st.exp_avg_sq.g_mul_scalar_(beta2);
-                    let _ = st.exp_avg_sq.addcmul_(&(&grad * (1. - beta2)), &grad);
-
                     let step = st.step.double_value(&[]);
                     let bias_correction1 = 1. - beta1.powf(step);
                     let bias_correction2 = 1. - beta2.powf(step);
                     let step_size = lr / bias_correction1;
                     let bias_correction2_sqrt = bias_correction2.powf(0.5);
-                    let mut denom = st.exp_avg_sq.sqrt() / bias_correction2_sqrt;
-                    let _ = denom.g_add_scalar_(eps);
-                    let _ = param.addcdiv_(&(&st.exp_avg * -step_size), &denom);
+                    // stepweight decay, the moments, param.addcdiv_(exp_avg, denom, value=-step_size)
+                    let ptr = |t: &Tensor| t.as_ptr() as *mut c_void;
+                    let rc = unsafe {
+                        mae_adamw_update(
+                            ptr(param),
+                            ptr(&grad),
+                            ptr(&st.exp_avg),
+                            ptr(&st.exp_avg_sq),
+                            lr,
+                            weight_decay,
+                            beta1,
+                            beta2,
+                            eps,
+                            step_size,
+                            bias_correction2_sqrt,
+                        )
+                    };
+                    assert_eq!(
+                        rc,
+                        0,
+                        "libtorch failed in the AdamW update of {:?}",
+                        param.size()
+                    );
                 }
             }
         });
