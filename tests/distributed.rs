@@ -359,9 +359,11 @@ fn distributed_sampler_splits_the_epoch_list_across_ranks() {
     }
 }
 
-#[test]
-fn a_killed_rank_stops_the_survivor_within_the_timeout_naming_it() {
-    let dir = common::scratch("distributed_killed");
+/// Starts 2 pre-training ranks with `--dist_timeout timeout`, and once rank 0 trains sends
+/// `signal` to rank 1; returns rank 0's exit status, the seconds it took, and its stderr.
+fn stop_rank_1(signal: &str, timeout: u32, name: &str) -> (std::process::ExitStatus, f64, String) {
+    let dir = common::scratch(name);
+    let timeout = timeout.to_string();
     let args = [
         "pretrain",
         "--dataset",
@@ -383,7 +385,7 @@ fn a_killed_rank_stops_the_survivor_within_the_timeout_naming_it() {
         "--output_dir",
         "",
         "--dist_timeout",
-        "20",
+        &timeout,
     ];
     let port = free_port();
     let mut r0 = rank_cmd(&args, 0, 2, port)
@@ -396,7 +398,7 @@ fn a_killed_rank_stops_the_survivor_within_the_timeout_naming_it() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // wait for training to start (rank 0 prints its first iteration), then kill rank 1
+    // wait for training to start (rank 0 prints its first iteration), then signal rank 1
     let mut out0 = r0.stdout.take().unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
@@ -406,32 +408,56 @@ fn a_killed_rank_stops_the_survivor_within_the_timeout_naming_it() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     std::thread::spawn(move || std::io::copy(&mut out0, &mut std::io::sink()));
-    r1.kill().unwrap();
-    let killed = Instant::now();
+    let sent = Command::new("kill")
+        .args([signal, &r1.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal}");
+    let t = Instant::now();
     let status = loop {
         if let Some(st) = r0.try_wait().unwrap() {
             break st;
         }
-        if killed.elapsed() > Duration::from_secs(60) {
+        if t.elapsed() > Duration::from_secs(60) {
             let _ = r0.kill();
-            panic!("rank 0 still runs 60 s after rank 1 was killed (--dist_timeout 20)");
+            let _ = r1.kill();
+            panic!("rank 0 still runs 60 s after rank 1 got {signal} (--dist_timeout {timeout})");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let secs = killed.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
+    let _ = r1.kill();
     let _ = r1.wait();
     let mut err = String::new();
     r0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     std::fs::write(dir.join("rank0.stderr"), &err).unwrap();
     println!(
-        "rank 0 exited {status} {secs:.1} s after rank 1 was killed: {}",
+        "rank 0 exited {status} {secs:.1} s after rank 1 got {signal}: {}",
         err.trim()
     );
+    (status, secs, err)
+}
+
+#[test]
+fn a_killed_rank_stops_the_survivor_within_the_timeout_naming_it() {
+    let (status, secs, err) = stop_rank_1("-KILL", 20, "distributed_killed");
     assert!(!status.success(), "rank 0 exited 0:\n{err}");
     assert!(secs < 20. + 5., "rank 0 took {secs:.1} s");
     assert!(
-        err.contains("rank 1"),
-        "no 'rank 1' in rank 0's error:\n{err}"
+        err.contains("lost peer rank 1"),
+        "no 'lost peer rank 1' in rank 0's error:\n{err}"
+    );
+}
+
+#[test]
+fn a_hung_rank_stops_the_survivor_after_the_timeout() {
+    // SIGSTOP: rank 1 is alive but answers nothing; rank 0 gives up after --dist_timeout 5
+    let (status, secs, err) = stop_rank_1("-STOP", 5, "distributed_hung");
+    assert!(!status.success(), "rank 0 exited 0:\n{err}");
+    assert!((4.0..5. + 10.).contains(&secs), "rank 0 took {secs:.1} s");
+    assert!(
+        err.contains("did not answer within --dist_timeout 5 s"),
+        "{err}"
     );
 }
 

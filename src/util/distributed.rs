@@ -252,10 +252,24 @@ impl ProcessGroup {
         }
         let err = last_error();
         let here = host_id();
-        let lost: Vec<String> = (self.peers.iter().enumerate())
-            .filter(|&(r, &(pid, host))| r != self.rank && host == here && !pid_alive(pid))
-            .map(|(r, (pid, _))| format!("rank {r} (pid {pid})"))
-            .collect();
+        let gone = || -> Vec<String> {
+            (self.peers.iter().enumerate())
+                .filter(|&(r, &(pid, host))| r != self.rank && host == here && !pid_alive(pid))
+                .map(|(r, (pid, _))| format!("rank {r} (pid {pid})"))
+                .collect()
+        };
+        // A killed peer's sockets close before its process is reaped: give it a moment.
+        let mut lost = gone();
+        for _ in 0..40 {
+            if !lost.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            lost = gone();
+        }
+        if lost.is_empty() && self.world_size == 2 && err.contains("Connection") {
+            lost.push(format!("rank {} (the only peer)", 1 - self.rank));
+        }
         let who = if lost.is_empty() {
             format!(
                 "a peer rank stopped or did not answer within --dist_timeout {} s",
