@@ -1,10 +1,12 @@
 //! One measurement of tools/bench_load.sh, in a fresh process: the time of one checkpoint load
 //! and the peak RSS above the process baseline (VmRSS once libtorch is up, before the load).
 //!
-//! usage: bench_load CKPT [load | model]
-//!   load   `checkpoint::load` (owned tensors, CRC-checked), like torch.load(weights_only=True)
-//!   model  what `mae eval` does: load, build the detected ViT without random init
-//!          (`init: false`), copy into the VarStore (`load_vit_checkpoint`, strict)
+//! usage: bench_load CKPT [load | mapped | model]
+//!   load    `checkpoint::load` (owned tensors, CRC-checked), like torch.load(weights_only=True)
+//!   mapped  `checkpoint::load_mapped` (copy-on-write views of the file, CRC-checked), the
+//!           counterpart of torch.load(mmap=True) (which checks nothing and reads nothing)
+//!   model   what `mae eval` does: load_state_dict_mapped, build the detected ViT without
+//!           random init (`init: false`), adopt the tensors (`load_vit_checkpoint`, strict)
 //! prints `rust-<mode> load_s=… base_mb=… peak_above_mb=… file_mb=…`
 use anyhow::{bail, Context, Result};
 use mae::inspect::{self, Kind as Det};
@@ -32,7 +34,7 @@ fn status_mb(field: &str) -> Result<f64> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(path), mode) = (args.get(1), args.get(2).map_or("load", String::as_str)) else {
-        bail!("usage: bench_load CKPT [load | model]");
+        bail!("usage: bench_load CKPT [load | mapped | model]");
     };
     let path = Path::new(path);
     let file_mb = std::fs::metadata(path)?.len() as f64 / (1 << 20) as f64;
@@ -41,8 +43,9 @@ fn main() -> Result<()> {
     let t0 = Instant::now();
     match mode {
         "load" => drop(checkpoint::load(path)?),
+        "mapped" => drop(checkpoint::load_mapped(path)?),
         "model" => {
-            let sd = checkpoint::load_state_dict(path)?;
+            let sd = checkpoint::load_state_dict_mapped(path)?;
             let shapes: Vec<(&str, Vec<i64>)> =
                 sd.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
             let det = inspect::detect(shapes.iter().map(|(k, s)| (*k, s.as_slice())))?;
@@ -65,7 +68,7 @@ fn main() -> Result<()> {
             let model = models_vit::build(&det.model_name(), &vs.root(), cfg)?;
             misc::load_vit_checkpoint(&mut vs, &model, sd)?;
         }
-        _ => bail!("unknown mode {mode:?}: load or model"),
+        _ => bail!("unknown mode {mode:?}: load, mapped or model"),
     }
     let secs = t0.elapsed().as_secs_f64();
     let peak = status_mb("VmHWM:")?;

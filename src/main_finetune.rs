@@ -250,7 +250,7 @@ pub fn main(args: &Args) -> Result<()> {
         bail!("--resume CHECKPOINT is required to evaluate (a fine-tuned checkpoint such as mae_finetuned_vit_base.pth; see weights/README.md)");
     }
     let resume = Path::new(&args.resume);
-    let sd = checkpoint::load_state_dict(resume)?;
+    let sd = checkpoint::load_state_dict_mapped(resume)?; // the model keeps it: no copy
     let detected = detect_model(&sd);
     let (model_name, nb_classes, global_pool) = match (&args.model, &detected) {
         (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),

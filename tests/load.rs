@@ -77,9 +77,19 @@ fn multi_chunk_storages_load_bit_exact() {
         &checkpoint::load_state_dict(&st).unwrap(),
         "safetensors",
     );
-    // The loaded tensors own their memory: writing to them leaves the file alone.
+    // Copy-on-write views of the file, bit for bit the same.
+    let mapped = checkpoint::load_state_dict_mapped(&pth).unwrap();
+    assert_same(&sd, &mapped, "mapped");
+    assert_same(
+        &contiguous,
+        &checkpoint::load_state_dict_mapped(&st).unwrap(),
+        "mapped safetensors",
+    );
+    // Neither owned nor mapped tensors write back: the file is unchanged after writing to them.
     let loaded = checkpoint::load_state_dict(&pth).unwrap();
     let _ = loaded[0].1.shallow_clone().fill_(0.);
+    let _ = mapped[0].1.shallow_clone().fill_(0.);
+    let _ = mapped[1].1.shallow_clone().fill_(1.);
     assert_same(&sd, &checkpoint::load_state_dict(&pth).unwrap(), "reload");
 }
 
@@ -96,15 +106,19 @@ fn corrupt_and_truncated_storages_are_refused() {
         bad[at] ^= 0x10;
         let path = dir.join(format!("flipped_{at}.pth"));
         std::fs::write(&path, &bad).unwrap();
-        let err = format!("{:#}", checkpoint::load(&path).unwrap_err());
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        assert!(err.contains("CRC-32 mismatch"), "{err}");
+        for load in [checkpoint::load, checkpoint::load_mapped] {
+            let err = format!("{:#}", load(&path).unwrap_err());
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains("CRC-32 mismatch"), "{err}");
+        }
     }
     for cut in [good.len() / 3, good.len() - 100] {
         let path = dir.join(format!("cut_{cut}.pth"));
         std::fs::write(&path, &good[..cut]).unwrap();
-        let err = format!("{:#}", checkpoint::load(&path).unwrap_err());
-        assert!(err.contains(&path.display().to_string()), "{err}");
+        for load in [checkpoint::load, checkpoint::load_mapped] {
+            let err = format!("{:#}", load(&path).unwrap_err());
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
     }
 }
 
@@ -131,7 +145,11 @@ fn no_init_build_then_load_equals_init_then_load() {
     for init in [true, false] {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = models_vit::build("vit_tiny_patch4", &vs.root(), vit(init)).unwrap();
-        load_vit_checkpoint(&mut vs, &model, checkpoint::load_state_dict(&pth).unwrap()).unwrap();
+        let sd = match init {
+            true => checkpoint::load_state_dict(&pth).unwrap(),
+            false => checkpoint::load_state_dict_mapped(&pth).unwrap(), // as mae eval
+        };
+        load_vit_checkpoint(&mut vs, &model, sd).unwrap();
         let mut vars: Vec<_> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         outs.push((model.forward_t(&x, false).unwrap(), vars));
@@ -157,7 +175,11 @@ fn no_init_build_then_load_equals_init_then_load() {
     for init in [true, false] {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), mae(init)).unwrap();
-        load_mae_checkpoint(&mut vs, &model, checkpoint::load_state_dict(&pth).unwrap()).unwrap();
+        let sd = match init {
+            true => checkpoint::load_state_dict(&pth).unwrap(),
+            false => checkpoint::load_state_dict_mapped(&pth).unwrap(), // as mae visualize
+        };
+        load_mae_checkpoint(&mut vs, &model, sd).unwrap();
         let (loss, pred, _) = model.forward_with_noise(&x, 0.75, Some(&noise)).unwrap();
         outs.push((loss, pred));
     }

@@ -10,7 +10,7 @@
 //! pages dropped from the map once copied (peak memory ≈ file size). Every offset and length
 //! in the file is bounded by the file size.
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,7 +24,7 @@ use crate::util::pickle::{self, TensorRef};
 /// Loads a `.pth` written by `torch.save` (zip format) or a `.safetensors` file (detected by
 /// magic bytes, not extension). Safetensors give a `Dict` of name → tensor in file order.
 pub fn load(path: &Path) -> Result<Value> {
-    load_inner(path).with_context(|| format!("cannot load checkpoint {}", path.display()))
+    load_file(path, false).with_context(|| format!("cannot load checkpoint {}", path.display()))
 }
 
 /// The state dict of a loaded checkpoint: `root['model']` when the root is a dict holding
@@ -58,6 +58,22 @@ pub fn state_dict(root: Value) -> Result<Vec<(String, Tensor)>> {
             ),
         })
         .collect()
+}
+
+/// [`load`] for a checkpoint this process keeps until it exits (the model `mae eval`
+/// evaluates): the tensors of a `torch.save` zip are copy-on-write views of a private map of
+/// the file, not copies. Nothing is allocated or zero-filled; the CRC-32 check reads every page
+/// once (from the page cache when warm), and a write to a tensor copies only the page it
+/// touches. The map is never unmapped (the tensors cannot hold it), so not for loops over
+/// files. Storages misaligned for their dtype, big-endian or bool ones, and safetensors files,
+/// are copied as by [`load`].
+pub fn load_mapped(path: &Path) -> Result<Value> {
+    load_file(path, true).with_context(|| format!("cannot load checkpoint {}", path.display()))
+}
+
+/// [`load_mapped`] then [`state_dict`].
+pub fn load_state_dict_mapped(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    state_dict(load_mapped(path)?).with_context(|| format!("checkpoint {}", path.display()))
 }
 
 /// [`load`] then [`state_dict`].
@@ -159,7 +175,7 @@ fn storage_type(kind: Kind) -> Result<&'static str> {
 /// CRC-32 is taken while it is still in cache, then the chunks' CRCs are combined per entry.
 const CHUNK: usize = 4 << 20;
 
-fn load_inner(path: &Path) -> Result<Value> {
+fn load_file(path: &Path, views: bool) -> Result<Value> {
     let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         bail!("empty file");
@@ -170,8 +186,16 @@ fn load_inner(path: &Path) -> Result<Value> {
     // Our own writers (`atomic_write`) never change a file in place: they rename over it.
     let map = unsafe { Mmap::map(&file)? };
     let magic = &map[..map.len().min(9)];
+    if (magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06")) && views {
+        // SAFETY: as above; private, so writes through the tensors never reach the file.
+        let mut private = unsafe { MmapOptions::new().map_copy(&file)? };
+        let base = private.as_mut_ptr();
+        let value = read_torch_zip(&private, Mode::View(base))?;
+        std::mem::forget(private); // the tensors now point into it, for the process's lifetime
+        return Ok(value);
+    }
     if magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06") {
-        return read_torch_zip(&map);
+        return read_torch_zip(&map, Mode::Copy(&map));
     }
     if magic.len() >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
         bail!(
@@ -361,13 +385,22 @@ impl<'a> Zip<'a> {
     }
 }
 
-/// A tensor allocated (not zero-filled) while the pickle is read, filled from the file after.
+/// A tensor allocated (not zero-filled) while the pickle is read, filled from the file after;
+/// or (`dst: None`) a view of the map, only checked.
 struct Fill<'a> {
     name: String,
     src: &'a [u8],
-    dst: Tensor,
+    dst: Option<Tensor>,
+    kind: Kind,
     crc: Option<u32>,
     big_endian: bool,
+}
+
+/// How storages come out of the map: copied into owned tensors (the map's pages dropped once
+/// copied), or as views of a private map at this address, which outlives them.
+enum Mode<'m> {
+    Copy(&'m Mmap),
+    View(*mut u8),
 }
 
 /// Copies every storage from the map into its tensor, in [`CHUNK`]s over the rayon threads.
@@ -375,26 +408,26 @@ struct Fill<'a> {
 /// check, and `mmap=True` never reads the data; a flipped bit is refused here), byte-swaps
 /// big-endian files and refuses bools other than 0/1. Each chunk's pages are dropped from the
 /// map once copied, so the process holds the file's bytes once (in the tensors), not twice.
-fn fill(map: &Mmap, fills: &[Fill]) -> Result<()> {
+fn fill(map: &[u8], fills: &[Fill], drop_pages: Option<&Mmap>) -> Result<()> {
     struct Job {
         fill: usize,
         src: (usize, usize), // offset into the map, length
-        dst: usize,          // address in the tensor's buffer
+        dst: Option<usize>,  // address in the tensor's buffer (None: only checked)
         elt: usize,          // byte-swapped in groups of `elt` (1: left as is)
         crc: bool,
         bool: bool,
     }
     let mut jobs = vec![];
     for (i, f) in fills.iter().enumerate() {
-        let kind = f.dst.kind();
+        let kind = f.kind;
         let (at, dst) = (
             f.src.as_ptr() as usize - map.as_ptr() as usize,
-            f.dst.data_ptr() as usize,
+            f.dst.as_ref().map(|t| t.data_ptr() as usize),
         );
         jobs.extend((0..f.src.len()).step_by(CHUNK).map(|o| Job {
             fill: i,
             src: (at + o, CHUNK.min(f.src.len() - o)),
-            dst: dst + o,
+            dst: dst.map(|d| d + o),
             elt: if f.big_endian {
                 kind.elt_size_in_bytes()
             } else {
@@ -408,16 +441,24 @@ fn fill(map: &Mmap, fills: &[Fill]) -> Result<()> {
         .par_iter()
         .map(|j| {
             let src = &map[j.src.0..j.src.0 + j.src.1];
+            let mut h = crc32fast::Hasher::new();
+            let Some(dst) = j.dst else {
+                if j.crc {
+                    h.update(src);
+                }
+                return (h, true);
+            };
             // SAFETY: `dst` points into a fresh contiguous CPU tensor of `fills[j.fill]`, alive
             // for this whole function; the jobs cover disjoint ranges of it, within its size
             // (a storage's tensor holds exactly its entry's bytes, checked when it is made).
-            let dst = unsafe { std::slice::from_raw_parts_mut(j.dst as *mut u8, j.src.1) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, j.src.1) };
             dst.copy_from_slice(src);
-            let mut h = crc32fast::Hasher::new();
             if j.crc {
                 h.update(dst);
             }
-            advise_dont_need(map, j.src.0, j.src.1);
+            if let Some(m) = drop_pages {
+                advise_dont_need(m, j.src.0, j.src.1);
+            }
             if j.elt > 1 {
                 dst.chunks_exact_mut(j.elt).for_each(|c| c.reverse());
             }
@@ -456,7 +497,7 @@ fn advise_dont_need(map: &Mmap, offset: usize, len: usize) {
     }
 }
 
-fn read_torch_zip(map: &Mmap) -> Result<Value> {
+fn read_torch_zip(map: &[u8], mode: Mode) -> Result<Value> {
     let zip = read_zip(map)?;
     // torch's reader: the archive name is the first entry's directory.
     let prefix = zip.first.split('/').next().unwrap_or("").to_string();
@@ -503,11 +544,29 @@ fn read_torch_zip(map: &Mmap) -> Result<Value> {
             "storage {name} claims {numel} elements of {kind:?} but its entry holds {} bytes",
             src.len()
         );
-        let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
+        let elt = kind.elt_size_in_bytes();
+        let t = match mode {
+            Mode::View(base)
+                if numel > 0
+                    && !big_endian
+                    && kind != Kind::Bool
+                    && src.as_ptr() as usize % elt == 0 =>
+            {
+                // SAFETY: `numel` elements of `kind` are exactly `src`, inside the private map
+                // at `base`, which is never unmapped; writable (copy-on-write), aligned.
+                unsafe {
+                    let at = base.add(src.as_ptr() as usize - map.as_ptr() as usize);
+                    Tensor::from_blob(at, &[numel], &[1], kind, Device::Cpu)
+                }
+            }
+            _ => Tensor::f_empty([numel], (kind, Device::Cpu))?,
+        };
+        let copy = !matches!(mode, Mode::View(_)) || t.data_ptr() as usize != src.as_ptr() as usize;
         fills.push(Fill {
             name,
             src,
-            dst: t.shallow_clone(),
+            dst: copy.then(|| t.shallow_clone()),
+            kind,
             crc: Some(crc),
             big_endian,
         });
@@ -516,7 +575,11 @@ fn read_torch_zip(map: &Mmap) -> Result<Value> {
     };
     let value =
         pickle::unpickle(data, &mut persistent_load).with_context(|| format!("in {pkl}"))?;
-    fill(map, &fills)?;
+    let drop_pages = match mode {
+        Mode::Copy(m) => Some(m),
+        Mode::View(_) => None,
+    };
+    fill(map, &fills, drop_pages)?;
     Ok(value)
 }
 
@@ -584,7 +647,8 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
         fills.push(Fill {
             src: bytes_at(map, base + b, e - b, &name)?,
             name: format!("tensor {name}"),
-            dst: t.shallow_clone(),
+            dst: Some(t.shallow_clone()),
+            kind,
             crc: None,
             big_endian: false,
         });
@@ -593,7 +657,7 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
             Value::Tensor(t.f_reshape(shape.as_slice())?),
         ));
     }
-    fill(map, &fills)?;
+    fill(map, &fills, Some(map))?;
     Ok(Value::Dict(items))
 }
 
