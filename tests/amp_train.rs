@@ -318,3 +318,43 @@ fn bf16_eval_acc1_matches_fp32() {
         "Acc@1 bf16 {bf16} vs fp32 {fp32}"
     );
 }
+
+/// `--precision` is one flag with one parser (`util::amp::Precision`) on every subcommand that
+/// runs a model, and fp16 on the CPU is refused with the same message by each training command.
+#[test]
+fn precision_flag_on_every_subcommand() {
+    for cmd in ["pretrain", "finetune", "linprobe", "eval", "visualize"] {
+        let help = mae(&[cmd, "--help"]);
+        assert!(
+            help.contains("--precision <PRECISION>")
+                && help.contains("[possible values: fp32, bf16, fp16]"),
+            "mae {cmd} --help:\n{help}"
+        );
+    }
+    for (cmd, model) in [
+        ("pretrain", "mae_vit_mini_patch4"),
+        ("finetune", "vit_mini_patch4"),
+        ("linprobe", "vit_mini_patch4"),
+    ] {
+        #[rustfmt::skip]
+        let args = [
+            cmd, "--dataset", "fashion_mnist", "--model", model, "--input_size", "32",
+            "--device", "cpu", "--precision", "fp16", "--output_dir", "",
+        ];
+        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
+            .args(args)
+            .current_dir(common::root())
+            .output()
+            .expect("running mae");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "mae {cmd} --precision fp16 on the CPU ran"
+        );
+        assert!(
+            err.contains("--precision fp16 needs a CUDA device")
+                && err.contains("use --precision bf16 on the CPU"),
+            "mae {cmd}: {err}"
+        );
+    }
+}
