@@ -152,6 +152,13 @@ fn crop_loader_gives_the_closure_loaders_batches() {
                     ..EpochOptions::default()
                 };
                 let fast = collect(&l, epoch, &opts);
+                // with a device (CPU here: on CUDA the same path pins and copies non-blocking)
+                let opts = EpochOptions {
+                    device: Some(tch::Device::Cpu),
+                    ..opts
+                };
+                let on_device = collect(&l, epoch, &opts);
+                assert!(plain.iter().zip(&on_device).all(|(a, b)| a.equal(b)));
                 assert_eq!(plain.len(), 2); // 12 images, drop_last
                 for (a, b) in plain.iter().zip(&fast) {
                     assert_eq!(a.size(), [5, 3, 64, 64]);

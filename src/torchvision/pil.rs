@@ -118,25 +118,6 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
-/// `$name(args)` runs `$body` compiled for AVX2 where the CPU has it (the integer sums
-/// vectorise eight lanes wide; the same sums, so the same pixels), else for the baseline.
-macro_rules! avx2_dispatch {
-    ($name:ident => $body:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2($($arg),*) };
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
 /// Horizontal pass over rows `first..first + rows` of an RGB buffer `stride` pixels wide, from
 /// column `x0` on (`c.bounds` index columns from `x0`).
 fn resample_horizontal(
@@ -236,10 +217,29 @@ unsafe fn horizontal_row_avx2(row4: &[u8], c: &Coeffs, dst_row: &mut [u8]) {
     }
 }
 
-// Vertical pass over columns `x0..x0 + width` of an RGB buffer `stride` pixels wide;
-// `c.bounds` index rows of `src`.
-avx2_dispatch!(resample_vertical => resample_vertical_impl(
-    src: &[u8], stride: usize, x0: usize, width: usize, c: &Coeffs) -> Vec<u8>);
+/// Vertical pass over columns `x0..x0 + width` of an RGB buffer `stride` pixels wide;
+/// `c.bounds` index rows of `src`.
+fn resample_vertical(src: &[u8], stride: usize, x0: usize, width: usize, c: &Coeffs) -> Vec<u8> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { resample_vertical_avx2(src, stride, x0, width, c) };
+    }
+    resample_vertical_impl(src, stride, x0, width, c)
+}
+
+/// [`resample_vertical_impl`] compiled for AVX2: eight lanes per step, the same integer sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resample_vertical_avx2(
+    src: &[u8],
+    stride: usize,
+    x0: usize,
+    width: usize,
+    c: &Coeffs,
+) -> Vec<u8> {
+    resample_vertical_impl(src, stride, x0, width, c)
+}
 
 #[inline(always)]
 fn resample_vertical_impl(

@@ -123,8 +123,9 @@ pub struct ResizedCrop {
     pub params: fn(u32, u32, &mut SampleRng) -> CropBox,
     /// Opt-in, not in the official: decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg-turbo's
     /// DCT-domain scaling) when the box stays at least `size` pixels a side, then resize from
-    /// there. Faster on large boxes; the pixels differ from Pillow's (docs in
-    /// tools/bench_data.sh's output: `--fast_decode` of examples/bench_data.rs).
+    /// there. Measured (`bench_data --profile`): ~1000×750 JPEGs, 224 px: 51 of 60 samples
+    /// scaled, 1.6× faster per sample, 1.9 levels mean / 86 max difference from the exact
+    /// pixels; ImageNet-sized (500×375) JPEGs: the box is rarely 448 px a side, no gain.
     pub fast_decode: bool,
 }
 
