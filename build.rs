@@ -85,4 +85,10 @@ fn build_c10d(root: &Path) {
             .define("MAE_C10D_NCCL", None);
     }
     build.compile("mae_c10d");
+    if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {
+        // c10::cuda::set_device (torch.cuda.set_device) is in libc10_cuda
+        let lib = std::fs::canonicalize(root.join("lib")).unwrap_or_else(|_| root.join("lib"));
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
 }

@@ -19,6 +19,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef MAE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -69,6 +70,7 @@ int mae_c10d_has_nccl() {
 // `init_process_group(backend, init_method="tcp://addr:port", rank, world_size, timeout)`.
 // `is_server`: rank 0 hosts the TCPStore (and waits for all ranks) unless torchrun's agent
 // already does (TORCHELASTIC_USE_AGENT_STORE), as torch.distributed's `_create_c10d_store`.
+// `cuda_device`: with NCCL, `torch.cuda.set_device(args.gpu)` first (ignored by Gloo).
 int mae_c10d_init(
     const char* backend,
     const char* addr,
@@ -77,6 +79,7 @@ int mae_c10d_init(
     int world_size,
     int is_server,
     int64_t timeout_ms,
+    int cuda_device,
     void** out) {
   return guarded([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -101,6 +104,7 @@ int mae_c10d_init(
           prefix, rank, world_size, options);
     } else if (name == "nccl") {
 #ifdef MAE_C10D_NCCL
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_device));
       auto prefix = c10::make_intrusive<c10d::PrefixStore>("cuda/", group_store);
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;

@@ -495,6 +495,7 @@ dist.barrier()
         2,
         true,
         Duration::from_secs(30),
+        0,
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     let t = Tensor::arange_start(1, 5, (Kind::Float, tch::Device::Cpu));

@@ -24,6 +24,7 @@ extern "C" {
         world_size: c_int,
         is_server: c_int,
         timeout_ms: i64,
+        cuda_device: c_int,
         out: *mut *mut c_void,
     ) -> c_int;
     fn mae_c10d_allreduce(group: *mut c_void, tensor: *mut c_void, average: c_int) -> c_int;
@@ -207,6 +208,8 @@ fn last_error() -> String {
 impl ProcessGroup {
     /// `init_process_group(backend, init_method=tcp://addr:port, world_size, rank, timeout)`;
     /// `is_server`: this rank hosts the TCPStore (rank 0, unless torchrun's agent hosts it).
+    /// With NCCL, the current CUDA device becomes `cuda_device` first.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: &str,
         addr: &str,
@@ -215,6 +218,7 @@ impl ProcessGroup {
         world_size: usize,
         is_server: bool,
         timeout: Duration,
+        cuda_device: usize,
     ) -> Result<ProcessGroup> {
         let (b, a) = (CString::new(backend)?, CString::new(addr)?);
         let mut ptr = std::ptr::null_mut();
@@ -227,6 +231,7 @@ impl ProcessGroup {
                 world_size as c_int,
                 is_server as c_int,
                 timeout.as_millis() as i64,
+                cuda_device as c_int,
                 &mut ptr,
             )
         };
@@ -429,6 +434,7 @@ pub fn init_distributed_mode(args: &DistArgs, device: Device) -> Result<DistInfo
         r.world_size,
         r.rank == 0 && !agent_store,
         timeout,
+        gpu,
     )?;
     pg.exchange_peers(info.device(device)).with_context(|| {
         format!(
