@@ -3,9 +3,10 @@
 # processes, Rust and Python alternating in every round, medians and ratios at the end.
 #
 #   load     checkpoint::load (owned, CRC-checked)          vs torch.load(weights_only=True)
-#            and, reported beside it, torch.load(mmap=True) (returns before reading the data)
-#            and mmap=True + clone of every tensor (the data actually read in)
-#   model    load + build the ViT without random init + strict copy into it (what `mae eval`
+#   mapped   checkpoint::load_mapped (copy-on-write views of the file, CRC-checked: every page
+#            read once) vs torch.load(mmap=True) (returns before reading any data), and
+#            mmap=True + clone of every tensor (the data actually read in)
+#   model    load_mapped + build the ViT without random init + adopt its tensors (what `mae eval`
 #            does before its first image) vs timm ViT (random init) + torch.load + load_state_dict
 #   eval     `mae eval` fp32 and bf16 vs tools/eval_reference.py (main_finetune.py --eval),
 #            process start to the printed `* Acc@1` line, ViT-B/16 on a small image folder
@@ -70,6 +71,7 @@ for r in $(seq "$ROUNDS"); do
     for ck in "${CKPTS[@]}"; do
         ckname=$(basename "$ck" .pth)
         ck=$ckname measure target/release/examples/bench_load "$ck" load
+        ck=$ckname measure target/release/examples/bench_load "$ck" mapped
         ck=$ckname measure $PY tools/bench_load.py "$ck" load
         ck=$ckname measure $PY tools/bench_load.py "$ck" mmap
         ck=$ckname measure $PY tools/bench_load.py "$ck" mmap_touch
@@ -98,7 +100,8 @@ def ratio(a, b, what):
         print(f"ratio {what:58} {med[a][0] / med[b][0]:.2f}")
 for ck in sorted({k.split("@")[1] for k in med if "@" in k and not k.endswith("@eval")}):
     ratio(f"rust-load@{ck}", f"py-load@{ck}", f"rust load / torch.load, {ck}")
-    ratio(f"rust-load@{ck}", f"py-mmap_touch@{ck}", f"rust load / torch.load(mmap)+clone, {ck}")
+    ratio(f"rust-mapped@{ck}", f"py-load@{ck}", f"rust load_mapped / torch.load, {ck}")
+    ratio(f"rust-mapped@{ck}", f"py-mmap@{ck}", f"rust load_mapped / torch.load(mmap=True), {ck}")
     ratio(f"rust-model@{ck}", f"py-model@{ck}", f"rust model+load / python model+load, {ck}")
 ratio("reference-fp32@eval", "mae-eval-fp32@eval", "eval end to end: reference / mae eval fp32 (speed-up)")
 ratio("reference-fp32@eval", "mae-eval-bf16@eval", "eval end to end: reference fp32 / mae eval bf16")
