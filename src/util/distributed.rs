@@ -406,6 +406,12 @@ pub fn init_distributed_mode(args: &DistArgs, device: Device) -> Result<DistInfo
         (None, Device::Cuda(_)) => "nccl".into(),
         (None, _) => "gloo".into(),
     };
+    if backend != "gloo" && backend != "nccl" {
+        bail!("--dist_backend {backend}: expected gloo or nccl");
+    }
+    if backend == "nccl" && !has_nccl() {
+        bail!("--dist_backend nccl (the default on CUDA): this build has no NCCL; rebuild with `cargo build --release --features nccl`, or pass --dist_backend gloo");
+    }
     if backend == "nccl" && !device.is_cuda() {
         bail!("--dist_backend nccl needs CUDA (--device cuda); on the CPU use --dist_backend gloo");
     }
