@@ -1,7 +1,7 @@
 //! Training data pipeline throughput (tools/bench_data.sh compares it with torchvision's
 //! DataLoader, tools/bench_data.py): main_pretrain.py's transform (RandomResizedCrop(224,
 //! scale 0.2–1, bicubic), RandomHorizontalFlip, ToTensor, Normalize) on an ImageFolder, batches of
-//! `--batch_size` from `--num_workers` threads. The first epoch is a warm-up. Prints one JSON line.
+//! `--batch_size` from `--num_workers` threads, after a warm-up of two batches. Prints one JSON line.
 //!
 //! `--mode crop` (what the training loop can use): the crop as data, JPEGs decoded only around
 //! the box, written straight into the batch. `--mode closure`: the `pretrain_transform` closure
@@ -69,12 +69,12 @@ fn main() -> Result<()> {
         },
         ..EpochOptions::default()
     };
+    for batch in loader.epoch_with(0, &opts)?.take(2) {
+        let _ = batch?; // warm-up: two batches, as tools/bench_data.py
+    }
     let mut n = 0;
-    let mut t0 = Instant::now();
-    for epoch in 0..=args.epochs {
-        if epoch == 1 {
-            (n, t0) = (0, Instant::now()); // epoch 0 is the warm-up
-        }
+    let t0 = Instant::now();
+    for epoch in 1..=args.epochs {
         for batch in loader.epoch_with(epoch, &opts)? {
             n += batch?.size()[0];
         }

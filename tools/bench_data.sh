@@ -3,11 +3,12 @@
 # torchvision's DataLoader (tools/bench_data.py), same folder (tools/make_bench_images.py: 300
 # ImageNet-like JPEGs), same transform (RandomResizedCrop(224, scale 0.2-1, bicubic),
 # RandomHorizontalFlip, ToTensor, Normalize), same batch size and number of worker threads /
-# processes, warm-up epoch excluded. The two sides run alternately ROUNDS times; prints each run,
+# processes, a warm-up of two batches excluded. The two sides run alternately ROUNDS times; prints each run,
 # then per worker count the median images/s of each side and their ratio.
 #
 # usage: tools/bench_data.sh [--quick] [WORKERS...]      (default workers: 1 2)
-#   normal: 5 rounds of 3 timed epochs (~3-4 min on 2 idle cores); --quick: 2 rounds of 1 (<1 min)
+#   normal: 5 rounds of 3 timed epochs (~2-3 min on 2 idle cores); --quick: 2 rounds of 1 epoch
+#   (~30 s of CPU; longer when other jobs load the machine)
 # env: BATCH (64), DATA (target/bench_data), MODE (crop; or closure: whole-image decode)
 set -euo pipefail
 cd "$(dirname "$0")/.."
