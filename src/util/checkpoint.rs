@@ -550,7 +550,7 @@ fn read_torch_zip(map: &[u8], mode: Mode) -> Result<Value> {
                 if numel > 0
                     && !big_endian
                     && kind != Kind::Bool
-                    && src.as_ptr() as usize % elt == 0 =>
+                    && (src.as_ptr() as usize).is_multiple_of(elt) =>
             {
                 // SAFETY: `numel` elements of `kind` are exactly `src`, inside the private map
                 // at `base`, which is never unmapped; writable (copy-on-write), aligned.
@@ -561,11 +561,11 @@ fn read_torch_zip(map: &[u8], mode: Mode) -> Result<Value> {
             }
             _ => Tensor::f_empty([numel], (kind, Device::Cpu))?,
         };
-        let copy = !matches!(mode, Mode::View(_)) || t.data_ptr() as usize != src.as_ptr() as usize;
+        let viewed = std::ptr::eq(t.data_ptr() as *const u8, src.as_ptr());
         fills.push(Fill {
             name,
             src,
-            dst: copy.then(|| t.shallow_clone()),
+            dst: (!viewed).then(|| t.shallow_clone()), // a view is only checked
             kind,
             crc: Some(crc),
             big_endian,
