@@ -5,10 +5,13 @@
 //! `save_model`); training checkpoints add `optimizer`, `epoch`, `scaler` and
 //! `args: argparse.Namespace`, which load here as opaque [`Value::Object`]s.
 //!
-//! The file is memory-mapped; storages are copied from the map straight into their tensors'
-//! (not zero-filled) buffers by the rayon threads, checked against the zip's CRC-32, and their
-//! pages dropped from the map once copied (peak memory ≈ file size). Every offset and length
-//! in the file is bounded by the file size.
+//! The file is memory-mapped. [`load`] copies storages from the map straight into their
+//! tensors' (not zero-filled) buffers by the rayon threads and drops the map's pages once
+//! copied (peak memory ≈ file size); [`load_mapped`] makes them copy-on-write views of a private
+//! map (nothing copied; for the checkpoint a process keeps, as `mae eval`). Both check every
+//! entry's CRC-32, which torch.load does not (torch 2.11: a flipped storage byte loads silently,
+//! with or without `mmap=True`); it costs one read of the data. Every offset and length in the
+//! file is bounded by the file size.
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
