@@ -73,9 +73,16 @@ hook() { # NAME WHAT
     fi
     local args=()
     [ "$QUICK" = 1 ] && args+=(--quick)
-    if bash "$script" "${args[@]}" 2>&1 | tee "$md.log"; then
-        # their markdown lines (tables) if they print any, else everything they printed
-        if grep -q '^|' "$md.log"; then grep '^|' "$md.log" > "$md"; else cp "$md.log" "$md"; fi
+    if bash "$script" "${args[@]}" | tee "$md.log"; then # stdout kept; stderr only shown
+        # for the table: their markdown lines if any, else their summary (what follows their last
+        # "== load average after" line), else everything they printed
+        if grep -q '^|' "$md.log"; then
+            grep '^|' "$md.log" > "$md"
+        elif grep -q '^== load average after' "$md.log"; then
+            awk '/^== load average after/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$md.log" > "$md"
+        else
+            cp "$md.log" "$md"
+        fi
     else
         local rc=$?
         echo "| $2 | FAILED: $script exited with status $rc (output above) |" | tee "$md"
