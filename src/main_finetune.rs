@@ -18,7 +18,7 @@ use crate::torchvision::pil::PassOrder;
 use crate::torchvision::transforms::eval_transform_with;
 use crate::util::amp::Precision;
 use crate::util::checkpoint;
-use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource};
 use crate::util::datasets::{build_dataset as build_split, Split, TrainTransform};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::lr_decay::param_groups_lrd;
@@ -651,10 +651,16 @@ fn finetune(mut args: Args) -> Result<()> {
         if epoch > 0 {
             tch::manual_seed(args.seed + epoch);
         }
+        // pin_memory=True: on CUDA the batches arrive on the device (non_blocking copy)
+        let opts = EpochOptions {
+            device: Some(device),
+            ..Default::default()
+        };
         let batches = crate::util::datasets::labelled_batches(
             &data_loader_train,
             dataset_train.targets.clone(),
             epoch as u64,
+            &opts,
         )?;
         let train_stats = train_one_epoch(
             &forward_train,

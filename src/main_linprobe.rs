@@ -16,8 +16,7 @@ use crate::timm::{linear, trunc_normal_, LinearInit};
 use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
 use crate::util::checkpoint;
-use crate::util::crop::linprobe_transform;
-use crate::util::data_loader::DataLoader;
+use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
 use crate::util::datasets::{build_dataset, labelled_batches};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::lars::Lars;
@@ -241,9 +240,11 @@ pub fn main(mut args: Args) -> Result<()> {
     let dataset_train = build_dataset(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?
         .first(args.train_subset);
     let dataset_val = build_dataset(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    // transform_train as data: the loader decodes only each box's part of a JPEG
+    let crop = ResizedCrop::linprobe(input_size);
     let data_loader_train = DataLoader {
         dataset: dataset_train.dataset.clone(),
-        transform: Arc::new(move |img, rng| linprobe_transform(img, input_size, rng)),
+        transform: Arc::new(move |img, rng| crop.apply(img, rng)),
         batch_size: args.batch_size as usize,
         num_workers: args.num_workers,
         seed: args.seed as u64,
@@ -361,10 +362,17 @@ pub fn main(mut args: Args) -> Result<()> {
     let start_time = std::time::Instant::now();
     let mut max_accuracy = 0.0f64;
     for epoch in args.start_epoch..args.epochs {
+        // pin_memory=True: on CUDA the batches arrive on the device (non_blocking copy)
+        let opts = EpochOptions {
+            device: Some(device),
+            crop: Some(crop),
+            ..Default::default()
+        };
         let batches = labelled_batches(
             &data_loader_train,
             dataset_train.targets.clone(),
             epoch as u64,
+            &opts,
         )?;
         let train_stats = train_one_epoch(
             &forward_train,

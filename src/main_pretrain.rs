@@ -13,9 +13,8 @@ use tch::{nn, Device};
 use crate::engine_pretrain::{train_one_epoch, Step};
 use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
-use crate::torchvision::transforms::pretrain_transform;
 use crate::util::amp::Precision;
-use crate::util::data_loader::{DataLoader, ImageSource};
+use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
 use crate::util::datasets;
 use crate::util::distributed::{self, DistArgs};
 use crate::util::lr_sched::LrArgs;
@@ -227,9 +226,11 @@ pub fn main(mut args: Args) -> Result<()> {
     // simple augmentation
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
     let dataset_train = datasets::first(build_dataset(&args)?, args.train_subset);
+    // transform_train as data: the loader decodes only each box's part of a JPEG
+    let crop = ResizedCrop::pretrain(input_size);
     let data_loader_train = DataLoader {
         dataset: dataset_train,
-        transform: Arc::new(move |img, rng| pretrain_transform(img, input_size, rng)),
+        transform: Arc::new(move |img, rng| crop.apply(img, rng)),
         batch_size: args.batch_size,
         num_workers: args.num_workers,
         seed: args.seed as u64,
@@ -305,7 +306,13 @@ pub fn main(mut args: Args) -> Result<()> {
         if epoch > 0 {
             tch::manual_seed(args.seed + epoch);
         }
-        let batches = data_loader_train.epoch(epoch as u64)?;
+        // pin_memory=True: on CUDA the batches arrive on the device (non_blocking copy)
+        let opts = EpochOptions {
+            device: Some(device),
+            crop: Some(crop),
+            ..Default::default()
+        };
+        let batches = data_loader_train.epoch_with(epoch as u64, &opts)?;
         let train_stats = train_one_epoch(
             &model,
             batches,

@@ -17,7 +17,7 @@ use crate::torchvision::transforms::{
     hflip, random_resized_crop_params, resized_crop, to_tensor_normalize, SampleRng,
     IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
 };
-use crate::util::data_loader::ImageSource;
+use crate::util::data_loader::{CropBox, EpochOptions, ImageSource};
 
 /// A split: its images and their class indices.
 pub struct Split {
@@ -141,15 +141,18 @@ impl TrainTransform {
 }
 
 /// The training loader's batches of `epoch` with their targets: the DataLoader yields images in
-/// its sampler order, whose chunks give the labels.
+/// its sampler order, whose chunks give the labels. `opts` as in `DataLoader::epoch_with` (not
+/// `sequential`: the order is the sampler's).
 pub fn labelled_batches(
     loader: &crate::util::data_loader::DataLoader,
     targets: Arc<Vec<i64>>,
     epoch: u64,
+    opts: &EpochOptions,
 ) -> Result<impl ExactSizeIterator<Item = Result<crate::engine_finetune::Batch>>> {
+    assert!(!opts.sequential, "labelled_batches takes the sampler order");
     let order = loader.sampler_indices(epoch);
     let batch_size = loader.batch_size;
-    let batches = loader.epoch(epoch)?;
+    let batches = loader.epoch_with(epoch, opts)?;
     Ok(batches.enumerate().map(move |(k, images)| {
         let idx = &order[k * batch_size..(k + 1) * batch_size];
         let target: Vec<i64> = idx.iter().map(|&i| targets[i]).collect();
@@ -169,6 +172,14 @@ impl ImageSource for Subset {
     }
     fn load(&self, index: usize) -> Result<RgbImage> {
         self.0.load(index)
+    }
+    fn load_box(
+        &self,
+        index: usize,
+        params: &mut dyn FnMut(u32, u32) -> CropBox,
+        fast: Option<u32>,
+    ) -> Result<(RgbImage, CropBox)> {
+        self.0.load_box(index, params, fast)
     }
 }
 
