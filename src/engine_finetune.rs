@@ -233,13 +233,8 @@ pub fn evaluate(
     bar.finish_and_clear();
     if distributed::dist_eval() {
         // gather the stats from all processes (MetricLogger.synchronize_between_processes)
-        let t = distributed::all_reduce_sum(&[
-            loss_sum,
-            batches as f64,
-            acc1_sum,
-            acc5_sum,
-            n as f64,
-        ])?;
+        let t =
+            distributed::all_reduce_sum(&[loss_sum, batches as f64, acc1_sum, acc5_sum, n as f64])?;
         (loss_sum, acc1_sum, acc5_sum) = (t[0], t[2], t[3]);
         (batches, n) = (t[1] as usize, t[4] as usize);
     }
