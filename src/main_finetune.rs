@@ -504,6 +504,8 @@ impl Args {
 fn finetune(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let device = distributed::info().device(device(args.device.as_deref())?);
+    // --precision checked before the data and the model are built
+    let precision = Precision::for_device(args.precision, device)?;
     if args.accum_iter == 0 || args.batch_size < 1 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
@@ -613,7 +615,6 @@ fn finetune(mut args: Args) -> Result<()> {
         args.layer_decay,
     );
     let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.999));
-    let precision = Precision::for_device(args.precision, device)?;
     let mut loss_scaler = NativeScaler::new(precision == Precision::Fp16);
 
     let criterion = if mixup_fn.is_some() {

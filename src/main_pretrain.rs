@@ -215,6 +215,8 @@ pub fn main(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let device = misc::init_distributed_mode(&args.dist, device_of(&args.device)?)?
         .device(device_of(&args.device)?);
+    // --precision checked before the data and the model are built
+    let precision = Precision::for_device(args.precision, device)?;
     if args.accum_iter == 0 || args.batch_size == 0 {
         bail!("--batch_size and --accum_iter must be at least 1");
     }
@@ -282,7 +284,6 @@ pub fn main(mut args: Args) -> Result<()> {
     let param_groups = add_weight_decay(named_parameters(&vs), args.weight_decay, &[]);
     let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.95));
     println!("{optimizer}");
-    let precision = Precision::for_device(args.precision, device)?;
     println!("precision: {precision:?}");
     let mut loss_scaler = NativeScaler::new(precision == Precision::Fp16);
 
