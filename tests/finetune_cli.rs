@@ -11,22 +11,30 @@ use std::process::Command;
 use tch::Tensor;
 
 /// data/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright, with noise.
+/// Written once per test binary (the tests run in parallel and read the same folder), each file
+/// through a temporary name and a rename, so no test ever sees a half-written PNG.
 fn image_folder() -> PathBuf {
-    let root = common::scratch("finetune_cli").join("data");
-    for (split, n) in [("train", 12u32), ("val", 4)] {
-        for (c, base) in [("a", 40u8), ("b", 200)] {
-            let dir = root.join(split).join(c);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                    let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
-                    image::Rgb([v, v / 2, 255 - v])
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
+    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let root = common::scratch("finetune_cli").join("data");
+        for (split, n) in [("train", 12u32), ("val", 4)] {
+            for (c, base) in [("a", 40u8), ("b", 200)] {
+                let dir = root.join(split).join(c);
+                std::fs::create_dir_all(&dir).unwrap();
+                for i in 0..n {
+                    let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                        let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
+                        image::Rgb([v, v / 2, 255 - v])
+                    });
+                    let tmp = dir.join(format!(".{i}.png.tmp"));
+                    img.save_with_format(&tmp, image::ImageFormat::Png).unwrap();
+                    std::fs::rename(&tmp, dir.join(format!("{i}.png"))).unwrap();
+                }
             }
         }
-    }
-    root
+        root
+    })
+    .clone()
 }
 
 fn mae(args: &[&str]) -> (bool, String) {
