@@ -101,20 +101,29 @@ fn region_decode_equals_full_decode() {
     }
 }
 
-/// A folder of the shared photos (PNG and JPEG) as an ImageFolder with two classes.
+/// A folder of the shared photos (PNG and JPEG) as an ImageFolder with two classes. Built once
+/// per test binary (two tests read it in parallel), each copy through a temporary name and a
+/// rename, so no test ever reads a half-copied file.
 fn folder() -> PathBuf {
-    let root = common::scratch("data_pipeline").join("train");
-    for (k, name) in PHOTOS.iter().enumerate() {
-        let dir = root.join(if k % 2 == 0 { "a" } else { "b" });
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        for copy in 0..2 {
-            let dst = dir.join(format!("{copy}_{name}"));
-            if !dst.exists() {
-                std::fs::copy(photo(name), &dst).expect("copying a photo");
+    static FOLDER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOLDER
+        .get_or_init(|| {
+            let root = common::scratch("data_pipeline").join("train");
+            for (k, name) in PHOTOS.iter().enumerate() {
+                let dir = root.join(if k % 2 == 0 { "a" } else { "b" });
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                for copy in 0..2 {
+                    let dst = dir.join(format!("{copy}_{name}"));
+                    if !dst.exists() {
+                        let tmp = dir.join(format!(".{copy}_{name}.tmp"));
+                        std::fs::copy(photo(name), &tmp).expect("copying a photo");
+                        std::fs::rename(&tmp, &dst).expect("renaming a copied photo");
+                    }
+                }
             }
-        }
-    }
-    root
+            root
+        })
+        .clone()
 }
 
 fn loader(dataset: Arc<dyn ImageSource>, batch_size: usize, workers: usize) -> DataLoader {

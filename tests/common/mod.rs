@@ -62,13 +62,21 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// The `mae eval` fixture (tools/make_eval_fixture.py, written once: the script keeps a stamp):
-/// the photo folder and its vit_base_patch16 checkpoint.
+/// the photo folder and its vit_base_patch16 checkpoint. The script runs once per test binary:
+/// tests run in parallel, and a second run on a fresh tree would delete the folder another test
+/// is reading.
 pub fn eval_fixture() -> (PathBuf, PathBuf) {
-    let dir = root().join("target/fixtures/eval");
-    run_python(
-        &root().join("tools/make_eval_fixture.py"),
-        &[dir.to_str().unwrap()],
-    );
+    static FIXTURE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = FIXTURE
+        .get_or_init(|| {
+            let dir = root().join("target/fixtures/eval");
+            run_python(
+                &root().join("tools/make_eval_fixture.py"),
+                &[dir.to_str().unwrap()],
+            );
+            dir
+        })
+        .clone();
     let ckpt = dir.join("vit_base_patch16_eval.pth");
     (dir, ckpt)
 }
