@@ -1,7 +1,8 @@
 //! Data-parallel training on c10d (Gloo over 127.0.0.1, processes started here): 2 ranks with
 //! `--batch_size b` end where 1 process with `--batch_size 2b` ends (pre-training launched by
 //! torchrun, fine-tuning by hand-set RANK/WORLD_SIZE), the DistributedSampler split, `--dist_eval`,
-//! a killed rank, and a Rust rank and a Python torch.distributed rank in one group.
+//! a killed or hung rank, a port in use, mismatched world sizes, and a Rust rank and a Python
+//! torch.distributed rank in one group.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -458,6 +459,68 @@ fn a_hung_rank_stops_the_survivor_after_the_timeout() {
     assert!(
         err.contains("did not answer within --dist_timeout 5 s"),
         "{err}"
+    );
+}
+
+/// A short pre-training run's arguments with `--dist_timeout 5`.
+const SHORT_RUN: [&str; 18] = [
+    "pretrain",
+    "--dataset",
+    "fashion_mnist",
+    "--train_subset",
+    "16",
+    "--model",
+    "mae_vit_tiny_patch4",
+    "--input_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--device",
+    "cpu",
+    "--output_dir",
+    "",
+    "--dist_timeout",
+    "5",
+    "--epochs=1",
+];
+
+#[test]
+fn a_port_in_use_and_a_mismatched_world_size_give_clear_errors() {
+    // rank 0 cannot start the store: somebody else listens on MASTER_PORT
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let port = taken.local_addr().unwrap().port();
+    let out = rank_cmd(&SHORT_RUN, 0, 2, port).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rank 0 exited 0 on a port in use");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("address already in use"),
+        "{err}"
+    );
+    drop(taken);
+
+    // rank 0 says the world has 2 ranks, rank 1 says 3: both stop within the timeout, saying so
+    let port = free_port();
+    let t = Instant::now();
+    let children: Vec<Child> = [(0, 2), (1, 3)]
+        .into_iter()
+        .map(|(rank, world)| {
+            rank_cmd(&SHORT_RUN, rank, world, port)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "rank {rank} exited 0");
+        assert!(err.contains("world size"), "rank {rank}: {err}");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        secs < 5. + 20.,
+        "the mismatched ranks took {secs:.1} s to stop"
     );
 }
 
