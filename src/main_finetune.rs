@@ -119,7 +119,7 @@ pub struct Args {
     /// Probability of switching to cutmix when both mixup and cutmix enabled
     #[arg(long, default_value_t = 0.5)]
     pub mixup_switch_prob: f64,
-    /// How to apply mixup/cutmix params. Per "batch", "pair", or "elem" (batch only here)
+    /// How to apply mixup/cutmix params. Per "batch", "pair", or "elem"
     #[arg(long, default_value = "batch")]
     pub mixup_mode: String,
 
@@ -548,6 +548,12 @@ fn finetune(mut args: Args) -> Result<()> {
     let cutmix_minmax = args.cutmix_minmax.as_ref().map(|v| (v[0], v[1]));
     let mixup_active = args.mixup > 0. || args.cutmix > 0. || cutmix_minmax.is_some();
     let mixup_fn = if mixup_active {
+        if args.batch_size % 2 != 0 {
+            bail!(
+                "--batch_size {} with mixup/cutmix: timm's Mixup mixes sample i with sample B-1-i and needs an even batch size",
+                args.batch_size
+            );
+        }
         println!("Mixup is activated!");
         Some(Mixup::new(
             args.mixup,

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use mae::timm::mixup::{mixup_target, Mixup};
+use mae::timm::mixup::{mixup_target, mixup_target_per_sample, Mixup};
 use mae::timm::random_erasing::RandomErasing;
 use mae::torchvision::transforms::SampleRng;
 use tch::{Kind, Tensor};
@@ -60,6 +60,67 @@ fn mixup_and_cutmix_equal_timm_given_lam_and_box() {
     );
 }
 
+const TIMM_MIXUP_PER_SAMPLE: &str = r#"
+import sys, numpy as np, torch
+import timm.data.mixup as M
+from safetensors.torch import save_file
+g = torch.Generator().manual_seed(1)
+x = torch.randn(8, 3, 16, 16, generator=g)
+t = torch.randint(0, 10, (8,), generator=g)
+out = {"x": x.clone(), "t": t}
+lams = np.array([0.7, 1.0, 0.6, 0.3, 0.9, 1.0, 0.55, 0.8], dtype=np.float32)
+cuts = np.array([False, False, True, False, True, True, False, False])
+M.cutmix_bbox_and_lam = lambda shape, lam, ratio_minmax=None, correct_lam=True, count=None: (
+    (3, 11, 2, 9), 1. - (8 * 7) / float(shape[-2] * shape[-1]))
+for mode in ["elem", "pair"]:
+    m = M.Mixup(mixup_alpha=1., cutmix_alpha=1., label_smoothing=0.1, num_classes=10, mode=mode)
+    m._params_per_elem = lambda n: (lams[:n].copy(), cuts[:n].copy())
+    out[mode + ".x"], out[mode + ".t"] = m(x.clone(), t.clone())
+save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[1])
+"#;
+
+/// `--mixup_mode elem` and `pair` given the same per-sample lams, cutmix flags and box: timm's
+/// mixed images and soft targets exactly.
+#[test]
+fn per_sample_mixup_modes_equal_timm_given_lams_and_boxes() {
+    let out = common::scratch("augment").join("mixup_per_sample.safetensors");
+    common::run_python_code(TIMM_MIXUP_PER_SAMPLE, &[out.to_str().unwrap()]);
+    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let (x, t) = (&r["x"], &r["t"]);
+    let lams = [0.7f32, 1.0, 0.6, 0.3, 0.9, 1.0, 0.55, 0.8];
+    let cuts = [false, false, true, false, true, true, false, false];
+    for (mode, n) in [("elem", 8), ("pair", 4)] {
+        let mut xm = x.copy();
+        let mut boxes = 0;
+        let lam = Mixup::mix_per_sample_with(
+            &mut xm,
+            mode == "pair",
+            lams[..n].to_vec(),
+            &cuts[..n],
+            |h, w, _| {
+                boxes += 1;
+                ((3, 11, 2, 9), 1. - 56. / (h * w) as f64)
+            },
+        );
+        // a box per cutmix sample whose lam is not 1 (sample 5: cutmix flag, lam 1, untouched)
+        let want = (0..n).filter(|&i| cuts[i] && lams[i] != 1.).count();
+        assert_eq!(boxes, want, "{mode}");
+        assert_eq!(lam.len(), 8);
+        assert!(
+            xm.equal(&r[&format!("{mode}.x")]),
+            "{mode}: images differ from timm"
+        );
+        assert!(
+            mixup_target_per_sample(t, 10, &lam, 0.1).equal(&r[&format!("{mode}.t")]),
+            "{mode}: targets differ from timm"
+        );
+        assert!(!xm.equal(x), "{mode}: nothing mixed");
+    }
+}
+
 #[test]
 fn mixup_draws_follow_timm_rules() {
     tch::manual_seed(0);
@@ -91,7 +152,27 @@ fn mixup_draws_follow_timm_rules() {
     // cutmix_minmax forces cutmix, alpha 1
     let m = Mixup::new(0., 0., Some((0.2, 0.8)), 1.0, 0.5, "batch", 0., 10).unwrap();
     assert_eq!(m.cutmix_alpha, 1.0);
-    assert!(Mixup::new(0.8, 0., None, 1., 0.5, "pair", 0.1, 10).is_err());
+    let e = Mixup::new(0.8, 0., None, 1., 0.5, "row", 0.1, 10).unwrap_err();
+    assert!(e.to_string().contains("--mixup_mode row"), "{e}");
+    // elem: about half the samples cut (switch_prob 0.5), a quarter untouched (prob 0.75)
+    let m = Mixup::new(0.8, 1.0, None, 0.75, 0.5, "elem", 0.1, 10).unwrap();
+    let (lam, cut) = m.params_per_elem(4000);
+    let untouched = lam.iter().filter(|&&l| l == 1.).count() as f64 / 4000.;
+    let cut = cut.iter().filter(|&&c| c).count() as f64 / 4000.;
+    assert!(
+        (untouched - 0.25).abs() < 0.03 && (cut - 0.5).abs() < 0.03,
+        "{untouched} {cut}"
+    );
+    // pair mode on a batch of 6: three lams, mirrored onto the targets
+    let m = Mixup::new(1.0, 0., None, 1.0, 0.5, "pair", 0., 4).unwrap();
+    let mut x = Tensor::randn([6, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let t = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1]);
+    let y = m.call(&mut x, &t);
+    for i in 0..3 {
+        let a = y.double_value(&[i, t.int64_value(&[i])]);
+        let b = y.double_value(&[5 - i, t.int64_value(&[5 - i])]);
+        assert!((a - b).abs() < 1e-6, "pair {i}: lam {a} vs mirrored {b}");
+    }
 }
 
 #[test]
