@@ -498,7 +498,9 @@ fn a_port_in_use_and_a_mismatched_world_size_give_clear_errors() {
     );
     drop(taken);
 
-    // rank 0 says the world has 2 ranks, rank 1 says 3: both stop within the timeout, saying so
+    // rank 0 says the world has 2 ranks, rank 1 says 3: both stop, saying so (alone on
+    // this machine ~13 s with --dist_timeout 5, start-up included; 25.6 s once under a loaded CI
+    // run: the bound only tells a stop from a hang)
     let port = free_port();
     let t = Instant::now();
     let children: Vec<Child> = [(0, 2), (1, 3)]
@@ -518,10 +520,7 @@ fn a_port_in_use_and_a_mismatched_world_size_give_clear_errors() {
         assert!(err.contains("world size"), "rank {rank}: {err}");
     }
     let secs = t.elapsed().as_secs_f64();
-    assert!(
-        secs < 5. + 20.,
-        "the mismatched ranks took {secs:.1} s to stop"
-    );
+    assert!(secs < 60., "the mismatched ranks took {secs:.1} s to stop");
 }
 
 #[test]
