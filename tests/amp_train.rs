@@ -17,40 +17,12 @@ use mae::main_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
 use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
 use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
-use mae::util::pickle::Value;
 use tch::{nn, Device, Kind, Tensor};
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
     (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
-}
-
-/// name -> (exp_avg, exp_avg_sq) from `optimizer.state_dict()`.
-fn moments(opt: &AdamW) -> HashMap<String, (Tensor, Tensor)> {
-    let sd = opt.state_dict();
-    let state = sd.get("state").and_then(Value::as_dict).unwrap();
-    let groups = sd.get("param_groups").and_then(Value::as_list).unwrap();
-    let mut out = HashMap::new();
-    for (g, group) in groups.iter().zip(&opt.param_groups) {
-        let ids = g.get("params").and_then(Value::as_list).unwrap();
-        for (id, name) in ids.iter().zip(&group.names) {
-            let entry = &state
-                .iter()
-                .find(|(k, _)| k.as_int() == id.as_int())
-                .unwrap()
-                .1;
-            let t = |k| {
-                entry
-                    .get(k)
-                    .and_then(Value::as_tensor)
-                    .unwrap()
-                    .shallow_clone()
-            };
-            out.insert(name.clone(), (t("exp_avg"), t("exp_avg_sq")));
-        }
-    }
-    out
 }
 
 /// Two AdamW steps of the tiny MAE under `--precision fp32` and `bf16`, each against PyTorch at
@@ -141,7 +113,7 @@ fn bf16_steps_match_torch_autocast() {
             assert!(e <= tol_w, "{prec}: weight {name}: relative error {e:e}");
             w_err = w_err.max(e);
         }
-        for (name, (m, v)) in moments(&optimizer) {
+        for (name, (m, v, _)) in common::adamw_moments(&optimizer) {
             assert!(
                 m.kind() == Kind::Float && v.kind() == Kind::Float,
                 "{prec}: {name}"

@@ -14,7 +14,6 @@ use mae::main_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
 use mae::util::misc::{self, load_state_dict, NativeScalerWithGradNormCount};
 use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
-use mae::util::pickle::Value;
 use tch::{nn, Device, Kind, Tensor};
 
 const CASES: [(&str, usize, usize, bool, i64); 5] = [
@@ -41,34 +40,6 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
     (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
-}
-
-/// name -> (exp_avg, exp_avg_sq, step) from `optimizer.state_dict()`.
-fn moments(opt: &AdamW) -> HashMap<String, (Tensor, Tensor, f64)> {
-    let sd = opt.state_dict();
-    let state = sd.get("state").and_then(Value::as_dict).unwrap();
-    let groups = sd.get("param_groups").and_then(Value::as_list).unwrap();
-    let mut out = HashMap::new();
-    for (g, group) in groups.iter().zip(&opt.param_groups) {
-        let ids = g.get("params").and_then(Value::as_list).unwrap();
-        for (id, name) in ids.iter().zip(&group.names) {
-            let entry = &state
-                .iter()
-                .find(|(k, _)| k.as_int() == id.as_int())
-                .unwrap()
-                .1;
-            let t = |k| {
-                entry
-                    .get(k)
-                    .and_then(Value::as_tensor)
-                    .unwrap()
-                    .shallow_clone()
-            };
-            let step = t("step").double_value(&[]);
-            out.insert(name.clone(), (t("exp_avg"), t("exp_avg_sq"), step));
-        }
-    }
-    out
 }
 
 #[test]
@@ -151,7 +122,7 @@ fn steps_match_pytorch() {
                 upd_err = upd_err.max(rel_err(&(&w - w0), &(want - w0)));
             }
         }
-        let got = moments(&optimizer);
+        let got = common::adamw_moments(&optimizer);
         assert_eq!(
             got.len(),
             named_parameters(&vs).len() - 2,
@@ -195,7 +166,10 @@ fn steps_match_pytorch() {
             let start = misc::load_model(&back, &mut vs2, &mut opt2, &mut scaler2).unwrap();
             assert_eq!(start, Some(epoch + 1));
             assert_eq!(opt2.param_groups[0].lr, optimizer.param_groups[0].lr);
-            let (a, b) = (moments(&optimizer), moments(&opt2));
+            let (a, b) = (
+                common::adamw_moments(&optimizer),
+                common::adamw_moments(&opt2),
+            );
             for (name, (m, v, step)) in &a {
                 let (m2, v2, step2) = &b[name];
                 assert!(

@@ -136,3 +136,35 @@ pub fn official_state_dict(model: &str) -> Shapes {
         .unwrap_or_else(|| panic!("{model} is not in official_state_dicts.json"))
         .1
 }
+
+/// name -> (exp_avg, exp_avg_sq, step) from an AdamW's `optimizer.state_dict()` (the parity
+/// tests of pre-training and of mixed-precision training read the moments this way).
+pub fn adamw_moments(
+    opt: &mae::util::optim::AdamW,
+) -> std::collections::HashMap<String, (tch::Tensor, tch::Tensor, f64)> {
+    use mae::util::pickle::Value;
+    let sd = opt.state_dict();
+    let state = sd.get("state").and_then(Value::as_dict).unwrap();
+    let groups = sd.get("param_groups").and_then(Value::as_list).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for (g, group) in groups.iter().zip(&opt.param_groups) {
+        let ids = g.get("params").and_then(Value::as_list).unwrap();
+        for (id, name) in ids.iter().zip(&group.names) {
+            let entry = &state
+                .iter()
+                .find(|(k, _)| k.as_int() == id.as_int())
+                .unwrap()
+                .1;
+            let t = |k| {
+                entry
+                    .get(k)
+                    .and_then(Value::as_tensor)
+                    .unwrap()
+                    .shallow_clone()
+            };
+            let step = t("step").double_value(&[]);
+            out.insert(name.clone(), (t("exp_avg"), t("exp_avg_sq"), step));
+        }
+    }
+    out
+}
