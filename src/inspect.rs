@@ -1,7 +1,7 @@
 //! `mae inspect`: what a checkpoint holds and which official model it matches.
 //!
 //! Detection works on key names and shapes only (no weights are needed), so it also runs on
-//! the key/shape lists in `../shared/reference/official_state_dicts.json` in the tests.
+//! the key/shape lists in `tests/data/reference/official_state_dicts.json` in the tests.
 use crate::util::checkpoint;
 use crate::util::pickle::kind_name;
 use anyhow::Context;

@@ -74,7 +74,7 @@ fn ops_match_timm_within_two_levels() {
         dir.join("randaugment.safetensors"),
         dir.join("randaugment.json"),
     );
-    let src = common::root().join("../shared/images/chelsea.png");
+    let src = common::root().join("tests/data/images/chelsea.png");
     common::run_python_code(
         TIMM_OPS,
         &[

@@ -1,4 +1,4 @@
-//! The command line keeps the official spellings and defaults (../shared/reference/official_args.json,
+//! The command line keeps the official spellings and defaults (tests/data/reference/official_args.json,
 //! read off main_pretrain.py / main_finetune.py / main_linprobe.py): a researcher's command works
 //! unchanged with `mae <subcommand>`.
 mod common;
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 fn official(script: &str) -> serde_json::Map<String, serde_json::Value> {
-    let path = common::root().join("../shared/reference/official_args.json");
+    let path = common::root().join("tests/data/reference/official_args.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let all: serde_json::Value = serde_json::from_str(&text).unwrap();
     all[script]

@@ -1,4 +1,4 @@
-//! Model detection against the official key/shape lists (../shared/reference, taken from the
+//! Model detection against the official key/shape lists (tests/data/reference, taken from the
 //! reference code by instantiating its models).
 mod common;
 use mae::inspect::{detect, Kind};

@@ -1,5 +1,5 @@
 //! Model structure and initialisation: VarStore keys and shapes against the official
-//! state_dicts (shared/reference/official_state_dicts.json), `initialize_weights` statistics,
+//! state_dicts (tests/data/reference/official_state_dicts.json), `initialize_weights` statistics,
 //! patchify / unpatchify, DropPath, strict / non-strict loading, model names.
 
 mod common;

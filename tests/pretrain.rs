@@ -85,7 +85,7 @@ fn assert_same(a: &Value, b: &Value, path: &str, skip: &[&str]) {
 fn flags_and_defaults_are_the_official_ones() {
     use clap::CommandFactory;
     let official: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string("/work/shared/reference/official_args.json").unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/official_args.json")).unwrap(),
     )
     .unwrap();
     let cmd = mae::main_pretrain::Args::command();
@@ -181,7 +181,7 @@ fn weight_decay_groups_match_timm_for_mae_vit_base() {
     let code = r#"
 import json, torch
 from timm.optim import param_groups_weight_decay
-keys = json.load(open("/work/shared/reference/official_state_dicts.json"))["mae_vit_base_patch16"]
+keys = json.load(open("tests/data/reference/official_state_dicts.json"))["mae_vit_base_patch16"]
 root = torch.nn.Module()
 for k, shape in keys.items():
     *path, leaf = k.split(".")

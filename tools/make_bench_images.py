@@ -1,6 +1,6 @@
 """A folder of ImageNet-like JPEGs for the data-pipeline benchmark (tools/bench_data.sh).
 
-Random crops and rescales of the sample photos in /work/shared/images (or --src), saved by Pillow
+Random crops and rescales of the sample photos in tests/data/images (or --src), saved by Pillow
 at JPEG quality 90, 4:2:0, mostly 500x375 / 375x500 / 500x333 as ImageNet's are, in an
 ImageFolder layout (OUT/train/<photo>/<n>.jpg). Deterministic (seed 0); skips if OUT/train
 already holds --count images.
@@ -20,7 +20,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
     p.add_argument("--count", type=int, default=300)
-    p.add_argument("--src", type=Path, default=Path("/work/shared/images"))
+    p.add_argument("--src", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "data" / "images")
     args = p.parse_args()
     train = args.out / "train"
     if train.exists() and len(list(train.glob("*/*.jpg"))) == args.count:

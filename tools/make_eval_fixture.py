@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fixture for `mae eval`: a small ImageFolder of real photos and a classifier that tells them apart.
 
-OUT/val/<class>/...: four classes (astronaut, cat, coffee, rocket) made from ../shared/images by
+OUT/val/<class>/...: four classes (astronaut, cat, coffee, rocket) made from tests/data/images by
 crops, flips and re-encodings: the original files (PNG, baseline and progressive JPEG), JPEGs of
 crops at several qualities, flipped PNGs, crops smaller than the 256 resize (up-sampled), a
 portrait crop, a grayscale JPEG and an RGBA PNG. With --copies K the set is written K times
@@ -23,7 +23,7 @@ import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-IMAGES = os.path.join(HERE, "..", "..", "shared", "images")
+IMAGES = os.path.join(HERE, "..", "tests", "data", "images")
 CLASSES = {  # class: source photos
     "astronaut": ["astronaut.png"],
     "cat": ["chelsea.png", "chelsea_q90.jpg"],

@@ -262,7 +262,7 @@ def make_mae_fixture(out, name, batch, runs, seed):
     hf_sd = model.state_dict()
     official = hf_to_official(hf_sd, depth, ddepth)
     # the mapped key set is exactly the official one (shapes included)
-    ref_path = "/work/shared/reference/official_state_dicts.json"
+    ref_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "reference", "official_state_dicts.json")
     ref = json.load(open(ref_path)).get(name) if os.path.exists(ref_path) else None
     if ref is not None:
         assert set(ref) == set(official), set(ref) ^ set(official)

@@ -81,12 +81,12 @@ pub fn eval_fixture() -> (PathBuf, PathBuf) {
     (dir, ckpt)
 }
 
-/// The sample photos in ../shared/images (public domain, see SOURCES.md there).
+/// The sample photos in tests/data/images (public domain, see SOURCES.md there).
 pub fn shared_image(name: &str) -> PathBuf {
-    let p = root().join("../shared/images").join(name);
+    let p = root().join("tests/data/images").join(name);
     assert!(
         p.exists(),
-        "{} is missing: shared/ must sit beside the checkout",
+        "{} is missing from the checkout",
         p.display()
     );
     p
@@ -96,12 +96,12 @@ pub fn shared_image(name: &str) -> PathBuf {
 pub type Shapes = Vec<(String, Vec<i64>)>;
 
 /// Every official model's state_dict keys and shapes, in the reference's order
-/// (../shared/reference/official_state_dicts.json, read off the official models).
+/// (tests/data/reference/official_state_dicts.json, read off the official models).
 pub fn official_state_dicts() -> Vec<(String, Shapes)> {
-    let path = root().join("../shared/reference/official_state_dicts.json");
+    let path = root().join("tests/data/reference/official_state_dicts.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (shared/ must sit beside the checkout)",
+            "{}: {e} (part of the checkout)",
             path.display()
         )
     });
