@@ -409,13 +409,33 @@ pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderVi
     )
 }
 
+/// Not in the reference: `mae_vit_mini_patch4` with a 1-block decoder (the decoder-depth ablation
+/// of the paper's Table 1(a), docs/REPRODUCTION.md).
+pub fn mae_vit_mini_patch4_dec64d1b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
+    MaskedAutoencoderViT::new(
+        vs,
+        &MaeConfig {
+            img_size: 32,
+            patch_size: 4,
+            embed_dim: 128,
+            depth: 6,
+            num_heads: 4,
+            decoder_embed_dim: 64,
+            decoder_depth: 1,
+            decoder_num_heads: 4,
+            mlp_ratio: 4.,
+            ..cfg
+        },
+    )
+}
+
 // set recommended archs
 pub use mae_vit_base_patch16_dec512d8b as mae_vit_base_patch16; // decoder: 512 dim, 8 blocks
 pub use mae_vit_huge_patch14_dec512d8b as mae_vit_huge_patch14; // decoder: 512 dim, 8 blocks
 pub use mae_vit_large_patch16_dec512d8b as mae_vit_large_patch16; // decoder: 512 dim, 8 blocks
 
 /// The names `--model` accepts (`models_mae.__dict__[args.model]`).
-pub const MODEL_NAMES: [&str; 8] = [
+pub const MODEL_NAMES: [&str; 9] = [
     "mae_vit_base_patch16_dec512d8b",
     "mae_vit_large_patch16_dec512d8b",
     "mae_vit_huge_patch14_dec512d8b",
@@ -424,6 +444,7 @@ pub const MODEL_NAMES: [&str; 8] = [
     "mae_vit_huge_patch14",
     "mae_vit_tiny_patch4",
     "mae_vit_mini_patch4",
+    "mae_vit_mini_patch4_dec64d1b",
 ];
 
 /// Builds the model named `name`; `cfg` carries the keyword arguments (`norm_pix_loss`, `img_size`).
@@ -440,6 +461,7 @@ pub fn build(name: &str, vs: &nn::Path, cfg: MaeConfig) -> Result<MaskedAutoenco
         }
         "mae_vit_tiny_patch4" => mae_vit_tiny_patch4(vs, cfg),
         "mae_vit_mini_patch4" => mae_vit_mini_patch4(vs, cfg),
+        "mae_vit_mini_patch4_dec64d1b" => mae_vit_mini_patch4_dec64d1b(vs, cfg),
         _ => bail!(
             "unknown model {name:?}; valid names: {}",
             MODEL_NAMES.join(", ")
