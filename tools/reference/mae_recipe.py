@@ -70,6 +70,13 @@ What differs from the Rust port (expected, within seed-to-seed spread):
   (DistributedSampler.set_epoch semantics; the official single-process run never calls
   set_epoch, so its order would repeat every epoch), drop_last=True.
 - Resampling: Pillow 12 (torchvision) here; the Rust port restates Pillow's bicubic filters.
+- Evaluation: the test split goes through the (deterministic) eval transform once, not every
+  epoch; linprobe also computes the frozen encoder's pooled test features once and evaluates
+  BatchNorm1d (eval mode) + Linear on them each epoch (the same numbers as the full forward).
+- finetune / linprobe write only the last epoch's checkpoint; checkpoints hold 'model', 'epoch'
+  and 'args' (no optimizer / scaler state: --resume is not supported here).
+- pretrain's log.txt has no n_parameters (neither has the official main_pretrain.py nor the Rust
+  port); iter_loss.txt is extra (the Rust pretrain writes train_steps.csv, written here too).
 """
 import argparse
 import gzip
