@@ -262,35 +262,74 @@ pub fn md5_hex(path: &std::path::Path) -> anyhow::Result<String> {
         .collect())
 }
 
-/// Compare a file's md5 with the published prefixes: an official file name must match its own
-/// prefix (error otherwise); any other name is reported if it matches one.
-pub fn verify_md5(path: &std::path::Path) -> anyhow::Result<String> {
+/// The outcome of comparing a file's md5 with the published prefixes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Md5Check {
+    /// One line for the user: which prefix matched, or why none did.
+    pub line: String,
+    /// The file has an official name but not its published prefix (incomplete/corrupt download,
+    /// or a user's own file saved under that name).
+    pub mismatch: bool,
+}
+
+/// Is this one of the official file names (`mae_pretrain_vit_base.pth`, …)?
+pub fn has_official_name(path: &std::path::Path) -> bool {
+    OFFICIAL_MD5_PREFIXES
+        .iter()
+        .any(|(n, _)| path.file_name().is_some_and(|f| f == *n))
+}
+
+/// Compare a file's md5 with the published prefixes: an official file name should match its own
+/// prefix (`mismatch` otherwise); any other name is reported if it matches one. Errors only when
+/// the file cannot be read.
+pub fn verify_md5(path: &std::path::Path) -> anyhow::Result<Md5Check> {
     let md5 = md5_hex(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some((_, prefix)) = OFFICIAL_MD5_PREFIXES.iter().find(|(n, _)| *n == name) {
-        anyhow::ensure!(
-            md5.starts_with(prefix),
-            "{}: md5 {md5} does not start with {prefix}, the prefix published for {name}: the download is incomplete or corrupt",
-            path.display()
-        );
-        return Ok(format!(
-            "md5 {md5}: matches the published prefix {prefix} of {name}"
-        ));
-    }
-    Ok(
-        match OFFICIAL_MD5_PREFIXES
-            .iter()
-            .find(|(_, p)| md5.starts_with(p))
-        {
-            Some((official, p)) => {
-                format!("md5 {md5}: matches the published prefix {p} of {official}")
+        return Ok(if md5.starts_with(prefix) {
+            Md5Check {
+                line: format!("md5 {md5}: matches the published prefix {prefix} of {name}"),
+                mismatch: false,
             }
-            None => format!("md5 {md5}: not one of the official checkpoints"),
-        },
-    )
+        } else {
+            Md5Check {
+                line: format!(
+                    "{}: md5 {md5} does not start with {prefix}, the prefix published for {name}: \
+                     an incomplete or corrupt download, or another file saved under that name",
+                    path.display()
+                ),
+                mismatch: true,
+            }
+        });
+    }
+    let line = match OFFICIAL_MD5_PREFIXES
+        .iter()
+        .find(|(_, p)| md5.starts_with(p))
+    {
+        Some((official, p)) => format!("md5 {md5}: matches the published prefix {p} of {official}"),
+        None => format!("md5 {md5}: not one of the official checkpoints"),
+    };
+    Ok(Md5Check {
+        line,
+        mismatch: false,
+    })
+}
+
+/// For the commands that load a checkpoint (`eval`, `visualize`, `finetune`, `linprobe`): a file
+/// with an official name whose md5 is not the published one gets a warning, not a refusal (it
+/// may be the user's own file). Files with other names are not hashed.
+pub fn warn_on_md5_mismatch(path: &std::path::Path) {
+    if !has_official_name(path) {
+        return;
+    }
+    match verify_md5(path) {
+        Ok(check) if check.mismatch => eprintln!("warning: {}", check.line),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: md5 of {} not checked: {e:#}", path.display()),
+    }
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -299,14 +338,38 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
     let start = std::time::Instant::now();
-    let official_name = OFFICIAL_MD5_PREFIXES
-        .iter()
-        .any(|(n, _)| path.file_name().is_some_and(|f| f == *n));
-    let verified = if args.verify || official_name {
+    let verified = if args.verify || has_official_name(path) {
         Some(verify_md5(path)?)
     } else {
         None
     };
+    // a mismatch is reported after the outline: a corrupt download that still parses, or the
+    // user's own file under an official name, is worth seeing
+    let outline = outline(args, path, bytes, start);
+    match verified {
+        Some(check) if check.mismatch => {
+            if let Err(e) = &outline {
+                eprintln!("error: {e:#}");
+            }
+            anyhow::ensure!(!args.verify, "{}", check.line);
+            eprintln!("warning: {} (--verify makes this an error)", check.line);
+            outline
+        }
+        Some(check) => {
+            println!("{}", check.line);
+            outline
+        }
+        None => outline,
+    }
+}
+
+/// Everything `mae inspect` prints about the file's contents.
+fn outline(
+    args: &Args,
+    path: &std::path::Path,
+    bytes: u64,
+    start: std::time::Instant,
+) -> anyhow::Result<()> {
     let root = checkpoint::load(path)?;
     println!(
         "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
@@ -314,9 +377,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bytes as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
-    if let Some(line) = verified {
-        println!("{line}");
-    }
     println!("top level: {}", root.summary(args.max_items));
     let where_ = if root.get("model").is_some() {
         "checkpoint['model']"

@@ -167,6 +167,7 @@ pub fn prepare_model(
     arch: Option<&str>,
     device: Device,
 ) -> Result<(nn::VarStore, MaskedAutoencoderViT)> {
+    crate::inspect::warn_on_md5_mismatch(path);
     let sd = checkpoint::load_state_dict_mapped(path)?; // the model keeps it: no copy
     let mut cfg = MaeConfig::default();
     let arch = match (arch, detect_model(&sd)) {

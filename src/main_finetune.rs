@@ -250,6 +250,7 @@ pub fn main(args: &Args) -> Result<()> {
         bail!("--resume CHECKPOINT is required to evaluate (a fine-tuned checkpoint such as mae_finetuned_vit_base.pth; see weights/README.md)");
     }
     let resume = Path::new(&args.resume);
+    crate::inspect::warn_on_md5_mismatch(resume);
     let sd = checkpoint::load_state_dict_mapped(resume)?; // the model keeps it: no copy
     let detected = detect_model(&sd);
     let (model_name, nb_classes, global_pool) = match (&args.model, &detected) {
@@ -585,6 +586,7 @@ fn finetune(mut args: Args) -> Result<()> {
 
     if !args.finetune.is_empty() && !args.eval {
         let path = Path::new(&args.finetune);
+        crate::inspect::warn_on_md5_mismatch(path);
         let sd = checkpoint::load_state_dict(path)?;
         println!("Load pre-trained checkpoint from: {}", path.display());
         misc::load_pretrained_for_finetune(&mut vs, &mut model, sd)

@@ -193,6 +193,7 @@ impl LinProbe {
 /// of another shape dropped, pos_embed interpolated, non-strict), requiring the missing keys to
 /// be the head (and fc_norm with global pool); then the head weight `trunc_normal_(std=0.01)`.
 fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> Result<()> {
+    crate::inspect::warn_on_md5_mismatch(path);
     let mut sd = checkpoint::load_state_dict(path)?;
     println!("Load pre-trained checkpoint from: {}", path.display());
     sd.retain(|(k, _)| {

@@ -837,14 +837,16 @@ fn inspect_verifies_official_md5_prefixes() {
         stderr.contains("md5 900150983cd24fb0d6963f7d28e17f72 does not start with 8cad7c"),
         "{stderr}"
     );
-    let err = mae::inspect::verify_md5(&fake).unwrap_err().to_string();
+    let check = mae::inspect::verify_md5(&fake).unwrap();
+    assert!(check.mismatch);
     assert!(
-        err.contains("mae_pretrain_vit_base.pth") && err.contains("8cad7c"),
-        "{err}"
+        check.line.contains("mae_pretrain_vit_base.pth") && check.line.contains("8cad7c"),
+        "{}",
+        check.line
     );
     let other = d.join("other.bin");
     std::fs::write(&other, b"abc").unwrap();
-    assert!(mae::inspect::verify_md5(&other)
-        .unwrap()
-        .contains("not one of the official checkpoints"));
+    let check = mae::inspect::verify_md5(&other).unwrap();
+    assert!(!check.mismatch);
+    assert!(check.line.contains("not one of the official checkpoints"));
 }
