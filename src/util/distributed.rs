@@ -466,10 +466,13 @@ impl ProcessGroup {
                 .map(|(r, (pid, _))| format!("rank {r} (pid {pid})"))
                 .collect()
         };
-        // A killed peer's sockets close before its process is reaped: give it a moment.
+        // A killed peer's sockets close before its process is reaped: give it a moment (when
+        // a peer runs on this machine at all).
         let mut lost = gone();
+        let local_peer =
+            (self.peers.iter().enumerate()).any(|(r, &(_, h))| r != self.rank && h == here);
         for _ in 0..40 {
-            if !lost.is_empty() {
+            if !lost.is_empty() || !local_peer {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
