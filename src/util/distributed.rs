@@ -435,7 +435,7 @@ impl ProcessGroup {
             Ok(Ok(GroupPtr(ptr))) => ptr,
             Ok(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers()),
             Err(_) => bail!(
-                "{}: the {backend} connections between the ranks were not made within --dist_timeout {} s{}",
+                "{} (are all {world_size} ranks started, with the same world size?): the {backend} connections between the ranks were not made within --dist_timeout {} s{}",
                 joining(),
                 timeout.as_secs_f64(),
                 peers()
