@@ -435,8 +435,7 @@ fn a_host_that_disappears_stops_the_survivor_naming_the_lost_rank() {
     r0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let last = err
         .lines()
-        .filter(|l| l.to_lowercase().starts_with("error"))
-        .last()
+        .rfind(|l| l.to_lowercase().starts_with("error"))
         .unwrap_or("");
     println!("rank 0 exited {status} {secs:.1} s after host 1's link went down (--dist_timeout 5): {last}");
     assert!(!status.success(), "rank 0 exited 0:\n{err}");
@@ -480,8 +479,7 @@ fn a_peer_that_cannot_be_reached_stops_every_rank_within_the_timeout_naming_its_
         r.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         let last = err
             .lines()
-            .filter(|l| l.to_lowercase().starts_with("error"))
-            .last()
+            .rfind(|l| l.to_lowercase().starts_with("error"))
             .unwrap_or("");
         println!("rank {i} exited {status} {secs:.1} s after the start (--dist_timeout 5): {last}");
         assert!(!status.success(), "rank {i} exited 0:\n{err}");

@@ -404,13 +404,12 @@ impl ProcessGroup {
         if backend == "gloo" {
             store.set(&format!("mae/gloo/{rank}"), advertised)?;
         }
-        let (tx, rx) = mpsc::channel();
         let (b, host) = (
             CString::new(backend)?,
             CString::new(spec.gloo_address.map(|a| a.to_string()).unwrap_or_default())?,
         );
         let (st, cuda_device) = (store.clone(), spec.cuda_device);
-        std::thread::spawn(move || {
+        let connect = move || {
             let mut ptr = std::ptr::null_mut();
             let rc = unsafe {
                 mae_c10d_group(
@@ -424,12 +423,19 @@ impl ProcessGroup {
                     &mut ptr,
                 )
             };
-            let _ = tx.send(if rc == 0 {
-                Ok(GroupPtr(ptr))
-            } else {
-                Err(last_error())
-            });
-        });
+            match rc {
+                0 => Ok(GroupPtr(ptr)),
+                _ => Err(last_error()),
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        if backend == "gloo" {
+            // Gloo connects every pair now: on a thread of its own, waited for at most the timeout
+            std::thread::spawn(move || tx.send(connect()));
+        } else {
+            // NCCL connects at the first collective; set_device must run on this thread
+            let _ = tx.send(connect());
+        }
         let peers = || gloo_peers(&store, rank, world_size, addr);
         let ptr = match rx.recv_timeout(timeout + Duration::from_secs(2)) {
             Ok(Ok(GroupPtr(ptr))) => ptr,
