@@ -436,11 +436,30 @@ impl ProcessGroup {
             // NCCL connects at the first collective; set_device must run on this thread
             let _ = tx.send(connect());
         }
-        let peers = || gloo_peers(&store, rank, world_size, addr);
-        let ptr = match rx.recv_timeout(timeout + Duration::from_secs(2)) {
-            Ok(Ok(GroupPtr(ptr))) => ptr,
-            Ok(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers()),
-            Err(_) => bail!(
+        // While Gloo connects: the addresses the peers advertise, read as they appear (the
+        // store may be gone with its host by the time a failure is reported).
+        let deadline = Instant::now() + timeout + Duration::from_secs(2);
+        let mut known: Vec<Option<String>> = vec![None; world_size];
+        let result = loop {
+            for (r, k) in known.iter_mut().enumerate() {
+                if backend == "gloo" && r != rank && k.is_none() {
+                    *k = store.get_if_set(&format!("mae/gloo/{r}"));
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(res) => break Some(res),
+                Err(_) if Instant::now() < deadline => continue,
+                Err(_) => break None,
+            }
+        };
+        let peers = || match backend {
+            "gloo" => gloo_peers(&known, rank, addr),
+            _ => String::new(),
+        };
+        let ptr = match result {
+            Some(Ok(GroupPtr(ptr))) => ptr,
+            Some(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers()),
+            None => bail!(
                 "{} (are all {world_size} ranks started, with the same world size?): the {backend} connections between the ranks were not made within --dist_timeout {} s{}",
                 joining(),
                 timeout.as_secs_f64(),
@@ -630,17 +649,16 @@ pub struct GroupSpec<'a> {
 
 /// For a failed Gloo connection phase: the address every other rank advertises (as it told the
 /// store), and what to do when one is a loopback address while MASTER_ADDR is not.
-fn gloo_peers(store: &Store, rank: usize, world_size: usize, master_addr: &str) -> String {
+fn gloo_peers(known: &[Option<String>], rank: usize, master_addr: &str) -> String {
     let mut loopback = false;
-    let peers: Vec<String> = (0..world_size)
-        .filter(|&r| r != rank)
-        .map(|r| match store.get_if_set(&format!("mae/gloo/{r}")) {
+    let peers: Vec<String> = (known.iter().enumerate())
+        .filter(|&(r, _)| r != rank)
+        .map(|(r, k)| match k {
             Some(a) => {
-                let ip = a
-                    .split_whitespace()
-                    .next()
-                    .and_then(|ip| ip.parse::<IpAddr>().ok());
-                loopback |= ip.is_some_and(|ip| ip.is_loopback());
+                let ip = a.split_whitespace().next();
+                loopback |= ip
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| ip.is_loopback());
                 format!("rank {r} at {a}")
             }
             None => format!(
@@ -648,7 +666,7 @@ fn gloo_peers(store: &Store, rank: usize, world_size: usize, master_addr: &str) 
             ),
         })
         .collect();
-    if peers.is_empty() || store.get_if_set(&format!("mae/gloo/{rank}")).is_none() {
+    if peers.is_empty() {
         return String::new();
     }
     let mut s = format!("; could not reach {}", peers.join(", "));
