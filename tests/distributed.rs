@@ -7,13 +7,11 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mae::util::checkpoint;
 use mae::util::distributed::{DistributedSampler, ProcessGroup};
 use tch::{Kind, Tensor};
 
@@ -107,39 +105,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The largest relative error ‖a − b‖ / ‖a‖ over the model tensors of two checkpoints. The key
-/// third of `qkv.bias` is left out: softmax ignores it, its gradient is float round-off, which
-/// Adam scales up to full-size steps (in one process as much as in two).
-fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
-    let load = |p: &Path| -> BTreeMap<String, Tensor> {
-        checkpoint::load_state_dict(p)
-            .unwrap_or_else(|e| panic!("{e:#}"))
-            .into_iter()
-            .collect()
-    };
-    let (a, b) = (load(a), load(b));
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "key sets"
-    );
-    let mut worst = (0f64, String::new());
-    for (k, ta) in &a {
-        let (mut ta, mut tb) = (ta.to_kind(Kind::Double), b[k].to_kind(Kind::Double));
-        if k.ends_with("qkv.bias") {
-            let d = ta.size()[0] / 3;
-            ta = Tensor::cat(&[ta.narrow(0, 0, d), ta.narrow(0, 2 * d, d)], 0);
-            tb = Tensor::cat(&[tb.narrow(0, 0, d), tb.narrow(0, 2 * d, d)], 0);
-        }
-        let den = ta.norm().double_value(&[]).max(1e-12);
-        let err = (&ta - &tb).norm().double_value(&[]) / den;
-        if err > worst.0 {
-            worst = (err, k.clone());
-        }
-    }
-    worst
-}
-
 #[test]
 fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
     let dir = common::scratch("distributed_pretrain");
@@ -206,7 +171,8 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
     assert!(out2.contains("effective batch size: 4"), "{out2}");
     assert!(out2.contains("| distributed init (rank 0)"), "{out2}");
 
-    let (err, key) = max_rel_err(&one.join("checkpoint-0.pth"), &two.join("checkpoint-0.pth"));
+    let (err, key) =
+        common::max_rel_err(&one.join("checkpoint-0.pth"), &two.join("checkpoint-0.pth"));
     println!("pretrain, 3 steps: 2 ranks × 2 vs 1 × 4: max rel. err. {err:.2e} ({key}); torchrun wall {wall:.1} s");
     assert!(err <= 1e-5, "rel. err. {err} at {key}");
     // the same log.txt (train_loss averaged over ranks, as synchronize_between_processes)
@@ -276,7 +242,8 @@ fn finetune_two_ranks_equal_one_process_and_dist_eval_prints_the_same_line() {
     let wall = t.elapsed().as_secs_f64();
     assert!(out2.contains("effective batch size: 8"), "{out2}");
     assert!(!two.join("checkpoint-0.pth").with_extension("tmp").exists());
-    let (err, key) = max_rel_err(&one.join("checkpoint-0.pth"), &two.join("checkpoint-0.pth"));
+    let (err, key) =
+        common::max_rel_err(&one.join("checkpoint-0.pth"), &two.join("checkpoint-0.pth"));
     println!("finetune, 3 steps: 2 ranks × 4 vs 1 × 8: max rel. err. {err:.2e} ({key}); 2-rank wall {wall:.1} s");
     assert!(err <= 1e-5, "rel. err. {err} at {key}");
 

@@ -7,24 +7,50 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::util::netif;
 use tch::{nn, Device, Kind, Tensor};
 
 extern "C" {
     fn mae_c10d_last_error() -> *const c_char;
     fn mae_c10d_has_nccl() -> c_int;
-    fn mae_c10d_init(
-        backend: *const c_char,
+    fn mae_c10d_store(
         addr: *const c_char,
         port: c_int,
-        rank: c_int,
         world_size: c_int,
         is_server: c_int,
         timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> c_int;
+    fn mae_c10d_store_set(store: *mut c_void, key: *const c_char, value: *const c_char) -> c_int;
+    fn mae_c10d_store_get_if_set(
+        store: *mut c_void,
+        key: *const c_char,
+        buf: *mut c_char,
+        cap: i64,
+        len: *mut i64,
+    ) -> c_int;
+    fn mae_c10d_store_beat(
+        store: *mut c_void,
+        rank: c_int,
+        world_size: c_int,
+        counts: *mut i64,
+    ) -> c_int;
+    fn mae_c10d_store_free(store: *mut c_void);
+    #[allow(clippy::too_many_arguments)]
+    fn mae_c10d_group(
+        store: *mut c_void,
+        backend: *const c_char,
+        rank: c_int,
+        world_size: c_int,
+        timeout_ms: i64,
         cuda_device: c_int,
+        gloo_host: *const c_char,
         out: *mut *mut c_void,
     ) -> c_int;
     fn mae_c10d_allreduce(group: *mut c_void, tensor: *mut c_void, average: c_int) -> c_int;
@@ -184,8 +210,116 @@ pub fn master_of(dist_url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
 // --------------------------------------------------------
 // The process group (torch.distributed's default group)
 
-/// One c10d process group; collectives wait for completion and fail with the rank that was
-/// lost when it can be told (a peer process on this machine that exited).
+/// The rendezvous TCPStore (thread-safe in libtorch): the group's keys, and mae's own under
+/// "mae/" (each rank's whereabouts and Gloo address, the heartbeats).
+pub struct Store {
+    ptr: *mut c_void,
+    addr: String,
+    port: u16,
+}
+
+unsafe impl Send for Store {}
+unsafe impl Sync for Store {}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        unsafe { mae_c10d_store_free(self.ptr) }
+    }
+}
+
+impl Store {
+    /// The TCPStore at `addr:port`, hosted here with `is_server` (waiting for `world_size`
+    /// ranks), else joined as a client; both give up after `timeout`.
+    pub fn connect(
+        addr: &str,
+        port: u16,
+        world_size: usize,
+        is_server: bool,
+        timeout: Duration,
+    ) -> Result<Store> {
+        let a = CString::new(addr)?;
+        let mut ptr = std::ptr::null_mut();
+        let rc = unsafe {
+            mae_c10d_store(
+                a.as_ptr(),
+                port as c_int,
+                world_size as c_int,
+                is_server as c_int,
+                timeout.as_millis() as i64,
+                &mut ptr,
+            )
+        };
+        if rc != 0 {
+            bail!("{}", last_error());
+        }
+        Ok(Store {
+            ptr,
+            addr: addr.into(),
+            port,
+        })
+    }
+
+    fn set(&self, key: &str, value: &str) -> Result<()> {
+        let (k, v) = (CString::new(key)?, CString::new(value)?);
+        match unsafe { mae_c10d_store_set(self.ptr, k.as_ptr(), v.as_ptr()) } {
+            0 => Ok(()),
+            _ => bail!("store.set({key}): {}", last_error()),
+        }
+    }
+
+    /// The value of `key` if some rank set it already (no waiting).
+    fn get_if_set(&self, key: &str) -> Option<String> {
+        let k = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 1024];
+        let mut len = -1i64;
+        let rc = unsafe {
+            mae_c10d_store_get_if_set(
+                self.ptr,
+                k.as_ptr(),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len() as i64,
+                &mut len,
+            )
+        };
+        (rc == 0 && len >= 0).then(|| {
+            buf.truncate((len as usize).min(buf.len()));
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    }
+
+    /// One heartbeat of `rank`; every rank's heartbeat count.
+    fn beat(&self, rank: usize, world_size: usize) -> Result<Vec<i64>> {
+        let mut counts = vec![0i64; world_size];
+        let rc = unsafe {
+            mae_c10d_store_beat(
+                self.ptr,
+                rank as c_int,
+                world_size as c_int,
+                counts.as_mut_ptr(),
+            )
+        };
+        match rc {
+            0 => Ok(counts),
+            _ => bail!("{}", last_error()),
+        }
+    }
+}
+
+/// How often each rank beats, and after how long without a beat a rank counts as lost.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const SILENT: Duration = Duration::from_secs(3);
+
+/// What this rank last heard through the store: when the store last answered, and when each
+/// rank's heartbeat count last changed.
+struct Heard {
+    store: Instant,
+    counts: Vec<i64>,
+    changed: Vec<Instant>,
+}
+
+/// One c10d process group; collectives wait for completion and fail naming the rank that was
+/// lost when it can be told (a peer process on this machine that exited, or a rank whose
+/// heartbeat stopped).
 pub struct ProcessGroup {
     ptr: *mut c_void,
     pub rank: usize,
@@ -194,6 +328,10 @@ pub struct ProcessGroup {
     timeout: Duration,
     /// (pid, host id) of every rank, once exchanged
     peers: Vec<(i64, i64)>,
+    store: Arc<Store>,
+    /// every rank's "host H, pid P", once exchanged
+    wheres: Vec<String>,
+    heard: Option<Arc<Mutex<Heard>>>,
 }
 
 // The c10d objects are thread-safe; the handle is only used by one thread at a time here.
@@ -205,10 +343,15 @@ fn last_error() -> String {
         .into_owned()
 }
 
+/// The raw group handle, sent back from the thread that connects it.
+struct GroupPtr(*mut c_void);
+unsafe impl Send for GroupPtr {}
+
 impl ProcessGroup {
     /// `init_process_group(backend, init_method=tcp://addr:port, world_size, rank, timeout)`;
     /// `is_server`: this rank hosts the TCPStore (rank 0, unless torchrun's agent hosts it).
-    /// With NCCL, the current CUDA device becomes `cuda_device` first.
+    /// With NCCL, the current CUDA device becomes `cuda_device` first. Gloo binds its default
+    /// device (GLOO_SOCKET_IFNAME, else the host name's address).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: &str,
@@ -220,27 +363,109 @@ impl ProcessGroup {
         timeout: Duration,
         cuda_device: usize,
     ) -> Result<ProcessGroup> {
-        let (b, a) = (CString::new(backend)?, CString::new(addr)?);
-        let mut ptr = std::ptr::null_mut();
-        let rc = unsafe {
-            mae_c10d_init(
-                b.as_ptr(),
-                a.as_ptr(),
-                port as c_int,
-                rank as c_int,
-                world_size as c_int,
-                is_server as c_int,
-                timeout.as_millis() as i64,
-                cuda_device as c_int,
-                &mut ptr,
+        let spec = GroupSpec {
+            backend,
+            addr,
+            port,
+            rank,
+            world_size,
+            is_server,
+            timeout,
+            cuda_device,
+            gloo_address: None,
+        };
+        ProcessGroup::join(&spec, &netif::describe_gloo_address(None, None))
+    }
+
+    /// [`ProcessGroup::new`] with the Gloo address of `spec`, telling the other ranks through
+    /// the store that this rank advertises `advertised` (for their error messages). The Gloo
+    /// connections are waited for at most `timeout` (+ 2 s): Gloo's own connect retries end
+    /// there, but the listening side of a pair waits 5× as long.
+    pub fn join(spec: &GroupSpec, advertised: &str) -> Result<ProcessGroup> {
+        let GroupSpec {
+            backend,
+            addr,
+            port,
+            rank,
+            world_size,
+            timeout,
+            ..
+        } = *spec;
+        let joining = || {
+            format!(
+                "rank {rank} of {world_size}: joining the {backend} group at {addr}:{port} failed"
             )
         };
-        if rc != 0 {
-            bail!(
-                "rank {rank} of {world_size}: joining the {backend} group at {addr}:{port} failed (are all {world_size} ranks started, with the same world size, and is the port free?): {}",
-                last_error()
-            );
+        let store = Store::connect(addr, port, world_size, spec.is_server, timeout)
+            .map_err(|e| anyhow!("{} (are all {world_size} ranks started, with the same world size, and is the port free?): {e}", joining()))?;
+        let store = Arc::new(store);
+        let here = format!("host {}, pid {}", netif::hostname(), std::process::id());
+        store.set(&format!("mae/where/{rank}"), &here)?;
+        if backend == "gloo" {
+            store.set(&format!("mae/gloo/{rank}"), advertised)?;
         }
+        let (b, host) = (
+            CString::new(backend)?,
+            CString::new(spec.gloo_address.map(|a| a.to_string()).unwrap_or_default())?,
+        );
+        let (st, cuda_device) = (store.clone(), spec.cuda_device);
+        let connect = move || {
+            let mut ptr = std::ptr::null_mut();
+            let rc = unsafe {
+                mae_c10d_group(
+                    st.ptr,
+                    b.as_ptr(),
+                    rank as c_int,
+                    world_size as c_int,
+                    timeout.as_millis() as i64,
+                    cuda_device as c_int,
+                    host.as_ptr(),
+                    &mut ptr,
+                )
+            };
+            match rc {
+                0 => Ok(GroupPtr(ptr)),
+                _ => Err(last_error()),
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        if backend == "gloo" {
+            // Gloo connects every pair now: on a thread of its own, waited for at most the timeout
+            std::thread::spawn(move || tx.send(connect()));
+        } else {
+            // NCCL connects at the first collective; set_device must run on this thread
+            let _ = tx.send(connect());
+        }
+        // While Gloo connects: the addresses the peers advertise, read as they appear (the
+        // store may be gone with its host by the time a failure is reported).
+        let deadline = Instant::now() + timeout + Duration::from_secs(2);
+        let mut known: Vec<Option<String>> = vec![None; world_size];
+        let result = loop {
+            for (r, k) in known.iter_mut().enumerate() {
+                if backend == "gloo" && r != rank && k.is_none() {
+                    *k = store.get_if_set(&format!("mae/gloo/{r}"));
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(res) => break Some(res),
+                Err(_) if Instant::now() < deadline => continue,
+                Err(_) => break None,
+            }
+        };
+        let peers = || match backend {
+            "gloo" => gloo_peers(&known, rank, addr),
+            _ => String::new(),
+        };
+        let ptr = match result {
+            Some(Ok(GroupPtr(ptr))) => ptr,
+            Some(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers()),
+            None => bail!(
+                "{} (are all {world_size} ranks started, with the same world size?): the {backend} connections between the ranks were not made within --dist_timeout {} s{}",
+                joining(),
+                timeout.as_secs_f64(),
+                peers()
+            ),
+        };
         Ok(ProcessGroup {
             ptr,
             rank,
@@ -248,6 +473,9 @@ impl ProcessGroup {
             backend: backend.into(),
             timeout,
             peers: vec![],
+            store,
+            wheres: vec![],
+            heard: None,
         })
     }
 
@@ -263,25 +491,32 @@ impl ProcessGroup {
                 .map(|(r, (pid, _))| format!("rank {r} (pid {pid})"))
                 .collect()
         };
-        // A killed peer's sockets close before its process is reaped: give it a moment.
+        // A killed peer's sockets close before its process is reaped: give it a moment (when
+        // a peer runs on this machine at all).
         let mut lost = gone();
+        let local_peer =
+            (self.peers.iter().enumerate()).any(|(r, &(_, h))| r != self.rank && h == here);
         for _ in 0..40 {
-            if !lost.is_empty() {
+            if !lost.is_empty() || !local_peer {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
             lost = gone();
         }
-        if lost.is_empty() && self.world_size == 2 && err.contains("Connection") {
-            lost.push(format!("rank {} (the only peer)", 1 - self.rank));
-        }
-        let who = if lost.is_empty() {
+        let who = if !lost.is_empty() {
+            format!("lost peer {}: the process is gone", lost.join(", "))
+        } else if let Some(silent) = self.silent() {
+            format!(
+                "lost {silent}: it did not answer within --dist_timeout {} s",
+                self.timeout.as_secs_f64()
+            )
+        } else if self.world_size == 2 && err.contains("Connection") {
+            format!("lost peer rank {} (the only peer)", 1 - self.rank)
+        } else {
             format!(
                 "a peer rank stopped or did not answer within --dist_timeout {} s",
                 self.timeout.as_secs_f64()
             )
-        } else {
-            format!("lost peer {}: the process is gone", lost.join(", "))
         };
         bail!(
             "rank {} of {}: {op} failed: {who} ({}: {err})",
@@ -289,6 +524,78 @@ impl ProcessGroup {
             self.world_size,
             self.backend,
         )
+    }
+
+    /// After a failed collective: the store host or the peer ranks whose heartbeat stopped
+    /// (waiting up to [`SILENT`] for a peer whose connection just closed to fall silent).
+    fn silent(&self) -> Option<String> {
+        let heard = self.heard.as_ref()?;
+        let deadline = Instant::now() + SILENT + HEARTBEAT;
+        loop {
+            let now = Instant::now();
+            let found = {
+                let h = heard.lock().ok()?;
+                if now - h.store > SILENT {
+                    vec![format!(
+                        "the store at {}:{} (rank 0's host, or torchrun's agent): no answer for {:.1} s",
+                        self.store.addr,
+                        self.store.port,
+                        (now - h.store).as_secs_f64()
+                    )]
+                } else {
+                    (h.changed.iter().enumerate())
+                        .filter(|&(r, t)| r != self.rank && now - *t > SILENT)
+                        .map(|(r, t)| {
+                            let at = self.wheres.get(r).map(String::as_str).unwrap_or("?");
+                            format!(
+                                "peer rank {r} ({at}): no heartbeat for {:.1} s",
+                                (now - *t).as_secs_f64()
+                            )
+                        })
+                        .collect()
+                }
+            };
+            if !found.is_empty() {
+                return Some(found.join(", "));
+            }
+            if now > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Beats every [`HEARTBEAT`] through the store from a thread of its own, recording when each
+    /// rank was last heard of. The first beat is synchronous, before the caller's barrier, so
+    /// that every rank's count exists once any rank starts listening.
+    fn start_heartbeat(&mut self) {
+        let (rank, world_size) = (self.rank, self.world_size);
+        let counts = self.store.beat(rank, world_size);
+        let counts = counts.unwrap_or_else(|_| vec![-1; world_size]);
+        let now = Instant::now();
+        let heard = Arc::new(Mutex::new(Heard {
+            store: now,
+            counts,
+            changed: vec![now; world_size],
+        }));
+        self.heard = Some(heard.clone());
+        let store = self.store.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(HEARTBEAT);
+            // a store that stopped answering blocks here or fails: `store` goes stale
+            let Ok(counts) = store.beat(rank, world_size) else {
+                return;
+            };
+            let Ok(mut h) = heard.lock() else { return };
+            let now = Instant::now();
+            h.store = now;
+            for (r, c) in counts.into_iter().enumerate() {
+                if h.counts[r] != c {
+                    h.counts[r] = c;
+                    h.changed[r] = now;
+                }
+            }
+        });
     }
 
     /// `dist.all_reduce(t)` (sum), or the mean over ranks with `average`.
@@ -318,8 +625,55 @@ impl ProcessGroup {
         self.all_reduce(&t, false)?;
         let v = Vec::<i64>::try_from(t.to_device(Device::Cpu).flatten(0, 1))?;
         self.peers = v.chunks(2).map(|p| (p[0], p[1])).collect();
+        let unknown = || "host ?".to_string();
+        self.wheres = (0..self.world_size)
+            .map(|r| (self.store.get_if_set(&format!("mae/where/{r}"))).unwrap_or_else(unknown))
+            .collect();
         Ok(())
     }
+}
+
+/// What [`ProcessGroup::join`] connects: the arguments of [`ProcessGroup::new`], and the
+/// address Gloo binds (`None`: libtorch's default device).
+pub struct GroupSpec<'a> {
+    pub backend: &'a str,
+    pub addr: &'a str,
+    pub port: u16,
+    pub rank: usize,
+    pub world_size: usize,
+    pub is_server: bool,
+    pub timeout: Duration,
+    pub cuda_device: usize,
+    pub gloo_address: Option<IpAddr>,
+}
+
+/// For a failed Gloo connection phase: the address every other rank advertises (as it told the
+/// store), and what to do when one is a loopback address while MASTER_ADDR is not.
+fn gloo_peers(known: &[Option<String>], rank: usize, master_addr: &str) -> String {
+    let mut loopback = false;
+    let peers: Vec<String> = (known.iter().enumerate())
+        .filter(|&(r, _)| r != rank)
+        .map(|(r, k)| match k {
+            Some(a) => {
+                let ip = a.split_whitespace().next();
+                loopback |= ip
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| ip.is_loopback());
+                format!("rank {r} at {a}")
+            }
+            None => format!(
+                "rank {r} (no Gloo address published: is it a Python rank, or did it not start?)"
+            ),
+        })
+        .collect();
+    if peers.is_empty() {
+        return String::new();
+    }
+    let mut s = format!("; could not reach {}", peers.join(", "));
+    if loopback && netif::is_loopback_host(master_addr) == Some(false) {
+        s.push_str(": a loopback address cannot be reached from another host; leave GLOO_SOCKET_IFNAME unset on every host (mae then binds the interface whose route reaches MASTER_ADDR) or set it to the interface the other hosts reach that one on");
+    }
+    s
 }
 
 /// This machine, as a number that sums safely in an int64 all-reduce (one rank per row).
@@ -429,25 +783,48 @@ pub fn init_distributed_mode(args: &DistArgs, device: Device) -> Result<DistInfo
         "| distributed init (rank {}): {}, gpu {} ({} of {}, {backend}, via {})",
         r.rank, args.dist_url, gpu, r.rank, r.world_size, r.launcher
     );
+    // Gloo's address: GLOO_SOCKET_IFNAME, else the host name's, unless that is loopback while
+    // MASTER_ADDR is another host (util/netif.rs); NCCL reads NCCL_SOCKET_IFNAME itself.
+    let ifname = env("GLOO_SOCKET_IFNAME");
+    let chosen = match backend.as_str() {
+        "gloo" => netif::choose_gloo_device(
+            ifname.as_deref(),
+            r.world_size,
+            &addr,
+            netif::gloo_default_address(),
+            &netif::route_to,
+        )?,
+        _ => None,
+    };
+    if let Some((iface, ip)) = &chosen {
+        println!(
+            "| gloo: using interface {iface} ({ip}), whose route reaches MASTER_ADDR {addr}: GLOO_SOCKET_IFNAME is unset and this host's name {} resolves to the loopback address {}",
+            netif::hostname(),
+            netif::gloo_default_address()
+        );
+    }
     // torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE), else rank 0 does.
     let agent_store = env("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True");
-    let timeout = Duration::from_secs_f64(args.dist_timeout);
-    let mut pg = ProcessGroup::new(
-        &backend,
-        &addr,
+    let spec = GroupSpec {
+        backend: &backend,
+        addr: &addr,
         port,
-        r.rank,
-        r.world_size,
-        r.rank == 0 && !agent_store,
-        timeout,
-        gpu,
-    )?;
+        rank: r.rank,
+        world_size: r.world_size,
+        is_server: r.rank == 0 && !agent_store,
+        timeout: Duration::from_secs_f64(args.dist_timeout),
+        cuda_device: gpu,
+        gloo_address: chosen.as_ref().map(|(_, ip)| *ip),
+    };
+    let advertised = netif::describe_gloo_address(ifname.as_deref(), chosen.as_ref());
+    let mut pg = ProcessGroup::join(&spec, &advertised)?;
     pg.exchange_peers(info.device(device)).with_context(|| {
         format!(
             "the first collective of the {} ranks (do all of them have world size {}?)",
             r.world_size, r.world_size
         )
     })?;
+    pg.start_heartbeat();
     pg.barrier()?;
     *GROUP
         .lock()

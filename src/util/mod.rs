@@ -10,6 +10,7 @@ pub mod lars;
 pub mod lr_decay;
 pub mod lr_sched;
 pub mod misc;
+pub mod netif;
 pub mod optim;
 pub mod pickle;
 pub mod plot;

@@ -160,3 +160,39 @@ pub fn adamw_moments(
     }
     out
 }
+
+/// The largest relative error ‖a − b‖ / ‖a‖ over the model tensors of two checkpoints. The key
+/// third of `qkv.bias` is left out: softmax ignores it, its gradient is float round-off, which
+/// Adam scales up to full-size steps (in one process as much as in two).
+pub fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
+    let load = |p: &Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+        mae::util::checkpoint::load_state_dict(p)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .into_iter()
+            .collect()
+    };
+    let (a, b) = (load(a), load(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "key sets"
+    );
+    let mut worst = (0f64, String::new());
+    for (k, ta) in &a {
+        let (mut ta, mut tb) = (
+            ta.to_kind(tch::Kind::Double),
+            b[k].to_kind(tch::Kind::Double),
+        );
+        if k.ends_with("qkv.bias") {
+            let d = ta.size()[0] / 3;
+            ta = tch::Tensor::cat(&[ta.narrow(0, 0, d), ta.narrow(0, 2 * d, d)], 0);
+            tb = tch::Tensor::cat(&[tb.narrow(0, 0, d), tb.narrow(0, 2 * d, d)], 0);
+        }
+        let den = ta.norm().double_value(&[]).max(1e-12);
+        let err = (&ta - &tb).norm().double_value(&[]) / den;
+        if err > worst.0 {
+            worst = (err, k.clone());
+        }
+    }
+    worst
+}
