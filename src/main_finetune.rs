@@ -28,6 +28,7 @@ use crate::util::misc::{
 };
 use crate::util::optim::{named_parameters, AdamW};
 use crate::util::pickle::Value;
+use crate::util::tensorboard;
 
 const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
 
@@ -152,7 +153,7 @@ pub struct Args {
     /// path where to save, empty for no saving
     #[arg(long, default_value = "./output_dir")]
     pub output_dir: String,
-    /// path where to tensorboard log (accepted; no tensorboard here: log.txt)
+    /// path where to tensorboard log (events.out.tfevents.*; empty: none)
     #[arg(long, default_value = "./output_dir")]
     pub log_dir: String,
 
@@ -649,6 +650,7 @@ fn finetune(mut args: Args) -> Result<()> {
     }
     let forward_train = |x: &Tensor| model.forward_t(x, true);
     let forward_eval = |x: &Tensor| model.forward_t(x, false);
+    let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
     let start_time = std::time::Instant::now();
     let mut max_accuracy = 0.0f64;
@@ -680,6 +682,7 @@ fn finetune(mut args: Args) -> Result<()> {
             &mut loss_scaler,
             args.clip_grad,
             mixup_fn.as_ref(),
+            log_writer.as_mut(),
             args.accum_iter,
             &args.lr_args(),
         )?;
@@ -702,6 +705,11 @@ fn finetune(mut args: Args) -> Result<()> {
         );
         max_accuracy = max_accuracy.max(test_stats.acc1);
         println!("Max accuracy: {max_accuracy:.2}%");
+        if let Some(w) = log_writer.as_mut() {
+            w.add_scalar("perf/test_acc1", test_stats.acc1, epoch)?;
+            w.add_scalar("perf/test_acc5", test_stats.acc5, epoch)?;
+            w.add_scalar("perf/test_loss", test_stats.loss, epoch)?;
+        }
 
         if save {
             let log_stats = log_line(
@@ -712,6 +720,9 @@ fn finetune(mut args: Args) -> Result<()> {
                 n_parameters,
             );
             append(&output_dir.join("log.txt"), &format!("{log_stats}\n"))?;
+        }
+        if let Some(w) = log_writer.as_mut() {
+            w.flush()?;
         }
     }
     let total_time = start_time.elapsed().as_secs_f64();

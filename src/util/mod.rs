@@ -14,3 +14,4 @@ pub mod optim;
 pub mod pickle;
 pub mod plot;
 pub mod pos_embed;
+pub mod tensorboard;
