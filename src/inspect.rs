@@ -2,7 +2,7 @@
 //!
 //! Detection works on key names and shapes only (no weights are needed), so it also runs on
 //! the key/shape lists in `tests/data/reference/official_state_dicts.json` in the tests.
-use crate::util::checkpoint;
+use crate::util::hub;
 use crate::util::pickle::kind_name;
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -209,7 +209,8 @@ fn preview(shapes: &BTreeMap<&str, &[i64]>) -> String {
 #[derive(clap::Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub struct Args {
-    /// Checkpoint file (.pth written by torch.save, or .safetensors).
+    /// Checkpoint: .pth written by torch.save, .safetensors, or a Hugging Face folder
+    /// (config.json + model.safetensors / pytorch_model.bin, or the hub cache's models--org--name).
     pub checkpoint: PathBuf,
     /// Containers longer than this are shortened in the top-level outline.
     #[arg(long, default_value_t = 6)]
@@ -295,22 +296,22 @@ pub fn verify_md5(path: &std::path::Path) -> anyhow::Result<String> {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let path = &args.checkpoint;
-    let bytes = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .len();
     let start = std::time::Instant::now();
+    let (file, config, root) = hub::read(path, false)?;
+    let bytes = std::fs::metadata(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
     let official_name = OFFICIAL_MD5_PREFIXES
         .iter()
-        .any(|(n, _)| path.file_name().is_some_and(|f| f == *n));
+        .any(|(n, _)| file.file_name().is_some_and(|f| f == *n));
     let verified = if args.verify || official_name {
-        Some(verify_md5(path)?)
+        Some(verify_md5(&file)?)
     } else {
         None
     };
-    let root = checkpoint::load(path)?;
     println!(
         "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
-        path.display(),
+        file.display(),
         bytes as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
@@ -323,8 +324,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         "the top level"
     };
-    let sd = checkpoint::state_dict(root)
+    let loaded = hub::to_official(file, config, root)
         .with_context(|| format!("{}: no state_dict", path.display()))?;
+    println!("format: {}", loaded.format);
+    let where_ = match loaded.format {
+        hub::Format::Official | hub::Format::Safetensors => where_.to_string(),
+        _ => format!("{where_}, mapped to the official keys"),
+    };
+    let sd = loaded.sd;
     println!("\nstate_dict ({where_}): {} tensors", sd.len());
     let width = sd.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut kinds = BTreeMap::new();

@@ -21,6 +21,7 @@ use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource};
 use crate::util::datasets::{build_dataset as build_split, Split, TrainTransform};
 use crate::util::distributed::{self, DistArgs};
+use crate::util::hub;
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{
@@ -251,7 +252,7 @@ pub fn main(args: &Args) -> Result<()> {
         bail!("--resume CHECKPOINT is required to evaluate (a fine-tuned checkpoint such as mae_finetuned_vit_base.pth; see weights/README.md)");
     }
     let resume = Path::new(&args.resume);
-    let sd = checkpoint::load_state_dict_mapped(resume)?; // the model keeps it: no copy
+    let sd = hub::load(resume, true)?.sd; // the model keeps it: no copy
     let detected = detect_model(&sd);
     let (model_name, nb_classes, global_pool) = match (&args.model, &detected) {
         (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
@@ -586,7 +587,7 @@ fn finetune(mut args: Args) -> Result<()> {
 
     if !args.finetune.is_empty() && !args.eval {
         let path = Path::new(&args.finetune);
-        let sd = checkpoint::load_state_dict(path)?;
+        let sd = hub::load(path, false)?.sd;
         println!("Load pre-trained checkpoint from: {}", path.display());
         misc::load_pretrained_for_finetune(&mut vs, &mut model, sd)
             .with_context(|| format!("--finetune {} into {model_name}", path.display()))?;

@@ -15,10 +15,10 @@ use crate::timm::loss::Criterion;
 use crate::timm::{linear, trunc_normal_, LinearInit};
 use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
-use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
 use crate::util::datasets::{build_dataset, labelled_batches};
 use crate::util::distributed::{self, DistArgs};
+use crate::util::hub;
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{self, load_state_dict, timedelta, NativeScalerWithGradNormCount};
@@ -194,7 +194,7 @@ impl LinProbe {
 /// of another shape dropped, pos_embed interpolated, non-strict), requiring the missing keys to
 /// be the head (and fc_norm with global pool); then the head weight `trunc_normal_(std=0.01)`.
 fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> Result<()> {
-    let mut sd = checkpoint::load_state_dict(path)?;
+    let mut sd = hub::load(path, false)?.sd;
     println!("Load pre-trained checkpoint from: {}", path.display());
     sd.retain(|(k, _)| {
         let drop = k == "head.weight" || k == "head.bias";

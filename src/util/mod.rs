@@ -6,6 +6,7 @@ pub mod crop;
 pub mod data_loader;
 pub mod datasets;
 pub mod distributed;
+pub mod hub;
 pub mod lars;
 pub mod lr_decay;
 pub mod lr_sched;
