@@ -435,3 +435,85 @@ fn bad_folders_and_configs_are_named() {
         "{text}"
     );
 }
+
+/// data/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright.
+fn image_folder(root: &Path) {
+    for (split, n) in [("train", 8u32), ("val", 4)] {
+        for (c, base) in [("a", 40u8), ("b", 200)] {
+            let dir = root.join(split).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
+                    image::Rgb([v, v / 2, 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn eval_and_linprobe_read_hf_folders_as_their_pth() {
+    let dir = common::scratch("hub").join("cli");
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    image_folder(&data);
+    let common_args = ["--device", "cpu", "--num_workers", "1", "--input_size", "32"];
+
+    // mae eval --resume: a ViTForImageClassification folder gives the .pth's line
+    let (pth, _, _) = tiny_vit(&dir, false, 2);
+    let hf = dir.join("hf_vit");
+    mae(&["convert", s(&pth), s(&hf), "--to", "hf"], true);
+    let acc_line = |ckpt: &Path| {
+        let text = mae(
+            &[&["eval", "--resume", s(ckpt), "--data_path", s(&data)], &common_args[..]].concat(),
+            true,
+        );
+        text.lines()
+            .find(|l| l.starts_with("* Acc@1"))
+            .unwrap_or_else(|| panic!("no Acc@1 line:\n{text}"))
+            .to_string()
+    };
+    assert_eq!(acc_line(&hf), acc_line(&pth));
+
+    // mae linprobe --finetune: an MAE folder trains as its .pth (log.txt equal)
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    models_mae::build("mae_vit_tiny_patch4", &vs.root(), MaeConfig::default()).unwrap();
+    let mae_pth = dir.join("mae_tiny.pth");
+    save_official(&mae_pth, &vs);
+    let mae_hf = dir.join("hf_mae");
+    mae(&["convert", s(&mae_pth), s(&mae_hf), "--to", "hf"], true);
+    let log = |ckpt: &Path, tag: &str| {
+        let out = dir.join(tag);
+        mae(
+            &[
+                &[
+                    "linprobe",
+                    "--model",
+                    "vit_tiny_patch4",
+                    "--finetune",
+                    s(ckpt),
+                    "--nb_classes",
+                    "2",
+                    "--batch_size",
+                    "8",
+                    "--epochs",
+                    "1",
+                    "--data_path",
+                    s(&data),
+                    "--output_dir",
+                    s(&out),
+                    "--log_dir",
+                    "",
+                ],
+                &common_args[..],
+            ]
+            .concat(),
+            true,
+        );
+        std::fs::read_to_string(out.join("log.txt")).unwrap()
+    };
+    assert_eq!(log(&mae_hf, "lp_hf"), log(&mae_pth, "lp_pth"));
+}
