@@ -314,6 +314,15 @@ fn mae_encoder_for_timm_is_the_ports_vit() {
     assert!(sd
         .iter()
         .all(|(k, _)| !k.starts_with("decoder") && k != "mask_token"));
+    // a timm hub folder (config.json with "architecture" beside model.safetensors) reads the same
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architecture": "vit_base_patch16_224", "num_classes": 0}"#,
+    )
+    .unwrap();
+    let (from_folder, format) = read(&dir);
+    assert_eq!(format, Format::Safetensors);
+    assert_identical(&from_folder, &sd, "timm folder");
 
     let mut vit_vs = nn::VarStore::new(Device::Cpu);
     let cfg = VitConfig {
@@ -459,7 +468,14 @@ fn eval_and_linprobe_read_hf_folders_as_their_pth() {
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
     image_folder(&data);
-    let common_args = ["--device", "cpu", "--num_workers", "1", "--input_size", "32"];
+    let common_args = [
+        "--device",
+        "cpu",
+        "--num_workers",
+        "1",
+        "--input_size",
+        "32",
+    ];
 
     // mae eval --resume: a ViTForImageClassification folder gives the .pth's line
     let (pth, _, _) = tiny_vit(&dir, false, 2);
@@ -467,7 +483,11 @@ fn eval_and_linprobe_read_hf_folders_as_their_pth() {
     mae(&["convert", s(&pth), s(&hf), "--to", "hf"], true);
     let acc_line = |ckpt: &Path| {
         let text = mae(
-            &[&["eval", "--resume", s(ckpt), "--data_path", s(&data)], &common_args[..]].concat(),
+            &[
+                &["eval", "--resume", s(ckpt), "--data_path", s(&data)],
+                &common_args[..],
+            ]
+            .concat(),
             true,
         );
         text.lines()
