@@ -2,6 +2,7 @@
 //!
 //! Detection works on key names and shapes only (no weights are needed), so it also runs on
 //! the key/shape lists in `tests/data/reference/official_state_dicts.json` in the tests.
+use crate::util::checkpoint;
 use crate::util::hub;
 use crate::util::pickle::kind_name;
 use anyhow::Context;
@@ -296,8 +297,7 @@ pub fn verify_md5(path: &std::path::Path) -> anyhow::Result<String> {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let path = &args.checkpoint;
-    let start = std::time::Instant::now();
-    let (file, config, root) = hub::read(path, false)?;
+    let (file, config) = hub::weights_file(path)?;
     let bytes = std::fs::metadata(&file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
@@ -309,6 +309,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let start = std::time::Instant::now();
+    let root = checkpoint::load(&file)?;
     println!(
         "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
         file.display(),

@@ -62,23 +62,16 @@ pub struct Loaded {
 /// (or its hub cache folder), with the keys mapped to the official ones. `mapped`: the tensors
 /// of a `.pth` are views of the file ([`checkpoint::load_mapped`]).
 pub fn load(path: &Path, mapped: bool) -> Result<Loaded> {
-    let (file, config, root) = read(path, mapped)?;
-    to_official(file, config, root)
-}
-
-/// The weights file of `path` (a file, or the one in a Hugging Face folder), its `config.json`
-/// when it has one, and the loaded file as it is.
-pub fn read(path: &Path, mapped: bool) -> Result<(PathBuf, Option<PathBuf>, checkpoint::Value)> {
     let (file, config) = weights_file(path)?;
     let root = if mapped {
         checkpoint::load_mapped(&file)?
     } else {
         checkpoint::load(&file)?
     };
-    Ok((file, config, root))
+    to_official(file, config, root)
 }
 
-/// [`read`]'s result as the official state_dict, with the format it was in.
+/// The loaded [`weights_file`] as the official state_dict, with the format it was in.
 pub fn to_official(
     file: PathBuf,
     config_path: Option<PathBuf>,
@@ -125,8 +118,9 @@ fn is_safetensors(file: &Path) -> bool {
         .is_ok_and(|_| &magic[..2] != b"PK")
 }
 
-/// The weights file of `path` and the `config.json` beside it, if any.
-fn weights_file(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+/// The weights file of `path` (a file, or the one in a Hugging Face folder) and the
+/// `config.json` beside it, if any.
+pub fn weights_file(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_dir() {
