@@ -17,6 +17,7 @@ use crate::util::misc::{
     py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
 };
 use crate::util::optim::Optimizer;
+use crate::util::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// One batch of the validation loader: images [B, 3, H, W] and class indices [B].
 pub struct Batch {
@@ -34,10 +35,11 @@ pub struct TrainStats {
 }
 
 /// `train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler,
-/// max_norm, mixup_fn, args=args)`. `forward(samples, train)` is `model(samples)` in train mode;
-/// `data_loader` yields the epoch's batches (its length is `len(data_loader)`). The forward runs
-/// under `precision`'s autocast (float32 weights, gradients and optimizer state; `loss_scaler`
-/// enabled for fp16).
+/// max_norm, mixup_fn, log_writer, args=args)`. `forward(samples, train)` is `model(samples)` in
+/// train mode; `data_loader` yields the epoch's batches (its length is `len(data_loader)`). The
+/// forward runs under `precision`'s autocast (float32 weights, gradients and optimizer state;
+/// `loss_scaler` enabled for fp16). `log_writer` (rank 0) gets `loss` (the mean over ranks) and
+/// `lr` (the largest group lr) once per optimizer step.
 #[allow(clippy::too_many_arguments)]
 pub fn train_one_epoch(
     forward: &dyn Fn(&Tensor) -> Result<Tensor>,
@@ -50,6 +52,7 @@ pub fn train_one_epoch(
     loss_scaler: &mut NativeScalerWithGradNormCount,
     max_norm: Option<f64>,
     mixup_fn: Option<&Mixup>,
+    mut log_writer: Option<&mut SummaryWriter>,
     accum_iter: usize,
     lr_args: &LrArgs,
 ) -> Result<TrainStats> {
@@ -60,6 +63,10 @@ pub fn train_one_epoch(
     let mut steps = Vec::with_capacity(len);
 
     optimizer.zero_grad();
+
+    if let Some(w) = &log_writer {
+        println!("log_dir: {}", w.log_dir.display());
+    }
 
     let (start_time, mut end) = (Instant::now(), Instant::now());
     let (mut iter_time, mut data_time) = (SmoothedValue::new(20), SmoothedValue::new(20));
@@ -106,6 +113,19 @@ pub fn train_one_epoch(
             .map(|g| g.lr)
             .fold(0., f64::max);
         metric_logger.lr.update(max_lr);
+
+        if update_grad {
+            // misc.all_reduce_mean(loss_value), on every rank (a collective); rank 0 logs it
+            let loss_value_reduce = distributed::all_reduce_sum(&[loss_value])?[0]
+                / distributed::get_world_size() as f64;
+            if let Some(w) = log_writer.as_deref_mut() {
+                // We use epoch_1000x as the x-axis in tensorboard. This calibrates different
+                // curves when batch size changes.
+                let step = epoch_1000x(epoch_f);
+                w.add_scalar("loss", loss_value_reduce, step)?;
+                w.add_scalar("lr", max_lr, step)?;
+            }
+        }
         steps.push((epoch_f, loss_value, max_lr));
 
         iter_time.update(end.elapsed().as_secs_f64());

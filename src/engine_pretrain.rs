@@ -14,6 +14,7 @@ use crate::util::misc::{
     py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
 };
 use crate::util::optim::AdamW;
+use crate::util::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// One iteration, as the tensorboard scalars of the official loop record it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,10 +32,12 @@ pub struct TrainStats {
     pub steps: Vec<Step>,
 }
 
-/// `train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args=args)`;
-/// `data_loader` yields the batches of the epoch (its length is `len(data_loader)`). The forward
-/// runs under `--precision`'s autocast; weights, gradients and AdamW state stay float32, and
-/// `loss_scaler` scales the loss when it is enabled (fp16).
+/// `train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, log_writer,
+/// args=args)`; `data_loader` yields the batches of the epoch (its length is `len(data_loader)`).
+/// The forward runs under `--precision`'s autocast; weights, gradients and AdamW state stay
+/// float32, and `loss_scaler` scales the loss when it is enabled (fp16). `log_writer` (rank 0)
+/// gets `train_loss` (the mean over ranks) and `lr` once per optimizer step.
+#[allow(clippy::too_many_arguments)]
 pub fn train_one_epoch(
     model: &MaskedAutoencoderViT,
     data_loader: impl ExactSizeIterator<Item = Result<Tensor>>,
@@ -42,6 +45,7 @@ pub fn train_one_epoch(
     device: Device,
     epoch: i64,
     loss_scaler: &mut NativeScalerWithGradNormCount,
+    mut log_writer: Option<&mut SummaryWriter>,
     args: &Args,
 ) -> Result<TrainStats> {
     let mut metric_logger = MetricLogger::default();
@@ -53,6 +57,10 @@ pub fn train_one_epoch(
     let precision = Precision::for_device(args.precision, device)?;
 
     optimizer.zero_grad();
+
+    if let Some(w) = &log_writer {
+        println!("log_dir: {}", w.log_dir.display());
+    }
 
     // MetricLogger.log_every
     let (start_time, mut end) = (Instant::now(), Instant::now());
@@ -95,6 +103,19 @@ pub fn train_one_epoch(
         metric_logger.loss.update(loss_value);
         let lr = optimizer.param_groups[0].lr;
         metric_logger.lr.update(lr);
+
+        if (data_iter_step + 1) % accum_iter == 0 {
+            // misc.all_reduce_mean(loss_value), on every rank (a collective); rank 0 logs it
+            let loss_value_reduce = distributed::all_reduce_sum(&[loss_value])?[0]
+                / distributed::get_world_size() as f64;
+            if let Some(w) = log_writer.as_deref_mut() {
+                // We use epoch_1000x as the x-axis in tensorboard. This calibrates different
+                // curves when batch size changes.
+                let step = epoch_1000x(epoch_f);
+                w.add_scalar("train_loss", loss_value_reduce, step)?;
+                w.add_scalar("lr", lr, step)?;
+            }
+        }
         steps.push(Step {
             epoch: epoch_f,
             loss: loss_value,

@@ -3,6 +3,7 @@
 //! Detection works on key names and shapes only (no weights are needed), so it also runs on
 //! the key/shape lists in `tests/data/reference/official_state_dicts.json` in the tests.
 use crate::util::checkpoint;
+use crate::util::hub;
 use crate::util::pickle::kind_name;
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -209,7 +210,8 @@ fn preview(shapes: &BTreeMap<&str, &[i64]>) -> String {
 #[derive(clap::Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub struct Args {
-    /// Checkpoint file (.pth written by torch.save, or .safetensors).
+    /// Checkpoint: .pth written by torch.save, .safetensors, or a Hugging Face folder
+    /// (config.json + model.safetensors / pytorch_model.bin, or the hub cache's models--org--name).
     pub checkpoint: PathBuf,
     /// Containers longer than this are shortened in the top-level outline.
     #[arg(long, default_value_t = 6)]
@@ -334,18 +336,19 @@ pub fn warn_on_md5_mismatch(path: &std::path::Path) {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let path = &args.checkpoint;
-    let bytes = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
+    let (file, config) = hub::weights_file(path)?;
+    let bytes = std::fs::metadata(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?
         .len();
     let start = std::time::Instant::now();
-    let verified = if args.verify || has_official_name(path) {
-        Some(verify_md5(path)?)
+    let verified = if args.verify || has_official_name(&file) {
+        Some(verify_md5(&file)?)
     } else {
         None
     };
     // a mismatch is reported after the outline: a corrupt download that still parses, or the
     // user's own file under an official name, is worth seeing
-    let outline = outline(args, path, bytes, start);
+    let outline = outline(args, &file, config.as_deref(), bytes, start);
     match verified {
         Some(check) if check.mismatch => {
             if let Err(e) = &outline {
@@ -366,14 +369,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// Everything `mae inspect` prints about the file's contents.
 fn outline(
     args: &Args,
-    path: &std::path::Path,
+    file: &std::path::Path,
+    config: Option<&std::path::Path>,
     bytes: u64,
     start: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let root = checkpoint::load(path)?;
+    let root = checkpoint::load(file)?;
     println!(
         "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
-        path.display(),
+        file.display(),
         bytes as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
@@ -383,8 +387,14 @@ fn outline(
     } else {
         "the top level"
     };
-    let sd = checkpoint::state_dict(root)
-        .with_context(|| format!("{}: no state_dict", path.display()))?;
+    let loaded = hub::to_official(file.to_path_buf(), config.map(|c| c.to_path_buf()), root)
+        .with_context(|| format!("{}: no state_dict", file.display()))?;
+    println!("format: {}", loaded.format);
+    let where_ = match loaded.format {
+        hub::Format::Official | hub::Format::Safetensors => where_.to_string(),
+        _ => format!("{where_}, mapped to the official keys"),
+    };
+    let sd = loaded.sd;
     println!("\nstate_dict ({where_}): {} tensors", sd.len());
     let width = sd.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut kinds = BTreeMap::new();

@@ -4,6 +4,7 @@
 //! `models_vit` ↔ `models_vit.py`, `util::*` ↔ `util/*.py`. The timm parts MAE imports live in
 //! `timm`. VarStore names are the official `state_dict` keys.
 
+pub mod convert;
 pub mod engine_finetune;
 pub mod engine_pretrain;
 pub mod inspect;

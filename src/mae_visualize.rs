@@ -17,6 +17,7 @@ use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT}
 use crate::torchvision::pil::{self, Filter, PassOrder};
 use crate::util::amp::{self, Precision};
 use crate::util::checkpoint;
+use crate::util::hub;
 use crate::util::misc::load_mae_checkpoint;
 
 /// Where `mae visualize --image …` looks when no `--checkpoint` is given (relative to the working
@@ -167,8 +168,7 @@ pub fn prepare_model(
     arch: Option<&str>,
     device: Device,
 ) -> Result<(nn::VarStore, MaskedAutoencoderViT)> {
-    crate::inspect::warn_on_md5_mismatch(path);
-    let sd = checkpoint::load_state_dict_mapped(path)?; // the model keeps it: no copy
+    let sd = hub::load(path, true)?.sd; // the model keeps it: no copy
     let mut cfg = MaeConfig::default();
     let arch = match (arch, detect_model(&sd)) {
         (Some(a), _) => a.to_string(),

@@ -14,8 +14,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the structure, tensors and detected official model of a checkpoint (.pth or .safetensors).
+    /// Print the structure, tensors and detected official model of a checkpoint (.pth, .safetensors, Hugging Face folder).
     Inspect(mae::inspect::Args),
+    /// Write a checkpoint (.pth, .safetensors, Hugging Face folder) as the official .pth, a Hugging Face folder, timm safetensors or safetensors.
+    Convert(mae::convert::Args),
     /// Evaluate a fine-tuned classifier on DATA_PATH/val (main_finetune.py --eval): Acc@1, Acc@5, loss.
     Eval(mae::main_finetune::Args),
     /// Fine-tune a ViT for classification (main_finetune.py): layer-wise lr decay, mixup, evaluation per epoch.
@@ -32,6 +34,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => mae::inspect::run(&args),
+        Command::Convert(args) => mae::convert::run(&args),
         Command::Eval(args) => {
             mae::main_finetune::main(&mae::main_finetune::Args { eval: true, ..args })
         }

@@ -21,6 +21,7 @@ use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource};
 use crate::util::datasets::{build_dataset as build_split, Split, TrainTransform};
 use crate::util::distributed::{self, DistArgs};
+use crate::util::hub;
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{
@@ -28,6 +29,7 @@ use crate::util::misc::{
 };
 use crate::util::optim::{named_parameters, AdamW};
 use crate::util::pickle::Value;
+use crate::util::tensorboard;
 
 const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
 
@@ -152,7 +154,7 @@ pub struct Args {
     /// path where to save, empty for no saving
     #[arg(long, default_value = "./output_dir")]
     pub output_dir: String,
-    /// path where to tensorboard log (accepted; no tensorboard here: log.txt)
+    /// path where to tensorboard log (events.out.tfevents.*; empty: none)
     #[arg(long, default_value = "./output_dir")]
     pub log_dir: String,
 
@@ -250,8 +252,7 @@ pub fn main(args: &Args) -> Result<()> {
         bail!("--resume CHECKPOINT is required to evaluate (a fine-tuned checkpoint such as mae_finetuned_vit_base.pth; see weights/README.md)");
     }
     let resume = Path::new(&args.resume);
-    crate::inspect::warn_on_md5_mismatch(resume);
-    let sd = checkpoint::load_state_dict_mapped(resume)?; // the model keeps it: no copy
+    let sd = hub::load(resume, true)?.sd; // the model keeps it: no copy
     let detected = detect_model(&sd);
     let (model_name, nb_classes, global_pool) = match (&args.model, &detected) {
         (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
@@ -586,8 +587,7 @@ fn finetune(mut args: Args) -> Result<()> {
 
     if !args.finetune.is_empty() && !args.eval {
         let path = Path::new(&args.finetune);
-        crate::inspect::warn_on_md5_mismatch(path);
-        let sd = checkpoint::load_state_dict(path)?;
+        let sd = hub::load(path, false)?.sd;
         println!("Load pre-trained checkpoint from: {}", path.display());
         misc::load_pretrained_for_finetune(&mut vs, &mut model, sd)
             .with_context(|| format!("--finetune {} into {model_name}", path.display()))?;
@@ -651,6 +651,7 @@ fn finetune(mut args: Args) -> Result<()> {
     }
     let forward_train = |x: &Tensor| model.forward_t(x, true);
     let forward_eval = |x: &Tensor| model.forward_t(x, false);
+    let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
     let start_time = std::time::Instant::now();
     let mut max_accuracy = 0.0f64;
@@ -682,6 +683,7 @@ fn finetune(mut args: Args) -> Result<()> {
             &mut loss_scaler,
             args.clip_grad,
             mixup_fn.as_ref(),
+            log_writer.as_mut(),
             args.accum_iter,
             &args.lr_args(),
         )?;
@@ -704,6 +706,11 @@ fn finetune(mut args: Args) -> Result<()> {
         );
         max_accuracy = max_accuracy.max(test_stats.acc1);
         println!("Max accuracy: {max_accuracy:.2}%");
+        if let Some(w) = log_writer.as_mut() {
+            w.add_scalar("perf/test_acc1", test_stats.acc1, epoch)?;
+            w.add_scalar("perf/test_acc5", test_stats.acc5, epoch)?;
+            w.add_scalar("perf/test_loss", test_stats.loss, epoch)?;
+        }
 
         if save {
             let log_stats = log_line(
@@ -714,6 +721,9 @@ fn finetune(mut args: Args) -> Result<()> {
                 n_parameters,
             );
             append(&output_dir.join("log.txt"), &format!("{log_stats}\n"))?;
+        }
+        if let Some(w) = log_writer.as_mut() {
+            w.flush()?;
         }
     }
     let total_time = start_time.elapsed().as_secs_f64();

@@ -15,14 +15,15 @@ use crate::timm::loss::Criterion;
 use crate::timm::{linear, trunc_normal_, LinearInit};
 use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
-use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
 use crate::util::datasets::{build_dataset, labelled_batches};
 use crate::util::distributed::{self, DistArgs};
+use crate::util::hub;
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{self, load_state_dict, timedelta, NativeScalerWithGradNormCount};
 use crate::util::pos_embed::interpolate_pos_embed;
+use crate::util::tensorboard;
 
 const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
 
@@ -96,7 +97,7 @@ pub struct Args {
     /// path where to save, empty for no saving
     #[arg(long, default_value = "./output_dir")]
     pub output_dir: String,
-    /// path where to tensorboard log (accepted; no tensorboard here: log.txt)
+    /// path where to tensorboard log (events.out.tfevents.*; empty: none)
     #[arg(long, default_value = "./output_dir")]
     pub log_dir: String,
     /// device to use for training / testing: cpu, cuda, cuda:N [default: cuda when available]
@@ -193,8 +194,7 @@ impl LinProbe {
 /// of another shape dropped, pos_embed interpolated, non-strict), requiring the missing keys to
 /// be the head (and fc_norm with global pool); then the head weight `trunc_normal_(std=0.01)`.
 fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> Result<()> {
-    crate::inspect::warn_on_md5_mismatch(path);
-    let mut sd = checkpoint::load_state_dict(path)?;
+    let mut sd = hub::load(path, false)?.sd;
     println!("Load pre-trained checkpoint from: {}", path.display());
     sd.retain(|(k, _)| {
         let drop = k == "head.weight" || k == "head.bias";
@@ -359,6 +359,7 @@ pub fn main(mut args: Args) -> Result<()> {
         epochs: args.epochs,
     };
     let forward_train = |x: &Tensor| model.forward_t(x, true);
+    let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
     let start_time = std::time::Instant::now();
     let mut max_accuracy = 0.0f64;
@@ -386,6 +387,7 @@ pub fn main(mut args: Args) -> Result<()> {
             &mut loss_scaler,
             None,
             None,
+            log_writer.as_mut(),
             args.accum_iter,
             &lr_args,
         )?;
@@ -407,6 +409,11 @@ pub fn main(mut args: Args) -> Result<()> {
         );
         max_accuracy = max_accuracy.max(test_stats.acc1);
         println!("Max accuracy: {max_accuracy:.2}%");
+        if let Some(w) = log_writer.as_mut() {
+            w.add_scalar("perf/test_acc1", test_stats.acc1, epoch)?;
+            w.add_scalar("perf/test_acc5", test_stats.acc5, epoch)?;
+            w.add_scalar("perf/test_loss", test_stats.loss, epoch)?;
+        }
         if save {
             let line = log_line(
                 train_stats.lr,
@@ -416,6 +423,9 @@ pub fn main(mut args: Args) -> Result<()> {
                 n_parameters as i64,
             );
             append(&output_dir.join("log.txt"), &format!("{line}\n"))?;
+        }
+        if let Some(w) = log_writer.as_mut() {
+            w.flush()?;
         }
     }
     println!(

@@ -22,6 +22,7 @@ use crate::util::misc::{self, py_float, timedelta, NativeScalerWithGradNormCount
 use crate::util::optim::{add_weight_decay, named_parameters, AdamW};
 use crate::util::pickle::Value;
 use crate::util::plot;
+use crate::util::tensorboard;
 
 const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
 
@@ -79,7 +80,7 @@ pub struct Args {
     /// path where to save, empty for no saving
     #[arg(long = "output_dir", default_value = "./output_dir")]
     pub output_dir: String,
-    /// path where to tensorboard log (accepted; no tensorboard here: log.txt and loss_curve.png)
+    /// path where to tensorboard log (events.out.tfevents.*; empty: none)
     #[arg(long = "log_dir", default_value = "./output_dir")]
     pub log_dir: String,
     /// device to use for training / testing (cuda falls back to cpu when unavailable)
@@ -299,6 +300,7 @@ pub fn main(mut args: Args) -> Result<()> {
         std::fs::create_dir_all(&output_dir)
             .with_context(|| format!("creating --output_dir {}", output_dir.display()))?;
     }
+    let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
     let start_time = Instant::now();
     for epoch in args.start_epoch..args.epochs {
@@ -321,6 +323,7 @@ pub fn main(mut args: Args) -> Result<()> {
             device,
             epoch,
             &mut loss_scaler,
+            log_writer.as_mut(),
             &args,
         )?;
         let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
@@ -349,6 +352,9 @@ pub fn main(mut args: Args) -> Result<()> {
                 .map(|Step { epoch, loss, lr }| format!("{epoch},{loss},{lr}\n"))
                 .collect();
             append(&output_dir.join("train_steps.csv"), &steps)?;
+        }
+        if let Some(w) = log_writer.as_mut() {
+            w.flush()?;
         }
     }
 

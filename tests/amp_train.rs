@@ -88,6 +88,7 @@ fn bf16_steps_match_torch_autocast() {
             Device::Cpu,
             1,
             &mut scaler,
+            None,
             &args,
         )
         .unwrap();

@@ -137,7 +137,15 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
         "5",
     ];
     let mut args1 = common_args.to_vec();
-    args1.extend(["--batch_size", "4", "--output_dir", s(&one)]);
+    let (tb1, tb2) = (one.join("tb"), two.join("tb"));
+    args1.extend([
+        "--batch_size",
+        "4",
+        "--output_dir",
+        s(&one),
+        "--log_dir",
+        s(&tb1),
+    ]);
     let out1 = ok(mae(&args1).output().unwrap(), "mae pretrain (1 process)");
     assert!(out1.contains("effective batch size: 4"), "{out1}");
 
@@ -149,7 +157,14 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
         torchrun.display()
     );
     let mut args2 = common_args.to_vec();
-    args2.extend(["--batch_size", "2", "--output_dir", s(&two)]);
+    args2.extend([
+        "--batch_size",
+        "2",
+        "--output_dir",
+        s(&two),
+        "--log_dir",
+        s(&tb2),
+    ]);
     let t = Instant::now();
     let out2 = Command::new(&torchrun)
         .args([
@@ -186,6 +201,32 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
         (loss(&l1) - loss(&l2)).abs() <= 1e-5 * loss(&l1).abs(),
         "{l1} vs {l2}"
     );
+    // TensorBoard: one events file (rank 0's), whose train_loss is the mean over the ranks
+    // (misc.all_reduce_mean): the one process's loss of the same 4 images, step by step
+    assert_eq!(std::fs::read_dir(&tb2).unwrap().count(), 1, "rank 0 only");
+    let code = r#"
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+for d in sys.argv[1:]:
+    ea = EventAccumulator(d); ea.Reload()
+    print(" ".join(f"{e.step}:{e.value!r}" for e in ea.Scalars("train_loss")))
+"#;
+    let text = common::run_python_code(code, &[s(&tb1), s(&tb2)]);
+    let runs: Vec<Vec<(i64, f64)>> = text
+        .lines()
+        .map(|l| {
+            l.split(' ')
+                .map(|p| {
+                    let (step, v) = p.split_once(':').unwrap();
+                    (step.parse().unwrap(), v.parse().unwrap())
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(runs[0].len(), 3, "{text}");
+    for ((s1, v1), (s2, v2)) in runs[0].iter().zip(&runs[1]) {
+        assert!(s1 == s2 && (v1 - v2).abs() <= 1e-5 * v1.abs(), "{text}");
+    }
 }
 
 #[test]

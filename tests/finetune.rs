@@ -166,6 +166,7 @@ fn fine_tuning_steps_match_pytorch() {
             &mut scaler,
             clip_grad,
             None,
+            None,
             accum_iter,
             &lr_args,
         )

@@ -94,6 +94,7 @@ fn lars_linear_probe_steps_match_pytorch() {
         &mut scaler,
         None,
         None,
+        None,
         1,
         &lr_args,
     )

@@ -95,6 +95,7 @@ fn steps_match_pytorch() {
             Device::Cpu,
             epoch,
             &mut scaler,
+            None,
             &args,
         )
         .unwrap();

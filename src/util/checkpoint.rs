@@ -669,7 +669,10 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
 // ------------------------------------------------------------------------------------------
 
 /// Writes through a temporary file in the same directory, fsyncs, then renames over `path`.
-fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+pub(crate) fn atomic_write(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
