@@ -14,6 +14,7 @@ use crate::engine_pretrain::{train_one_epoch, Step};
 use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::util::amp::Precision;
+use crate::util::arg_check::{self, Schedule};
 use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
 use crate::util::datasets;
 use crate::util::distributed::{self, DistArgs};
@@ -117,6 +118,26 @@ pub struct Args {
 }
 
 impl Args {
+    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        Schedule {
+            batch_size: self.batch_size as i64,
+            epochs: self.epochs,
+            accum_iter: self.accum_iter as i64,
+            lr: self.lr,
+            blr: self.blr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            start_epoch: self.start_epoch,
+            train_subset: self.train_subset,
+        }
+        .validate()?;
+        arg_check::input_size(self.input_size, Some(&self.model))?;
+        arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)?;
+        arg_check::dist(&self.dist)
+    }
+
     /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
     pub fn lr_args(&self) -> LrArgs {
         LrArgs {
@@ -212,14 +233,12 @@ fn build_dataset(args: &Args) -> Result<Arc<dyn ImageSource>> {
 }
 
 pub fn main(mut args: Args) -> Result<()> {
+    args.validate()?;
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let device = misc::init_distributed_mode(&args.dist, device_of(&args.device)?)?
         .device(device_of(&args.device)?);
     // --precision checked before the data and the model are built
     let precision = Precision::for_device(args.precision, device)?;
-    if args.accum_iter == 0 || args.batch_size == 0 {
-        bail!("--batch_size and --accum_iter must be at least 1");
-    }
 
     // fix the seed for reproducibility (not `seed + rank` as the official: every rank draws the
     // masking noise of the whole global batch and keeps its rows, distributed::global_batch_noise)

@@ -25,7 +25,9 @@ const PHOTOS: [&str; 6] = [
 ];
 
 fn photo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/images").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/images")
+        .join(name)
 }
 
 /// The shared JPEGs as they are, and every shared photo re-encoded with each chroma subsampling

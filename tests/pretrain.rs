@@ -85,7 +85,11 @@ fn assert_same(a: &Value, b: &Value, path: &str, skip: &[&str]) {
 fn flags_and_defaults_are_the_official_ones() {
     use clap::CommandFactory;
     let official: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/official_args.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/reference/official_args.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let cmd = mae::main_pretrain::Args::command();

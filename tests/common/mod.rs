@@ -84,11 +84,7 @@ pub fn eval_fixture() -> (PathBuf, PathBuf) {
 /// The sample photos in tests/data/images (public domain, see SOURCES.md there).
 pub fn shared_image(name: &str) -> PathBuf {
     let p = root().join("tests/data/images").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing from the checkout",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing from the checkout", p.display());
     p
 }
 
@@ -99,12 +95,8 @@ pub type Shapes = Vec<(String, Vec<i64>)>;
 /// (tests/data/reference/official_state_dicts.json, read off the official models).
 pub fn official_state_dicts() -> Vec<(String, Shapes)> {
     let path = root().join("tests/data/reference/official_state_dicts.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (part of the checkout)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (part of the checkout)", path.display()));
     let all: serde_json::Value =
         serde_json::from_str(&text).expect("official_state_dicts.json parses");
     let shape = |v: &serde_json::Value| -> Vec<i64> {
