@@ -318,14 +318,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!("top level: {}", root.summary(args.max_items));
-    let where_ = if root.get("model").is_some() {
-        "checkpoint['model']"
-    } else {
-        "the top level"
-    };
-    let sd = checkpoint::state_dict(root)
+    let (sd, source) = checkpoint::state_dict_from(root)
         .with_context(|| format!("{}: no state_dict", path.display()))?;
-    println!("\nstate_dict ({where_}): {} tensors", sd.len());
+    println!("\nstate_dict ({source}): {} tensors", sd.len());
     let width = sd.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut kinds = BTreeMap::new();
     let mut numel: i64 = 0;

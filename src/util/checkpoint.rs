@@ -30,15 +30,55 @@ pub fn load(path: &Path) -> Result<Value> {
     load_file(path, false).with_context(|| format!("cannot load checkpoint {}", path.display()))
 }
 
-/// The state dict of a loaded checkpoint: `root['model']` when the root is a dict holding
-/// `'model'` (as the official `load_model` does), else the root itself as a name → tensor dict.
+/// The containers timm's `load_checkpoint` accepts, in its order of preference (`use_ema=True`):
+/// a dict holding one of these (not `None`) gives that entry, else the root is the state dict.
+/// The official MAE checkpoints use `model`.
+pub const STATE_DICT_KEYS: [&str; 4] = ["state_dict_ema", "model_ema", "state_dict", "model"];
+
+/// Key prefixes of wrapped models, removed in this order as timm's `clean_state_dict` does:
+/// `torch.compile` around DDP, DDP (`module.`), `torch.compile` alone.
+const WRAPPER_PREFIXES: [&str; 3] = ["_orig_mod.", "module.", "_orig_mod."];
+
+/// Where [`state_dict_from`] found the state dict and what it changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The top-level entry used (`model`, `state_dict`, ...), `None` for a bare state dict.
+    pub entry: Option<&'static str>,
+    /// (prefix, number of keys it was stripped from), for each wrapper prefix found.
+    pub stripped: Vec<(&'static str, usize)>,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.entry {
+            Some(k) => write!(f, "checkpoint['{k}']")?,
+            None => write!(f, "the top level")?,
+        }
+        for (prefix, n) in &self.stripped {
+            write!(f, ", `{prefix}` prefix stripped from {n} keys")?;
+        }
+        Ok(())
+    }
+}
+
+/// The state dict of a loaded checkpoint (see [`state_dict_from`]).
 pub fn state_dict(root: Value) -> Result<Vec<(String, Tensor)>> {
-    let sd = match root {
-        Value::Dict(items) if items.iter().any(|(k, _)| k.as_str() == Some("model")) => items
+    Ok(state_dict_from(root)?.0)
+}
+
+/// The state dict of a loaded checkpoint as timm's `load_state_dict` finds it: the first of
+/// [`STATE_DICT_KEYS`] the root dict holds, else the root itself as a name → tensor dict; then
+/// the `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes removed from its keys.
+pub fn state_dict_from(root: Value) -> Result<(Vec<(String, Tensor)>, Source)> {
+    let entry = STATE_DICT_KEYS
+        .into_iter()
+        .find(|k| root.get(k).is_some_and(|v| !matches!(v, Value::None)));
+    let sd = match (entry, root) {
+        (Some(key), Value::Dict(items)) => items
             .into_iter()
-            .find(|(k, _)| k.as_str() == Some("model"))
+            .find(|(k, _)| k.as_str() == Some(key))
             .map(|(_, v)| v),
-        root => Some(root),
+        (_, root) => Some(root),
     };
     let items = match sd {
         Some(Value::Dict(items)) => items,
@@ -49,18 +89,36 @@ pub fn state_dict(root: Value) -> Result<Vec<(String, Tensor)>> {
         None => bail!("empty checkpoint"),
     };
     let keys: Vec<String> = items.iter().take(8).map(|(k, _)| k.to_string()).collect();
-    items
+    let mut stripped: Vec<(&'static str, usize)> = vec![];
+    let sd = items
         .into_iter()
         .map(|(k, v)| match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => Ok((k, t)),
+            (Value::Str(mut k), Value::Tensor(t)) => {
+                for prefix in WRAPPER_PREFIXES {
+                    if let Some(rest) = k.strip_prefix(prefix) {
+                        k = rest.to_string();
+                        match stripped.iter_mut().find(|(p, _)| *p == prefix) {
+                            Some((_, n)) => *n += 1,
+                            None => stripped.push((prefix, 1)),
+                        }
+                    }
+                }
+                Ok((k, t))
+            }
             (k, v) => bail!(
-                "not a state dict: entry {k} is a {} (no 'model' entry; keys found: {}{})",
+                "not a state dict: entry {k} is a {} (no {} entry holds one; keys found: {}{})",
                 v.type_name(),
+                STATE_DICT_KEYS.map(|k| format!("'{k}'")).join(", "),
                 keys.join(", "),
                 if keys.len() == 8 { ", ..." } else { "" }
             ),
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((k, _)) = sd.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        bail!("key {k} appears twice once the wrapper prefixes are stripped");
+    }
+    Ok((sd, Source { entry, stripped }))
 }
 
 /// [`load`] for a checkpoint this process keeps until it exits (the model `mae eval`
