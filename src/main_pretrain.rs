@@ -110,6 +110,10 @@ pub struct Args {
     /// Train on the first N training images only (short runs, tests)
     #[arg(long = "train_subset")]
     pub train_subset: Option<usize>,
+    /// Save output_dir/checkpoint-N.pth every this many epochs and after the last (the official
+    /// saves every 20)
+    #[arg(long = "save_freq", default_value_t = 20)]
+    pub save_freq: i64,
     /// Autocast dtype of the training forward: fp32, bf16 or fp16 (CUDA only, with dynamic loss
     /// scaling); weights, gradients and AdamW state stay float32 [default: fp32 on the CPU, fp16
     /// on CUDA, as the official torch.cuda.amp + GradScaler]
@@ -135,6 +139,7 @@ impl Args {
         .validate()?;
         arg_check::input_size(self.input_size, Some(&self.model))?;
         arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)?;
+        arg_check::at_least("save_freq", self.save_freq, 1)?;
         arg_check::dist(&self.dist)
     }
 
@@ -343,7 +348,7 @@ pub fn main(mut args: Args) -> Result<()> {
             &args,
         )?;
         let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
-        if save && (epoch % 20 == 0 || epoch + 1 == args.epochs) {
+        if save && (epoch % args.save_freq == 0 || epoch + 1 == args.epochs) {
             misc::save_model(
                 &output_dir,
                 args.to_value(),

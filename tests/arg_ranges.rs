@@ -29,6 +29,7 @@ const CASES: &[(&[&str], &str)] = &[
     (&["pretrain", "--warmup_epochs=-1"], "--warmup_epochs -1: must be at least 0"),
     (&["pretrain", "--start_epoch=-1"], "--start_epoch -1: must be at least 0"),
     (&["pretrain", "--train_subset", "0"], "--train_subset 0: must be at least 1"),
+    (&["pretrain", "--save_freq", "0"], "--save_freq 0: must be at least 1"),
     (&["pretrain", "--world_size", "0"], "--world_size 0: must be at least 1"),
     (&["pretrain", "--dist_timeout", "0"], "--dist_timeout 0: must be a positive number of seconds"),
     // finetune

@@ -322,6 +322,12 @@ impl FashionMNIST {
                 root.display()
             );
         }
+        if let Some(t) = targets.iter().find(|&&t| t >= 10) {
+            bail!(
+                "FashionMNIST in {}: label {t} in {prefix}-labels-idx1-ubyte, the 10 classes are 0..=9",
+                root.display()
+            );
+        }
         Ok(FashionMNIST {
             data,
             targets: targets.into_iter().map(i64::from).collect(),
@@ -371,24 +377,34 @@ fn read_idx(root: &Path, name: &str) -> Result<(Vec<u32>, Vec<u8>)> {
             .with_context(|| format!("decompressing {}", gz.display()))?;
         (gz, b)
     };
+    parse_idx(&bytes).with_context(|| path.display().to_string())
+}
+
+/// The dims and data of an IDX file of unsigned bytes (magic `00 00 08 ndim`, big-endian u32
+/// dims, then exactly the product of the dims in bytes).
+pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>)> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
-        bail!("{}: not an IDX file of unsigned bytes", path.display());
+        bail!("not an IDX file of unsigned bytes");
     }
     let ndim = bytes[3] as usize;
     let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        bail!("{}: truncated IDX header", path.display());
-    }
-    let dims: Vec<u32> = (0..ndim)
-        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()))
+    let Some(dims) = bytes.get(4..header) else {
+        bail!("truncated IDX header ({ndim} dims)");
+    };
+    let dims: Vec<u32> = dims
+        .chunks_exact(4)
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
         .collect();
-    let numel: usize = dims.iter().map(|&d| d as usize).product();
-    if bytes.len() != header + numel {
+    let numel = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+    let data = &bytes[header..];
+    if numel != Some(data.len()) {
         bail!(
-            "{}: IDX dims {dims:?} need {numel} bytes of data, the file has {}",
-            path.display(),
-            bytes.len() - header
+            "IDX dims {dims:?} need {} bytes of data, the file has {}",
+            numel.map_or("more than 2^64".into(), |n| n.to_string()),
+            data.len()
         );
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, data.to_vec()))
 }

@@ -726,7 +726,10 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
 // Writing
 // ------------------------------------------------------------------------------------------
 
-/// Writes through a temporary file in the same directory, fsyncs, then renames over `path`.
+/// Writes through a temporary file in the same directory, fsyncs, then renames over `path`:
+/// the file at `path` is the old complete one or the new complete one, whenever the process is
+/// killed. Temporary files a killed writer left for the same `path` are removed first; a failed
+/// write removes its own. A full disk is an error naming the file and the space.
 fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -736,8 +739,16 @@ fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<
         .file_name()
         .ok_or_else(|| anyhow!("not a file path"))?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
+    let stale = format!(".{name}.tmp");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!("{stale}{}", std::process::id()));
+    let result: Result<()> = (|| {
         let mut w = BufWriter::with_capacity(
             1 << 20,
             File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
@@ -751,10 +762,35 @@ fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<
         }
         Ok(())
     })();
-    if result.is_err() {
+    if let Err(e) = result {
+        let written = std::fs::metadata(&tmp).map_or(0, |m| m.len());
         let _ = std::fs::remove_file(&tmp);
+        let full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+        });
+        if full {
+            return Err(e.context(format!(
+                "the disk of {} is full: {} needs more than the {written} bytes written, {} bytes \
+                 are free (the partial file is removed; nothing was overwritten)",
+                dir.display(),
+                path.display(),
+                free_bytes(&dir).map_or("?".into(), |b| b.to_string()),
+            )));
+        }
+        return Err(e);
     }
-    result
+    Ok(())
+}
+
+/// Bytes available to this user on the file system holding `dir` (`statvfs`).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; `c` is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// A zip writer for stored entries, data aligned to 64 bytes like torch's `PyTorchStreamWriter`.
