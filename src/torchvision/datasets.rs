@@ -45,6 +45,33 @@ pub struct Jpeg<'a> {
     cmyk: bool,
 }
 
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: twice as many pixels raise `DecompressionBombError`.
+pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// Whether a JPEG holds its end-of-image marker (FF D9) after the first start-of-scan: the
+/// segments before the scan are skipped by their lengths (an EXIF thumbnail holds its own FF
+/// D9; junk between segments is skipped to the next 0xFF, as libjpeg does); in
+/// entropy-coded data a 0xFF byte is followed by 00 or a marker, never a stray D9.
+fn has_eoi(bytes: &[u8]) -> bool {
+    let mut p = 2; // after SOI
+    while p + 4 <= bytes.len() {
+        if bytes[p] != 0xFF {
+            p += 1; // junk before a marker, skipped as libjpeg does (with a warning)
+            continue;
+        }
+        let marker = bytes[p + 1];
+        if marker == 0xFF {
+            p += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA {
+            return bytes[p..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        p += 2 + u16::from_be_bytes([bytes[p + 2], bytes[p + 3]]) as usize;
+    }
+    false
+}
+
 struct JpegHandle(turbojpeg::raw::tjhandle);
 
 impl Drop for JpegHandle {
@@ -80,6 +107,18 @@ impl<'a> Jpeg<'a> {
         );
         if w <= 0 || h <= 0 {
             bail!("libjpeg-turbo: bad image size {w}x{h}");
+        }
+        if w as u64 * h as u64 > 2 * MAX_IMAGE_PIXELS {
+            bail!(
+                "image size {w}x{h} exceeds the limit of {} pixels (Pillow: \
+                 DecompressionBombError, could be decompression bomb DOS attack)",
+                2 * MAX_IMAGE_PIXELS
+            );
+        }
+        // A region decode stops after the box's rows: a file cut short below them would go
+        // unnoticed, where Pillow (which decodes it all) raises "image file is truncated".
+        if !has_eoi(bytes) {
+            bail!("no end-of-image marker (Pillow: image file is truncated)");
         }
         let cs = param(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS;
         let subsamp = param(raw::TJPARAM_TJPARAM_SUBSAMP);

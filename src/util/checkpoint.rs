@@ -255,8 +255,15 @@ fn load_file(path: &Path, views: bool) -> Result<Value> {
         std::mem::forget(private); // the tensors now point into it, for the process's lifetime
         return Ok(value);
     }
+    read_bytes(&map, Some(&map))
+}
+
+/// A checkpoint from its bytes, told apart by magic bytes: a `torch.save` zip, the legacy
+/// format or safetensors (`map`: the map they are in, whose pages are dropped once copied).
+fn read_bytes(bytes: &[u8], map: Option<&Mmap>) -> Result<Value> {
+    let magic = &bytes[..bytes.len().min(9)];
     if magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06") {
-        return read_torch_zip(&map, Mode::Copy(&map));
+        return read_torch_zip(bytes, Mode::Copy(map));
     }
     if magic.len() >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
         bail!(
@@ -265,12 +272,18 @@ fn load_file(path: &Path, views: bool) -> Result<Value> {
         );
     }
     if magic.len() == 9 && magic[8] == b'{' {
-        return read_safetensors(&map);
+        return read_safetensors(bytes, map);
     }
     bail!(
         "not a PyTorch zip checkpoint nor safetensors (starts with {:02x?})",
         magic
     )
+}
+
+/// [`load`] of a checkpoint's bytes (the fuzz targets read them so).
+pub fn load_from_bytes(bytes: &[u8]) -> Result<Value> {
+    ensure!(!bytes.is_empty(), "empty file");
+    read_bytes(bytes, None)
 }
 
 fn le16(b: &[u8], at: usize) -> u64 {
@@ -460,7 +473,7 @@ struct Fill<'a> {
 /// How storages come out of the map: copied into owned tensors (the map's pages dropped once
 /// copied), or as views of a private map at this address, which outlives them.
 enum Mode<'m> {
-    Copy(&'m Mmap),
+    Copy(Option<&'m Mmap>),
     View(*mut u8),
 }
 
@@ -637,7 +650,7 @@ fn read_torch_zip(map: &[u8], mode: Mode) -> Result<Value> {
     let value =
         pickle::unpickle(data, &mut persistent_load).with_context(|| format!("in {pkl}"))?;
     let drop_pages = match mode {
-        Mode::Copy(m) => Some(m),
+        Mode::Copy(m) => m,
         Mode::View(_) => None,
     };
     fill(map, &fills, drop_pages)?;
@@ -645,7 +658,7 @@ fn read_torch_zip(map: &[u8], mode: Mode) -> Result<Value> {
 }
 
 /// safetensors: `u64` header length, JSON header, then the raw little-endian data.
-fn read_safetensors(map: &Mmap) -> Result<Value> {
+fn read_safetensors(map: &[u8], drop_pages: Option<&Mmap>) -> Result<Value> {
     let len = map.len() as u64;
     let n = le64(bytes_at(map, 0, 8, "safetensors header length")?, 0);
     ensure!(
@@ -718,7 +731,7 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
             Value::Tensor(t.f_reshape(shape.as_slice())?),
         ));
     }
-    fill(map, &fills, Some(map))?;
+    fill(map, &fills, drop_pages)?;
     Ok(Value::Dict(items))
 }
 
