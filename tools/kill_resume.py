@@ -43,8 +43,10 @@ def checkpoints(out_dir):
     return found
 
 
-def temporaries(out_dir):
-    return [n for n in os.listdir(out_dir) if ".tmp" in n]
+def temporaries(out_dir, pid=None):
+    """Temporary files in out_dir (of process `pid` only: `.checkpoint-N.pth.tmp<pid>`)."""
+    return [n for n in os.listdir(out_dir)
+            if ".tmp" in n and (pid is None or n.endswith(f".tmp{pid}"))]
 
 
 def check_complete(out_dir):
@@ -107,17 +109,20 @@ def main():
             n_kills = sum(kills.values())
             if n_kills < args.kills:
                 # every other kill waits for a checkpoint's temporary file to appear
+                # (of a checkpoint drawn from those this start will write)
                 on_write = n_kills % 2 == 1
+                target = f".checkpoint-{rng.randrange(max(done, default=-1) + 1, args.epochs)}.pth"
                 wait = 2 * run_time if on_write else rng.uniform(0.0, run_time)
                 deadline = time.time() + wait
                 while proc.poll() is None and time.time() < deadline:
-                    if on_write and temporaries(run_dir):
+                    if on_write and any(n.startswith(target)
+                                        for n in temporaries(run_dir, proc.pid)):
                         break
                     time.sleep(0.0005 if on_write else 0.005)
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
-                    hit_write = bool(temporaries(run_dir))
+                    hit_write = bool(temporaries(run_dir, proc.pid))
                     kills["during checkpoint write" if hit_write else "random"] += 1
             err = proc.communicate()[1]
             if proc.returncode not in (0, -signal.SIGKILL):
