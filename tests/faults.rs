@@ -277,3 +277,22 @@ fn disk_full_during_a_save() {
     );
     assert!(check.starts_with("0 "), "{check}");
 }
+
+/// A JPEG header claiming 65500 × 65500 pixels (12.9 GB of RGB) is refused before any pixel is
+/// allocated, as Pillow's DecompressionBombError (a failed allocation would abort the process).
+#[test]
+fn decompression_bomb_is_refused() {
+    let mut jpeg = good_images().0;
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]); // height, width
+    let err = mae::torchvision::datasets::decode(&jpeg).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("image size 65500x65500 exceeds the limit"),
+        "{err:#}"
+    );
+    let err = decode_box(&jpeg, &mut |_, _| (0, 0, 8, 8), None).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("DecompressionBombError"),
+        "{err:#}"
+    );
+}

@@ -7,10 +7,10 @@ use std::fmt::Display;
 
 /// `flag >= min` (also refuses NaN).
 pub fn at_least<T: PartialOrd + Display>(flag: &str, v: T, min: T) -> Result<()> {
-    if !(v >= min) {
-        bail!("--{flag} {v}: must be at least {min}");
+    match v.partial_cmp(&min) {
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal) => Ok(()),
+        _ => bail!("--{flag} {v}: must be at least {min}"),
     }
-    Ok(())
 }
 
 /// An optional flag: checked when given.

@@ -925,7 +925,9 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     // SAFETY: a zeroed statvfs is a valid out-parameter; `c` is a NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    #[allow(clippy::unnecessary_cast)] // fsblkcnt_t and c_ulong are u64 on some targets only
+    let bytes = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    (r == 0).then_some(bytes)
 }
 
 /// A zip writer for stored entries, data aligned to 64 bytes like torch's `PyTorchStreamWriter`.
