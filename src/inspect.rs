@@ -382,17 +382,12 @@ fn outline(
         start.elapsed().as_secs_f64()
     );
     println!("top level: {}", root.summary(args.max_items));
-    let where_ = if root.get("model").is_some() {
-        "checkpoint['model']"
-    } else {
-        "the top level"
-    };
     let loaded = hub::to_official(file.to_path_buf(), config.map(|c| c.to_path_buf()), root)
         .with_context(|| format!("{}: no state_dict", file.display()))?;
     println!("format: {}", loaded.format);
     let where_ = match loaded.format {
-        hub::Format::Official | hub::Format::Safetensors => where_.to_string(),
-        _ => format!("{where_}, mapped to the official keys"),
+        hub::Format::Official | hub::Format::Safetensors => loaded.source.to_string(),
+        _ => format!("{}, mapped to the official keys", loaded.source),
     };
     let sd = loaded.sd;
     println!("\nstate_dict ({where_}): {} tensors", sd.len());

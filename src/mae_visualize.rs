@@ -80,7 +80,15 @@ pub const TITLES: [&str; 4] = [
     "reconstruction + visible",
 ];
 
+impl Args {
+    /// `--mask_ratio` in [0, 1), before anything is loaded.
+    pub fn validate(&self) -> Result<()> {
+        crate::util::arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)
+    }
+}
+
 pub fn run(args: &Args) -> Result<()> {
+    args.validate()?;
     let device = device(args.device.as_deref())?;
     let precision = Precision::for_device(args.precision, device)?;
     let fashion_mnist = args.images.is_empty();

@@ -17,6 +17,7 @@ use crate::torchvision::datasets::ImageFolder;
 use crate::torchvision::pil::PassOrder;
 use crate::torchvision::transforms::eval_transform_with;
 use crate::util::amp::Precision;
+use crate::util::arg_check::{self, Schedule};
 use crate::util::checkpoint;
 use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource};
 use crate::util::datasets::{build_dataset as build_split, Split, TrainTransform};
@@ -206,6 +207,50 @@ pub struct Args {
     pub precision: Option<Precision>,
 }
 
+impl Args {
+    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        Schedule {
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            accum_iter: self.accum_iter as i64,
+            lr: self.lr,
+            blr: self.blr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            start_epoch: self.start_epoch,
+            train_subset: self.train_subset,
+        }
+        .validate()?;
+        arg_check::input_size(self.input_size, self.model.as_deref())?;
+        arg_check::in_range("drop_path", self.drop_path, 0., 1., false)?;
+        if let Some(c) = self.clip_grad {
+            arg_check::positive_up_to("clip_grad", c, f64::INFINITY)?;
+        }
+        arg_check::positive_up_to("layer_decay", self.layer_decay, 1.)?;
+        arg_check::opt_at_least("color_jitter", self.color_jitter, 0.)?;
+        arg_check::in_range("smoothing", self.smoothing, 0., 1., false)?;
+        arg_check::in_range("reprob", self.reprob, 0., 1., true)?;
+        arg_check::at_least("recount", self.recount, 1)?;
+        arg_check::at_least("mixup", self.mixup, 0.)?;
+        arg_check::at_least("cutmix", self.cutmix, 0.)?;
+        if let Some(mm) = &self.cutmix_minmax {
+            let ok = mm.len() == 2 && 0. < mm[0] && mm[0] <= mm[1] && mm[1] <= 1.;
+            if !ok {
+                bail!(
+                    "--cutmix_minmax {}: must be two numbers MIN MAX with 0 < MIN <= MAX <= 1",
+                    mm.iter().map(f64::to_string).collect::<Vec<_>>().join(" ")
+                );
+            }
+        }
+        arg_check::in_range("mixup_prob", self.mixup_prob, 0., 1., true)?;
+        arg_check::in_range("mixup_switch_prob", self.mixup_switch_prob, 0., 1., true)?;
+        arg_check::opt_at_least("nb_classes", self.nb_classes, 1)?;
+        arg_check::dist(&self.dist)
+    }
+}
+
 /// `torch.device(args.device)`; no flag means CUDA when available, else CPU.
 pub fn device(arg: Option<&str>) -> Result<Device> {
     let dev = match arg {
@@ -237,6 +282,7 @@ pub fn detect_model(sd: &[(String, Tensor)]) -> Result<(Detected, String)> {
 
 /// `main(args)` of main_finetune.py: fine-tuning, or with `--eval` the evaluation of `--resume`.
 pub fn main(args: &Args) -> Result<()> {
+    args.validate()?;
     misc::init_distributed_mode(&args.dist, device(args.device.as_deref())?)?;
     distributed::set_dist_eval(args.dist_eval);
     if !args.eval {

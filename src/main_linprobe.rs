@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
 use crate::engine_finetune::{evaluate, train_one_epoch};
@@ -15,6 +15,7 @@ use crate::timm::loss::Criterion;
 use crate::timm::{linear, trunc_normal_, LinearInit};
 use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
+use crate::util::arg_check::{self, Schedule};
 use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
 use crate::util::datasets::{build_dataset, labelled_batches};
 use crate::util::distributed::{self, DistArgs};
@@ -130,6 +131,28 @@ pub struct Args {
     pub dist: DistArgs,
 }
 
+impl Args {
+    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        Schedule {
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            accum_iter: self.accum_iter as i64,
+            lr: self.lr,
+            blr: self.blr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            start_epoch: self.start_epoch,
+            train_subset: self.train_subset,
+        }
+        .validate()?;
+        arg_check::input_size(self.input_size, Some(&self.model))?;
+        arg_check::at_least("nb_classes", self.nb_classes, 1)?;
+        arg_check::dist(&self.dist)
+    }
+}
+
 /// The linear-probing model: the encoder (its `head` is Identity) and
 /// `head = Sequential(BatchNorm1d(D, affine=False, eps=1e-6), Linear(D, nb_classes))`.
 pub struct LinProbe {
@@ -226,14 +249,12 @@ fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> 
 }
 
 pub fn main(mut args: Args) -> Result<()> {
+    args.validate()?;
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let dist = misc::init_distributed_mode(&args.dist, device(args.device.as_deref())?)?;
     distributed::set_dist_eval(args.dist_eval);
     let device = dist.device(device(args.device.as_deref())?);
     let precision = Precision::for_device(args.precision, device)?;
-    if args.accum_iter == 0 || args.batch_size < 1 {
-        bail!("--batch_size and --accum_iter must be at least 1");
-    }
     tch::manual_seed(args.seed);
 
     // linear probe: weak augmentation

@@ -14,6 +14,7 @@ use crate::engine_pretrain::{train_one_epoch, Step};
 use crate::models_mae::{self, MaeConfig};
 use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::util::amp::Precision;
+use crate::util::arg_check::{self, Schedule};
 use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
 use crate::util::datasets;
 use crate::util::distributed::{self, DistArgs};
@@ -110,6 +111,10 @@ pub struct Args {
     /// Train on the first N training images only (short runs, tests)
     #[arg(long = "train_subset")]
     pub train_subset: Option<usize>,
+    /// Save output_dir/checkpoint-N.pth every this many epochs and after the last (the official
+    /// saves every 20)
+    #[arg(long = "save_freq", default_value_t = 20)]
+    pub save_freq: i64,
     /// Autocast dtype of the training forward: fp32, bf16 or fp16 (CUDA only, with dynamic loss
     /// scaling); weights, gradients and AdamW state stay float32 [default: fp32 on the CPU, fp16
     /// on CUDA, as the official torch.cuda.amp + GradScaler]
@@ -118,6 +123,27 @@ pub struct Args {
 }
 
 impl Args {
+    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        Schedule {
+            batch_size: self.batch_size as i64,
+            epochs: self.epochs,
+            accum_iter: self.accum_iter as i64,
+            lr: self.lr,
+            blr: self.blr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            warmup_epochs: self.warmup_epochs,
+            start_epoch: self.start_epoch,
+            train_subset: self.train_subset,
+        }
+        .validate()?;
+        arg_check::input_size(self.input_size, Some(&self.model))?;
+        arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)?;
+        arg_check::at_least("save_freq", self.save_freq, 1)?;
+        arg_check::dist(&self.dist)
+    }
+
     /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
     pub fn lr_args(&self) -> LrArgs {
         LrArgs {
@@ -213,14 +239,12 @@ fn build_dataset(args: &Args) -> Result<Arc<dyn ImageSource>> {
 }
 
 pub fn main(mut args: Args) -> Result<()> {
+    args.validate()?;
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let device = misc::init_distributed_mode(&args.dist, device_of(&args.device)?)?
         .device(device_of(&args.device)?);
     // --precision checked before the data and the model are built
     let precision = Precision::for_device(args.precision, device)?;
-    if args.accum_iter == 0 || args.batch_size == 0 {
-        bail!("--batch_size and --accum_iter must be at least 1");
-    }
 
     // fix the seed for reproducibility (not `seed + rank` as the official: every rank draws the
     // masking noise of the whole global batch and keeps its rows, distributed::global_batch_noise)
@@ -327,7 +351,7 @@ pub fn main(mut args: Args) -> Result<()> {
             &args,
         )?;
         let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
-        if save && (epoch % 20 == 0 || epoch + 1 == args.epochs) {
+        if save && (epoch % args.save_freq == 0 || epoch + 1 == args.epochs) {
             misc::save_model(
                 &output_dir,
                 args.to_value(),

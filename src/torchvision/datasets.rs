@@ -45,6 +45,33 @@ pub struct Jpeg<'a> {
     cmyk: bool,
 }
 
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: twice as many pixels raise `DecompressionBombError`.
+pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// Whether a JPEG holds its end-of-image marker (FF D9) after the first start-of-scan: the
+/// segments before the scan are skipped by their lengths (an EXIF thumbnail holds its own FF
+/// D9; junk between segments is skipped to the next 0xFF, as libjpeg does); in
+/// entropy-coded data a 0xFF byte is followed by 00 or a marker, never a stray D9.
+fn has_eoi(bytes: &[u8]) -> bool {
+    let mut p = 2; // after SOI
+    while p + 4 <= bytes.len() {
+        if bytes[p] != 0xFF {
+            p += 1; // junk before a marker, skipped as libjpeg does (with a warning)
+            continue;
+        }
+        let marker = bytes[p + 1];
+        if marker == 0xFF {
+            p += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA {
+            return bytes[p..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        p += 2 + u16::from_be_bytes([bytes[p + 2], bytes[p + 3]]) as usize;
+    }
+    false
+}
+
 struct JpegHandle(turbojpeg::raw::tjhandle);
 
 impl Drop for JpegHandle {
@@ -80,6 +107,18 @@ impl<'a> Jpeg<'a> {
         );
         if w <= 0 || h <= 0 {
             bail!("libjpeg-turbo: bad image size {w}x{h}");
+        }
+        if w as u64 * h as u64 > 2 * MAX_IMAGE_PIXELS {
+            bail!(
+                "image size {w}x{h} exceeds the limit of {} pixels (Pillow: \
+                 DecompressionBombError, could be decompression bomb DOS attack)",
+                2 * MAX_IMAGE_PIXELS
+            );
+        }
+        // A region decode stops after the box's rows: a file cut short below them would go
+        // unnoticed, where Pillow (which decodes it all) raises "image file is truncated".
+        if !has_eoi(bytes) {
+            bail!("no end-of-image marker (Pillow: image file is truncated)");
         }
         let cs = param(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS;
         let subsamp = param(raw::TJPARAM_TJPARAM_SUBSAMP);
@@ -322,6 +361,12 @@ impl FashionMNIST {
                 root.display()
             );
         }
+        if let Some(t) = targets.iter().find(|&&t| t >= 10) {
+            bail!(
+                "FashionMNIST in {}: label {t} in {prefix}-labels-idx1-ubyte, the 10 classes are 0..=9",
+                root.display()
+            );
+        }
         Ok(FashionMNIST {
             data,
             targets: targets.into_iter().map(i64::from).collect(),
@@ -371,24 +416,34 @@ fn read_idx(root: &Path, name: &str) -> Result<(Vec<u32>, Vec<u8>)> {
             .with_context(|| format!("decompressing {}", gz.display()))?;
         (gz, b)
     };
+    parse_idx(&bytes).with_context(|| path.display().to_string())
+}
+
+/// The dims and data of an IDX file of unsigned bytes (magic `00 00 08 ndim`, big-endian u32
+/// dims, then exactly the product of the dims in bytes).
+pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>)> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
-        bail!("{}: not an IDX file of unsigned bytes", path.display());
+        bail!("not an IDX file of unsigned bytes");
     }
     let ndim = bytes[3] as usize;
     let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        bail!("{}: truncated IDX header", path.display());
-    }
-    let dims: Vec<u32> = (0..ndim)
-        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()))
+    let Some(dims) = bytes.get(4..header) else {
+        bail!("truncated IDX header ({ndim} dims)");
+    };
+    let dims: Vec<u32> = dims
+        .chunks_exact(4)
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
         .collect();
-    let numel: usize = dims.iter().map(|&d| d as usize).product();
-    if bytes.len() != header + numel {
+    let numel = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+    let data = &bytes[header..];
+    if numel != Some(data.len()) {
         bail!(
-            "{}: IDX dims {dims:?} need {numel} bytes of data, the file has {}",
-            path.display(),
-            bytes.len() - header
+            "IDX dims {dims:?} need {} bytes of data, the file has {}",
+            numel.map_or("more than 2^64".into(), |n| n.to_string()),
+            data.len()
         );
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, data.to_vec()))
 }

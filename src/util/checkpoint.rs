@@ -30,15 +30,55 @@ pub fn load(path: &Path) -> Result<Value> {
     load_file(path, false).with_context(|| format!("cannot load checkpoint {}", path.display()))
 }
 
-/// The state dict of a loaded checkpoint: `root['model']` when the root is a dict holding
-/// `'model'` (as the official `load_model` does), else the root itself as a name → tensor dict.
+/// The containers timm's `load_checkpoint` accepts, in its order of preference (`use_ema=True`):
+/// a dict holding one of these (not `None`) gives that entry, else the root is the state dict.
+/// The official MAE checkpoints use `model`.
+pub const STATE_DICT_KEYS: [&str; 4] = ["state_dict_ema", "model_ema", "state_dict", "model"];
+
+/// Key prefixes of wrapped models, removed in this order as timm's `clean_state_dict` does:
+/// `torch.compile` around DDP, DDP (`module.`), `torch.compile` alone.
+const WRAPPER_PREFIXES: [&str; 3] = ["_orig_mod.", "module.", "_orig_mod."];
+
+/// Where [`state_dict_from`] found the state dict and what it changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The top-level entry used (`model`, `state_dict`, ...), `None` for a bare state dict.
+    pub entry: Option<&'static str>,
+    /// (prefix, number of keys it was stripped from), for each wrapper prefix found.
+    pub stripped: Vec<(&'static str, usize)>,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.entry {
+            Some(k) => write!(f, "checkpoint['{k}']")?,
+            None => write!(f, "the top level")?,
+        }
+        for (prefix, n) in &self.stripped {
+            write!(f, ", `{prefix}` prefix stripped from {n} keys")?;
+        }
+        Ok(())
+    }
+}
+
+/// The state dict of a loaded checkpoint (see [`state_dict_from`]).
 pub fn state_dict(root: Value) -> Result<Vec<(String, Tensor)>> {
-    let sd = match root {
-        Value::Dict(items) if items.iter().any(|(k, _)| k.as_str() == Some("model")) => items
+    Ok(state_dict_from(root)?.0)
+}
+
+/// The state dict of a loaded checkpoint as timm's `load_state_dict` finds it: the first of
+/// [`STATE_DICT_KEYS`] the root dict holds, else the root itself as a name → tensor dict; then
+/// the `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes removed from its keys.
+pub fn state_dict_from(root: Value) -> Result<(Vec<(String, Tensor)>, Source)> {
+    let entry = STATE_DICT_KEYS
+        .into_iter()
+        .find(|k| root.get(k).is_some_and(|v| !matches!(v, Value::None)));
+    let sd = match (entry, root) {
+        (Some(key), Value::Dict(items)) => items
             .into_iter()
-            .find(|(k, _)| k.as_str() == Some("model"))
+            .find(|(k, _)| k.as_str() == Some(key))
             .map(|(_, v)| v),
-        root => Some(root),
+        (_, root) => Some(root),
     };
     let items = match sd {
         Some(Value::Dict(items)) => items,
@@ -49,18 +89,36 @@ pub fn state_dict(root: Value) -> Result<Vec<(String, Tensor)>> {
         None => bail!("empty checkpoint"),
     };
     let keys: Vec<String> = items.iter().take(8).map(|(k, _)| k.to_string()).collect();
-    items
+    let mut stripped: Vec<(&'static str, usize)> = vec![];
+    let sd = items
         .into_iter()
         .map(|(k, v)| match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => Ok((k, t)),
+            (Value::Str(mut k), Value::Tensor(t)) => {
+                for prefix in WRAPPER_PREFIXES {
+                    if let Some(rest) = k.strip_prefix(prefix) {
+                        k = rest.to_string();
+                        match stripped.iter_mut().find(|(p, _)| *p == prefix) {
+                            Some((_, n)) => *n += 1,
+                            None => stripped.push((prefix, 1)),
+                        }
+                    }
+                }
+                Ok((k, t))
+            }
             (k, v) => bail!(
-                "not a state dict: entry {k} is a {} (no 'model' entry; keys found: {}{})",
+                "not a state dict: entry {k} is a {} (no {} entry holds one; keys found: {}{})",
                 v.type_name(),
+                STATE_DICT_KEYS.map(|k| format!("'{k}'")).join(", "),
                 keys.join(", "),
                 if keys.len() == 8 { ", ..." } else { "" }
             ),
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((k, _)) = sd.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        bail!("key {k} appears twice once the wrapper prefixes are stripped");
+    }
+    Ok((sd, Source { entry, stripped }))
 }
 
 /// [`load`] for a checkpoint this process keeps until it exits (the model `mae eval`
@@ -197,22 +255,32 @@ fn load_file(path: &Path, views: bool) -> Result<Value> {
         std::mem::forget(private); // the tensors now point into it, for the process's lifetime
         return Ok(value);
     }
+    read_bytes(&map, Some(&map))
+}
+
+/// A checkpoint from its bytes, told apart by magic bytes: a `torch.save` zip, the legacy
+/// format or safetensors (`map`: the map they are in, whose pages are dropped once copied).
+fn read_bytes(bytes: &[u8], map: Option<&Mmap>) -> Result<Value> {
+    let magic = &bytes[..bytes.len().min(9)];
     if magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06") {
-        return read_torch_zip(&map, Mode::Copy(&map));
+        return read_torch_zip(bytes, Mode::Copy(map));
     }
     if magic.len() >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
-        bail!(
-            "legacy (pre-1.6, non-zip) torch.save format is not supported: \
-             re-save it with torch.save(obj, path) in torch>=1.6"
-        );
+        return read_legacy(bytes, map).context("legacy (pre-1.6, non-zip) torch.save format");
     }
     if magic.len() == 9 && magic[8] == b'{' {
-        return read_safetensors(&map);
+        return read_safetensors(bytes, map);
     }
     bail!(
         "not a PyTorch zip checkpoint nor safetensors (starts with {:02x?})",
         magic
     )
+}
+
+/// [`load`] of a checkpoint's bytes (the fuzz targets read them so).
+pub fn load_from_bytes(bytes: &[u8]) -> Result<Value> {
+    ensure!(!bytes.is_empty(), "empty file");
+    read_bytes(bytes, None)
 }
 
 fn le16(b: &[u8], at: usize) -> u64 {
@@ -402,7 +470,7 @@ struct Fill<'a> {
 /// How storages come out of the map: copied into owned tensors (the map's pages dropped once
 /// copied), or as views of a private map at this address, which outlives them.
 enum Mode<'m> {
-    Copy(&'m Mmap),
+    Copy(Option<&'m Mmap>),
     View(*mut u8),
 }
 
@@ -579,15 +647,140 @@ fn read_torch_zip(map: &[u8], mode: Mode) -> Result<Value> {
     let value =
         pickle::unpickle(data, &mut persistent_load).with_context(|| format!("in {pkl}"))?;
     let drop_pages = match mode {
-        Mode::Copy(m) => Some(m),
+        Mode::Copy(m) => m,
         Mode::View(_) => None,
     };
     fill(map, &fills, drop_pages)?;
     Ok(value)
 }
 
+/// `torch.save(_use_new_zipfile_serialization=False)`, as `_legacy_load` in
+/// torch/serialization.py reads it (its non-tar branch, the one `weights_only=True` takes):
+/// five things one after the other: the pickled magic number, protocol version (1001) and
+/// sys_info; the pickled object, whose persistent ids are `('storage', storage_type, key,
+/// location, numel, view_metadata)`; the pickled list of storage keys; then, for each key in
+/// that order, the storage's element count (int64) and its raw little-endian bytes.
+fn read_legacy(bytes: &[u8], drop_pages: Option<&Mmap>) -> Result<Value> {
+    // the magic number 0x1950a86a20f9469cfc6c does not fit an i64: its pickle (PROTO, LONG1 of
+    // 10 bytes, STOP) is compared as bytes
+    const MAGIC: [u8; 13] = [
+        0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ];
+    ensure!(
+        bytes.get(2..15) == Some(&MAGIC[..]),
+        "invalid magic number; corrupt file?"
+    );
+    let mut no_ids = |pid: Value| -> Result<Value> { bail!("unexpected persistent id {pid}") };
+    let mut pos = 15;
+    let next = |pos: &mut usize,
+                what: &str,
+                pl: &mut dyn FnMut(Value) -> Result<Value>|
+     -> Result<Value> {
+        let (v, n) = pickle::unpickle_prefix(&bytes[*pos..], pl)
+            .with_context(|| format!("{what} (pickle at offset {pos})"))?;
+        *pos += n;
+        Ok(v)
+    };
+    let protocol = next(&mut pos, "protocol version", &mut no_ids)?;
+    ensure!(
+        protocol.as_int() == Some(1001),
+        "invalid protocol version: {protocol}"
+    );
+    let sys_info = next(&mut pos, "sys_info", &mut no_ids)?;
+    let big_endian = sys_info.get("little_endian").and_then(Value::as_bool) == Some(false);
+
+    // storages by key: (kind, numel, the tensor its data is read into)
+    let mut storages: HashMap<String, (Kind, i64, Tensor)> = HashMap::new();
+    let mut persistent_load = |pid: Value| -> Result<Value> {
+        let (class, key, numel, view) = match pid.as_list() {
+            Some(
+                [tag, Value::Object { class, .. }, Value::Str(key), _location, Value::Int(numel), view],
+            ) if tag.as_str() == Some("storage") => {
+                (class.clone(), key.clone(), *numel, view.clone())
+            }
+            _ => bail!("unsupported persistent id {pid}"),
+        };
+        let kind = storage_kind(&class)?;
+        ensure!(numel >= 0, "storage {key}: {numel} elements");
+        let root = match storages.get(&key) {
+            Some((k, n, t)) => {
+                ensure!(
+                    *k == kind && *n == numel,
+                    "storage {key} is used as both {n} × {k:?} and {numel} × {kind:?}"
+                );
+                t.shallow_clone()
+            }
+            None => {
+                let nbytes = (numel as u64).checked_mul(kind.elt_size_in_bytes() as u64);
+                ensure!(
+                    nbytes.is_some_and(|n| n <= bytes.len() as u64),
+                    "storage {key} claims {numel} elements of {kind:?}, more than the file holds"
+                );
+                let t = Tensor::f_empty([numel], (kind, Device::Cpu))?;
+                storages.insert(key.clone(), (kind, numel, t.shallow_clone()));
+                t
+            }
+        };
+        Ok(Value::Tensor(match view {
+            Value::None => root,
+            v => match v.as_list() {
+                Some([Value::Str(_), Value::Int(offset), Value::Int(size)])
+                    if *offset >= 0
+                        && *size >= 0
+                        && offset.checked_add(*size).is_some_and(|e| e <= numel) =>
+                {
+                    root.f_narrow(0, *offset, *size)?
+                }
+                _ => bail!("storage {key}: bad view {v} of its {numel} elements"),
+            },
+        }))
+    };
+    let value = next(&mut pos, "the saved object", &mut persistent_load)?;
+    let keys = next(&mut pos, "the storage keys", &mut no_ids)?;
+    let keys = keys
+        .as_list()
+        .ok_or_else(|| anyhow!("storage keys: expected a list, found {}", keys.type_name()))?;
+    ensure!(
+        keys.len() == storages.len(),
+        "{} storage keys for {} storages",
+        keys.len(),
+        storages.len()
+    );
+    let mut fills = vec![];
+    for key in keys {
+        let key = key
+            .as_str()
+            .ok_or_else(|| anyhow!("storage key {key} is not a string"))?;
+        let (kind, numel, t) = storages
+            .remove(key)
+            .ok_or_else(|| anyhow!("storage key {key} names no storage (or twice)"))?;
+        let header = bytes_at(bytes, pos as u64, 8, &format!("storage {key}"))?;
+        let mut n = le64(header, 0);
+        if big_endian {
+            n = n.swap_bytes();
+        }
+        ensure!(
+            n == numel as u64,
+            "storage {key} has {n} elements in the file, {numel} in the pickle"
+        );
+        let nbytes = numel as u64 * kind.elt_size_in_bytes() as u64;
+        let src = bytes_at(bytes, pos as u64 + 8, nbytes, &format!("storage {key}"))?;
+        pos += 8 + nbytes as usize;
+        fills.push(Fill {
+            name: format!("storage {key}"),
+            src,
+            dst: Some(t),
+            kind,
+            crc: None,
+            big_endian: false, // _set_from_file: the data is little-endian
+        });
+    }
+    fill(bytes, &fills, drop_pages)?;
+    Ok(value)
+}
+
 /// safetensors: `u64` header length, JSON header, then the raw little-endian data.
-fn read_safetensors(map: &Mmap) -> Result<Value> {
+fn read_safetensors(map: &[u8], drop_pages: Option<&Mmap>) -> Result<Value> {
     let len = map.len() as u64;
     let n = le64(bytes_at(map, 0, 8, "safetensors header length")?, 0);
     ensure!(
@@ -660,7 +853,7 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
             Value::Tensor(t.f_reshape(shape.as_slice())?),
         ));
     }
-    fill(map, &fills, Some(map))?;
+    fill(map, &fills, drop_pages)?;
     Ok(Value::Dict(items))
 }
 
@@ -668,7 +861,10 @@ fn read_safetensors(map: &Mmap) -> Result<Value> {
 // Writing
 // ------------------------------------------------------------------------------------------
 
-/// Writes through a temporary file in the same directory, fsyncs, then renames over `path`.
+/// Writes through a temporary file in the same directory, fsyncs, then renames over `path`:
+/// the file at `path` is the old complete one or the new complete one, whenever the process is
+/// killed. Temporary files a killed writer left for the same `path` are removed first; a failed
+/// write removes its own. A full disk is an error naming the file and the space.
 pub(crate) fn atomic_write(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
@@ -681,8 +877,16 @@ pub(crate) fn atomic_write(
         .file_name()
         .ok_or_else(|| anyhow!("not a file path"))?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
+    let stale = format!(".{name}.tmp");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!("{stale}{}", std::process::id()));
+    let result: Result<()> = (|| {
         let mut w = BufWriter::with_capacity(
             1 << 20,
             File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
@@ -696,10 +900,37 @@ pub(crate) fn atomic_write(
         }
         Ok(())
     })();
-    if result.is_err() {
+    if let Err(e) = result {
+        let written = std::fs::metadata(&tmp).map_or(0, |m| m.len());
         let _ = std::fs::remove_file(&tmp);
+        let full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+        });
+        if full {
+            return Err(e.context(format!(
+                "the disk of {} is full: {} needs more than the {written} bytes written, {} bytes \
+                 are free (the partial file is removed; nothing was overwritten)",
+                dir.display(),
+                path.display(),
+                free_bytes(&dir).map_or("?".into(), |b| b.to_string()),
+            )));
+        }
+        return Err(e);
     }
-    result
+    Ok(())
+}
+
+/// Bytes available to this user on the file system holding `dir` (`statvfs`).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; `c` is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)] // fsblkcnt_t and c_ulong are u64 on some targets only
+    let bytes = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    (r == 0).then_some(bytes)
 }
 
 /// A zip writer for stored entries, data aligned to 64 bytes like torch's `PyTorchStreamWriter`.

@@ -67,39 +67,48 @@ impl ImageSource for ImageFolder {
         let path = &self.samples[index].0;
         let bytes =
             std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-        let decoding = || format!("decoding image {}", path.display());
-        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            let img = decode(&bytes).with_context(decoding)?;
-            let bx = params(img.width(), img.height());
-            return Ok((img, bx));
-        }
-        let jpeg = Jpeg::open(&bytes).with_context(decoding)?;
-        let (i, j, h, w) = params(jpeg.width, jpeg.height);
-        let area = [j, i, w, h].map(|v| u32::try_from(v).ok());
-        let area = match area {
-            [Some(x), Some(y), Some(w), Some(h)] => Some((x, y, w, h)),
-            _ => None, // not inside the image: decode it whole
-        };
-        let short = h.min(w);
-        let denom = match fast {
-            Some(size) if area.is_some() => [8, 4, 2]
-                .into_iter()
-                .find(|&d| short / d >= size as i64)
-                .unwrap_or(1),
-            _ => 1,
-        };
-        let (img, (x0, y0)) = jpeg
-            .decode_scaled(area, denom as u32)
-            .with_context(decoding)?;
-        if denom == 1 {
-            return Ok((img, (i - y0 as i64, j - x0 as i64, h, w)));
-        }
-        // the box in the scaled area, its size rounded and kept inside
-        let (top, left) = (i / denom - y0 as i64, j / denom - x0 as i64);
-        let bh = ((h as f64 / denom as f64).round() as i64).clamp(1, img.height() as i64 - top);
-        let bw = ((w as f64 / denom as f64).round() as i64).clamp(1, img.width() as i64 - left);
-        Ok((img, (top, left, bh, bw)))
+        decode_box(&bytes, params, fast)
+            .with_context(|| format!("decoding image {}", path.display()))
     }
+}
+
+/// [`ImageSource::load_box`] of an image file's bytes: a JPEG's box is drawn from the header's
+/// size and only the area around it is decoded (at 1/2, 1/4 or 1/8 with `fast`); other formats
+/// are decoded whole.
+pub fn decode_box(
+    bytes: &[u8],
+    params: &mut dyn FnMut(u32, u32) -> CropBox,
+    fast: Option<u32>,
+) -> Result<(RgbImage, CropBox)> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let img = decode(bytes)?;
+        let bx = params(img.width(), img.height());
+        return Ok((img, bx));
+    }
+    let jpeg = Jpeg::open(bytes)?;
+    let (i, j, h, w) = params(jpeg.width, jpeg.height);
+    let area = [j, i, w, h].map(|v| u32::try_from(v).ok());
+    let area = match area {
+        [Some(x), Some(y), Some(w), Some(h)] => Some((x, y, w, h)),
+        _ => None, // not inside the image: decode it whole
+    };
+    let short = h.min(w);
+    let denom = match fast {
+        Some(size) if area.is_some() => [8, 4, 2]
+            .into_iter()
+            .find(|&d| short / d >= size as i64)
+            .unwrap_or(1),
+        _ => 1,
+    };
+    let (img, (x0, y0)) = jpeg.decode_scaled(area, denom as u32)?;
+    if denom == 1 {
+        return Ok((img, (i - y0 as i64, j - x0 as i64, h, w)));
+    }
+    // the box in the scaled area, its size rounded and kept inside
+    let (top, left) = (i / denom - y0 as i64, j / denom - x0 as i64);
+    let bh = ((h as f64 / denom as f64).round() as i64).clamp(1, img.height() as i64 - top);
+    let bw = ((w as f64 / denom as f64).round() as i64).clamp(1, img.width() as i64 - left);
+    Ok((img, (top, left, bh, bw)))
 }
 
 impl ImageSource for FashionMNIST {

@@ -52,6 +52,8 @@ impl fmt::Display for Format {
 pub struct Loaded {
     pub sd: Vec<(String, Tensor)>,
     pub format: Format,
+    /// Which entry of the file held the state dict, and the wrapper prefixes stripped.
+    pub source: checkpoint::Source,
     /// The weights file read (inside the folder when a folder was given).
     pub file: PathBuf,
     /// The folder's (or the file's sibling) `config.json`, for the Hugging Face formats.
@@ -80,8 +82,8 @@ pub fn to_official(
     root: checkpoint::Value,
 ) -> Result<Loaded> {
     let safetensors = root.get("model").is_none() && is_safetensors(&file);
-    let sd =
-        checkpoint::state_dict(root).with_context(|| format!("checkpoint {}", file.display()))?;
+    let (sd, source) = checkpoint::state_dict_from(root)
+        .with_context(|| format!("checkpoint {}", file.display()))?;
     let config = match &config_path {
         Some(c) => Some(read_config(c)?),
         None => None,
@@ -107,6 +109,7 @@ pub fn to_official(
     Ok(Loaded {
         sd,
         format,
+        source,
         file,
         config,
     })

@@ -521,12 +521,17 @@ pub fn load_model(
 ) -> Result<Option<i64>> {
     use anyhow::Context;
     let checkpoint = crate::util::checkpoint::load(resume)?;
-    let model = checkpoint
-        .get("model")
-        .cloned()
-        .with_context(|| format!("{}: no 'model' entry", resume.display()))?;
-    let sd = crate::util::checkpoint::state_dict(model)
-        .with_context(|| format!("{}: 'model'", resume.display()))?;
+    // the official reads checkpoint['model']; other containers (timm's, a bare state dict) as
+    // timm's load_checkpoint finds them, with no optimizer state to resume
+    let model = match checkpoint.get("model") {
+        Some(m) => Value::Dict(vec![(Value::Str("model".into()), m.clone())]),
+        None => checkpoint.clone(),
+    };
+    let (sd, source) = crate::util::checkpoint::state_dict_from(model)
+        .with_context(|| format!("{}: no state dict", resume.display()))?;
+    if source.entry != Some("model") || !source.stripped.is_empty() {
+        println!("Resume: state dict read from {source}");
+    }
     load_state_dict(vs, sd, true).with_context(|| format!("resuming from {}", resume.display()))?;
     println!("Resume checkpoint {}", resume.display());
     let (Some(opt), Some(epoch)) = (

@@ -1,6 +1,7 @@
 //! Ports of `util/*.py`, plus the PyTorch checkpoint format (`checkpoint`, `pickle`).
 
 pub mod amp;
+pub mod arg_check;
 pub mod checkpoint;
 pub mod crop;
 pub mod data_loader;

@@ -378,6 +378,15 @@ pub fn unpickle(
     data: &[u8],
     persistent_load: &mut dyn FnMut(Value) -> Result<Value>,
 ) -> Result<Value> {
+    Ok(unpickle_prefix(data, persistent_load)?.0)
+}
+
+/// [`unpickle`] of the pickle `data` starts with, and the number of bytes it takes (the legacy
+/// `torch.save` format writes several pickles one after the other).
+pub fn unpickle_prefix(
+    data: &[u8],
+    persistent_load: &mut dyn FnMut(Value) -> Result<Value>,
+) -> Result<(Value, usize)> {
     let mut u = Unpickler {
         data,
         pos: 0,
@@ -390,7 +399,7 @@ pub fn unpickle(
     };
     let root = u.run()?;
     let mut budget = 1_000_000 + 4 * data.len();
-    u.to_value(root, 0, &mut budget)
+    Ok((u.to_value(root, 0, &mut budget)?, u.pos))
 }
 
 impl Unpickler<'_> {
