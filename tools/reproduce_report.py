@@ -129,6 +129,9 @@ def figure(cells):
                  and not c["model"].endswith("d1b"))
     torch_pts = [(c["mask_ratio"], last(c, "finetune"), last(c, "linprobe")) for c in cells.values()
                  if c["impl"] == "torch" and c["kind"] == "mae"]
+    other_seeds = [(c["mask_ratio"], last(c, "finetune"), last(c, "linprobe")) for c in cells.values()
+                   if c["impl"] == "rust" and c["kind"] == "mae" and c["seed"] != 0 and c["norm_pix_loss"]
+                   and not c["model"].endswith("d1b")]
     if not pts:
         return False
     W, H = 900, 420
@@ -141,7 +144,7 @@ def figure(cells):
     panels = [("fine-tuning top-1 (%)", 1, (40, 40, 160)), ("linear probing top-1 (%)", 2, (160, 40, 40))]
     for k, (title, idx, color) in enumerate(panels):
         x0, y0, pw, ph = 70 + k * 440, 40, 360, 300
-        ys = [p[idx] for p in pts + torch_pts if p[idx] is not None]
+        ys = [p[idx] for p in pts + torch_pts + other_seeds if p[idx] is not None]
         if not ys:
             continue
         lo, hi = min(ys), max(ys)
@@ -169,7 +172,11 @@ def figure(cells):
             if p[idx] is not None:
                 x, y = X(p[0]), Y(p[idx])
                 d.rectangle([x - 4, y - 4, x + 4, y + 4], outline=(0, 130, 0), width=2)
-    d.text((70, H - 22), "dots: mae (Rust), seed 0; green squares: the PyTorch reference (each seed). "
+        for p in other_seeds:
+            if p[idx] is not None:
+                x, y = X(p[0]), Y(p[idx])
+                d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=color, width=2)
+    d.text((70, H - 22), "dots: mae (Rust), seed 0 (rings: other seeds); green squares: the PyTorch reference. "
            "Fashion-MNIST, mini ViT, 10 000 train images.", fill="black", font=font)
     FIG.parent.mkdir(parents=True, exist_ok=True)
     img.save(FIG)
