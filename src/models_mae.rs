@@ -392,41 +392,29 @@ pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderVi
 /// Not in the reference: the 32×32 model pre-trained on Fashion-MNIST (28×28 upsampled by the
 /// RandomResizedCrop) and shipped in weights/: 8×8 patches of 4, 6 blocks of 128-d, decoder 4×64-d.
 pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    MaskedAutoencoderViT::new(
-        vs,
-        &MaeConfig {
-            img_size: 32,
-            patch_size: 4,
-            embed_dim: 128,
-            depth: 6,
-            num_heads: 4,
-            decoder_embed_dim: 64,
-            decoder_depth: 4,
-            decoder_num_heads: 4,
-            mlp_ratio: 4.,
-            ..cfg
-        },
-    )
+    MaskedAutoencoderViT::new(vs, &mini_patch4(4, cfg))
 }
 
 /// Not in the reference: `mae_vit_mini_patch4` with a 1-block decoder (the decoder-depth ablation
 /// of the paper's Table 1(a), docs/REPRODUCTION.md).
 pub fn mae_vit_mini_patch4_dec64d1b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    MaskedAutoencoderViT::new(
-        vs,
-        &MaeConfig {
-            img_size: 32,
-            patch_size: 4,
-            embed_dim: 128,
-            depth: 6,
-            num_heads: 4,
-            decoder_embed_dim: 64,
-            decoder_depth: 1,
-            decoder_num_heads: 4,
-            mlp_ratio: 4.,
-            ..cfg
-        },
-    )
+    MaskedAutoencoderViT::new(vs, &mini_patch4(1, cfg))
+}
+
+/// The mini encoder with a 64-d decoder of `decoder_depth` blocks.
+fn mini_patch4(decoder_depth: i64, cfg: MaeConfig) -> MaeConfig {
+    MaeConfig {
+        img_size: 32,
+        patch_size: 4,
+        embed_dim: 128,
+        depth: 6,
+        num_heads: 4,
+        decoder_embed_dim: 64,
+        decoder_depth,
+        decoder_num_heads: 4,
+        mlp_ratio: 4.,
+        ..cfg
+    }
 }
 
 // set recommended archs

@@ -64,6 +64,9 @@ fn no_tracked_file_reaches_outside_the_checkout() {
         ["/root", "/"].concat(),
         ["/home", "/"].concat(),
         ["/Users", "/"].concat(),
+        // a folder beside the checkout joined piece by piece, as os.path.join(HERE, "..", NAME)
+        ["\"sha", "red\""].concat(),
+        ["'sha", "red'"].concat(),
     ];
     let files = files();
     assert!(

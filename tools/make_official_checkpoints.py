@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FIXTURE_VERSION = "4"
-REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "reference")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 ALL_DTYPES = {
     "f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
