@@ -452,18 +452,18 @@ impl ProcessGroup {
                 Err(_) => break None,
             }
         };
-        let peers = || match backend {
-            "gloo" => gloo_peers(&known, rank, addr),
+        let peers = |gloo_error: &str| match backend {
+            "gloo" => gloo_peers(&known, rank, addr, gloo_error),
             _ => String::new(),
         };
         let ptr = match result {
             Some(Ok(GroupPtr(ptr))) => ptr,
-            Some(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers()),
+            Some(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers(&format!("{e}"))),
             None => bail!(
                 "{} (are all {world_size} ranks started, with the same world size?): the {backend} connections between the ranks were not made within --dist_timeout {} s{}",
                 joining(),
                 timeout.as_secs_f64(),
-                peers()
+                peers("")
             ),
         };
         Ok(ProcessGroup {
@@ -647,13 +647,41 @@ pub struct GroupSpec<'a> {
     pub gloo_address: Option<IpAddr>,
 }
 
+/// The addresses Gloo's own error message names (`remote=[127.0.0.1]:56753`), distinct, in order.
+fn gloo_remotes(gloo_error: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in gloo_error.split("remote=[").skip(1) {
+        if let Some(end) = part.find(']') {
+            let a = part[..end].to_string();
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// For a failed Gloo connection phase: the address every other rank advertises (as it told the
-/// store), and what to do when one is a loopback address while MASTER_ADDR is not.
-fn gloo_peers(known: &[Option<String>], rank: usize, master_addr: &str) -> String {
+/// store, or, for the one peer that told nothing yet, the one address Gloo's error names), and
+/// what to do when one is a loopback address while MASTER_ADDR is not.
+fn gloo_peers(
+    known: &[Option<String>],
+    rank: usize,
+    master_addr: &str,
+    gloo_error: &str,
+) -> String {
     let mut loopback = false;
+    let remotes = gloo_remotes(gloo_error);
+    let silent = (known.iter().enumerate())
+        .filter(|&(r, k)| r != rank && k.is_none())
+        .count();
+    let from_gloo = match (silent, remotes.as_slice()) {
+        (1, [a]) => Some(format!("{a} (the address in Gloo's error)")),
+        _ => None,
+    };
     let peers: Vec<String> = (known.iter().enumerate())
         .filter(|&(r, _)| r != rank)
-        .map(|(r, k)| match k {
+        .map(|(r, k)| match k.as_ref().or(from_gloo.as_ref()) {
             Some(a) => {
                 let ip = a.split_whitespace().next();
                 loopback |= ip
@@ -1037,6 +1065,21 @@ pub fn dist_eval() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gloo_peers_names_the_address_of_a_peer_that_published_none() {
+        let err = "Gloo connectFullMesh failed with [pair.cc:152] timed out connecting: \
+                   SO_ERROR: Connection refused, remote=[127.0.0.1]:56753$1";
+        assert_eq!(gloo_remotes(err), vec!["127.0.0.1".to_string()]);
+        let s = gloo_peers(&[None, Some("10.0.0.2".into())], 1, "10.0.0.1", err);
+        assert!(s.contains("could not reach rank 0 at 127.0.0.1"), "{s}");
+        assert!(s.contains("GLOO_SOCKET_IFNAME"), "{s}");
+        // a published address wins; with no address anywhere the rank is still named
+        let s = gloo_peers(&[Some("10.0.0.1".into()), None], 1, "10.0.0.1", err);
+        assert!(s.contains("could not reach rank 0 at 10.0.0.1"), "{s}");
+        let s = gloo_peers(&[None, None], 1, "10.0.0.1", "");
+        assert!(s.contains("rank 0 (no Gloo address published"), "{s}");
+    }
 
     #[test]
     fn sampler_pads_from_the_start_and_strides_by_rank() {
