@@ -404,6 +404,25 @@ impl ProcessGroup {
         if backend == "gloo" {
             store.set(&format!("mae/gloo/{rank}"), advertised)?;
         }
+        // every peer's advertised address, read before Gloo connects (a failure may take the
+        // store with its host, and reads of a store that went away can block); Gloo's own
+        // rendezvous waits for the same peers, so this adds no wait of its own
+        let mut known: Vec<Option<String>> = vec![None; world_size];
+        if backend == "gloo" {
+            let deadline = Instant::now() + timeout;
+            loop {
+                for (r, k) in known.iter_mut().enumerate() {
+                    if r != rank && k.is_none() {
+                        *k = store.get_if_set(&format!("mae/gloo/{r}"));
+                    }
+                }
+                let all = (known.iter().enumerate()).all(|(r, k)| r == rank || k.is_some());
+                if all || Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let (b, host) = (
             CString::new(backend)?,
             CString::new(spec.gloo_address.map(|a| a.to_string()).unwrap_or_default())?,
@@ -436,22 +455,7 @@ impl ProcessGroup {
             // NCCL connects at the first collective; set_device must run on this thread
             let _ = tx.send(connect());
         }
-        // While Gloo connects: the addresses the peers advertise, read as they appear (the
-        // store may be gone with its host by the time a failure is reported).
-        let deadline = Instant::now() + timeout + Duration::from_secs(2);
-        let mut known: Vec<Option<String>> = vec![None; world_size];
-        let result = loop {
-            for (r, k) in known.iter_mut().enumerate() {
-                if backend == "gloo" && r != rank && k.is_none() {
-                    *k = store.get_if_set(&format!("mae/gloo/{r}"));
-                }
-            }
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(res) => break Some(res),
-                Err(_) if Instant::now() < deadline => continue,
-                Err(_) => break None,
-            }
-        };
+        let result = rx.recv_timeout(timeout + Duration::from_secs(2)).ok();
         let peers = |gloo_error: &str| match backend {
             "gloo" => gloo_peers(&known, rank, addr, gloo_error),
             _ => String::new(),
