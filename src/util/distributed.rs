@@ -462,7 +462,7 @@ impl ProcessGroup {
         };
         let ptr = match result {
             Some(Ok(GroupPtr(ptr))) => ptr,
-            Some(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers(&format!("{e}"))),
+            Some(Err(e)) => bail!("{} (are all {world_size} ranks started, with the same world size?): {e}{}", joining(), peers(&e.to_string())),
             None => bail!(
                 "{} (are all {world_size} ranks started, with the same world size?): the {backend} connections between the ranks were not made within --dist_timeout {} s{}",
                 joining(),
