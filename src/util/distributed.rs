@@ -404,12 +404,12 @@ impl ProcessGroup {
         if backend == "gloo" {
             store.set(&format!("mae/gloo/{rank}"), advertised)?;
         }
-        // every peer's advertised address, read before Gloo connects (a failure may take the
-        // store with its host, and reads of a store that went away can block); Gloo's own
-        // rendezvous waits for the same peers, so this adds no wait of its own
+        // the peers' advertised addresses, read before Gloo connects (a failure may take the
+        // store with its host, and reads of a store that went away can block): at most 2 s, as
+        // a Python rank publishes none; a peer missing then is named from Gloo's error
         let mut known: Vec<Option<String>> = vec![None; world_size];
         if backend == "gloo" {
-            let deadline = Instant::now() + timeout;
+            let deadline = Instant::now() + timeout.min(Duration::from_secs(2));
             loop {
                 for (r, k) in known.iter_mut().enumerate() {
                     if r != rank && k.is_none() {
