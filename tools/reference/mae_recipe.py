@@ -96,6 +96,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tools/
 from make_parity_fixtures import MAE, get_2d_sincos_pos_embed, hf_mae, hf_to_official, official_to_hf  # noqa: E402
+from linprobe_reference import LARS  # noqa: E402  (util/lars.py, restated once)
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 DEFAULT_DATA_PATH = "/datasets01/imagenet_full_size/061417/"
@@ -587,38 +588,6 @@ def get_layer_id_for_vit(name, num_layers):
         return int(name.split(".")[1]) + 1
     else:
         return num_layers
-
-
-class LARS(torch.optim.Optimizer):
-    """util/lars.py: LARS optimizer, no rate scaling or weight decay for parameters <= 1D."""
-
-    def __init__(self, params, lr=0, weight_decay=0, momentum=0.9, trust_coefficient=0.001):
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self):
-        for g in self.param_groups:
-            for p in g["params"]:
-                dp = p.grad
-                if dp is None:
-                    continue
-                if p.ndim > 1:  # if not normalization gamma/beta or bias
-                    dp = dp.add(p, alpha=g["weight_decay"])
-                    param_norm = torch.norm(p)
-                    update_norm = torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.,
-                                    torch.where(update_norm > 0,
-                                                (g["trust_coefficient"] * param_norm / update_norm), one),
-                                    one)
-                    dp = dp.mul(q)
-                param_state = self.state[p]
-                if "mu" not in param_state:
-                    param_state["mu"] = torch.zeros_like(p)
-                mu = param_state["mu"]
-                mu.mul_(g["momentum"]).add_(dp)
-                p.add_(mu, alpha=-g["lr"])
 
 
 class RandomResizedCropOneBox:
