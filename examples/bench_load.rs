@@ -9,9 +9,9 @@
 //!           random init (`init: false`), adopt the tensors (`load_vit_checkpoint`, strict)
 //! prints `rust-<mode> load_s=… base_mb=… peak_above_mb=… file_mb=…`
 use anyhow::{bail, Context, Result};
-use mae::inspect::{self, Kind as Det};
 use mae::models_vit::{self, VitConfig};
-use mae::util::{checkpoint, misc};
+use mae::util::checkpoint;
+use mae::util::detect::{self, Kind as Det};
 use std::path::Path;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -48,7 +48,7 @@ fn main() -> Result<()> {
             let sd = checkpoint::load_state_dict_mapped(path)?;
             let shapes: Vec<(&str, Vec<i64>)> =
                 sd.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
-            let det = inspect::detect(shapes.iter().map(|(k, s)| (*k, s.as_slice())))?;
+            let det = detect::detect(shapes.iter().map(|(k, s)| (*k, s.as_slice())))?;
             let Det::Finetuned {
                 global_pool,
                 num_classes,
@@ -66,7 +66,7 @@ fn main() -> Result<()> {
                 ..VitConfig::default()
             };
             let model = models_vit::build(&det.model_name(), &vs.root(), cfg)?;
-            misc::load_vit_checkpoint(&mut vs, &model, sd)?;
+            model.load_checkpoint(&mut vs, sd)?;
         }
         _ => bail!("unknown mode {mode:?}: load, mapped or model"),
     }

@@ -26,8 +26,9 @@ use mae::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use mae::models_vit::{self, VisionTransformer, VitConfig};
 use mae::util::amp::{self, Precision};
 use mae::util::checkpoint;
-use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::misc::NativeScalerWithGradNormCount;
 use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::util::state_dict::load_state_dict;
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Tensor};
 
-use crate::inspect::{self, Detected, Kind};
 use crate::util::checkpoint;
+use crate::util::detect::{self, Detected, Kind};
 use crate::util::hub::{self, Format};
-use crate::util::misc;
+use crate::util::state_dict;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum To {
@@ -49,7 +49,7 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|(k, t)| (k.clone(), t.size()))
         .collect();
-    let det = inspect::detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())))
+    let det = detect::detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())))
         .with_context(|| format!("{}: not an MAE/ViT checkpoint", args.input.display()))?;
     println!("model: {}", det.describe());
     let sd = loaded.sd;
@@ -172,7 +172,7 @@ fn heads(det: &Detected, sd: &[(String, Tensor)]) -> Result<(i64, Option<i64>)> 
         .iter()
         .map(|(k, t)| (k.clone(), t.shallow_clone()))
         .collect();
-    let report = misc::load_state_dict(&mut vs, copy, false)?;
+    let report = state_dict::load_state_dict(&mut vs, copy, false)?;
     if !report.is_clean() {
         bail!("the weights do not load into {name}: {report}");
     }

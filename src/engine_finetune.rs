@@ -7,32 +7,18 @@ use anyhow::{bail, ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
-use crate::util::amp::{self, Precision};
-
 use crate::timm::loss::Criterion;
 use crate::timm::mixup::Mixup;
+use crate::util::amp::{self, Precision};
+use crate::util::data_loader::Batch;
 use crate::util::distributed;
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
-    py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue,
+    self, py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Stat,
+    Step, TrainStats,
 };
 use crate::util::optim::Optimizer;
 use crate::util::tensorboard::{epoch_1000x, SummaryWriter};
-
-/// One batch of the validation loader: images [B, 3, H, W] and class indices [B].
-pub struct Batch {
-    pub images: Tensor,
-    pub target: Tensor,
-}
-
-/// What `train_one_epoch` returns: `{k: meter.global_avg}` (`lr` is the largest group lr of each
-/// iteration, `loss` the criterion's value), and every iteration's (fractional epoch, loss, lr).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainStats {
-    pub lr: f64,
-    pub loss: f64,
-    pub steps: Vec<(f64, f64, f64)>,
-}
 
 /// `train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler,
 /// max_norm, mixup_fn, log_writer, args=args)`. `forward(samples, train)` is `model(samples)` in
@@ -56,11 +42,16 @@ pub fn train_one_epoch(
     accum_iter: usize,
     lr_args: &LrArgs,
 ) -> Result<TrainStats> {
-    let mut metric_logger = MetricLogger::default();
+    let metric_logger = MetricLogger::new("  ");
+    metric_logger.add_meter(
+        "lr",
+        SmoothedValue::with_fmt(1, |m| format!("{:.6}", m.value())),
+    );
     let header = format!("Epoch: [{epoch}]");
     let print_freq = 20;
+
     let len = data_loader.len();
-    let mut steps = Vec::with_capacity(len);
+    let mut steps = Vec::with_capacity(len); // not in the reference
 
     optimizer.zero_grad();
 
@@ -68,12 +59,9 @@ pub fn train_one_epoch(
         println!("log_dir: {}", w.log_dir.display());
     }
 
-    let (start_time, mut end) = (Instant::now(), Instant::now());
-    let (mut iter_time, mut data_time) = (SmoothedValue::new(20), SmoothedValue::new(20));
-    let width = len.to_string().len();
-    for (data_iter_step, batch) in data_loader.enumerate() {
+    let batches = metric_logger.log_every(data_loader, print_freq, &header);
+    for (data_iter_step, batch) in batches.enumerate() {
         let Batch { images, target } = batch?;
-        data_time.update(end.elapsed().as_secs_f64());
 
         // we use a per iteration (instead of per epoch) lr scheduler
         let epoch_f = data_iter_step as f64 / len as f64 + epoch as f64;
@@ -106,54 +94,36 @@ pub fn train_one_epoch(
             optimizer.zero_grad();
         }
 
-        metric_logger.loss.update(loss_value);
+        metric_logger.update("loss", loss_value);
         let max_lr = optimizer
             .param_groups()
             .iter()
             .map(|g| g.lr)
             .fold(0., f64::max);
-        metric_logger.lr.update(max_lr);
+        metric_logger.update("lr", max_lr);
 
         if update_grad {
-            // misc.all_reduce_mean(loss_value), on every rank (a collective); rank 0 logs it
-            let loss_value_reduce = distributed::all_reduce_sum(&[loss_value])?[0]
-                / distributed::get_world_size() as f64;
+            // on every rank (a collective); rank 0 logs it
+            let loss_value_reduce = misc::all_reduce_mean(loss_value)?;
             if let Some(w) = log_writer.as_deref_mut() {
                 // We use epoch_1000x as the x-axis in tensorboard. This calibrates different
                 // curves when batch size changes.
-                let step = epoch_1000x(epoch_f);
-                w.add_scalar("loss", loss_value_reduce, step)?;
-                w.add_scalar("lr", max_lr, step)?;
+                let epoch_1000x = epoch_1000x(epoch_f);
+                w.add_scalar("loss", loss_value_reduce, epoch_1000x)?;
+                w.add_scalar("lr", max_lr, epoch_1000x)?;
             }
         }
-        steps.push((epoch_f, loss_value, max_lr));
-
-        iter_time.update(end.elapsed().as_secs_f64());
-        if data_iter_step % print_freq == 0 || data_iter_step == len - 1 {
-            let eta = iter_time.global_avg() * (len - data_iter_step) as f64;
-            println!(
-                "{header}  [{data_iter_step:>width$}/{len}]  eta: {}  {metric_logger}  time: {:.4}  data: {:.4}",
-                timedelta(eta),
-                iter_time.avg(),
-                data_time.avg(),
-            );
-        }
-        end = Instant::now();
+        steps.push(Step {
+            epoch: epoch_f,
+            loss: loss_value,
+            lr: max_lr,
+        });
     }
-    let total_time = start_time.elapsed().as_secs_f64();
-    println!(
-        "{header} Total time: {} ({:.4} s / it)",
-        timedelta(total_time),
-        total_time / len.max(1) as f64
-    );
+
     // gather the stats from all processes
     metric_logger.synchronize_between_processes()?;
     println!("Averaged stats: {metric_logger}");
-    Ok(TrainStats {
-        lr: metric_logger.lr.global_avg(),
-        loss: metric_logger.loss.global_avg(),
-        steps,
-    })
+    Ok(TrainStats::new(&metric_logger, steps))
 }
 
 /// What `evaluate` returns: the `global_avg` of each MetricLogger meter, as the official code
@@ -166,6 +136,17 @@ pub struct EvalStats {
     pub acc5: f64,
     pub loss: f64,
     pub images: usize,
+}
+
+impl EvalStats {
+    /// `{f'{prefix}{k}': v for k, v in test_stats.items()}`, for the `log.txt` line.
+    pub fn log_items(&self, prefix: &str) -> Vec<(String, Stat)> {
+        vec![
+            (format!("{prefix}loss"), Stat::Float(self.loss)),
+            (format!("{prefix}acc1"), Stat::Float(self.acc1)),
+            (format!("{prefix}acc5"), Stat::Float(self.acc5)),
+        ]
+    }
 }
 
 /// timm.utils.accuracy: the percentage of rows whose target is among the `k` largest outputs,

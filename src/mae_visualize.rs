@@ -10,15 +10,14 @@ use anyhow::{bail, ensure, Context, Result};
 use image::{Rgb, RgbImage};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::inspect;
-use crate::main_finetune::{detect_model, device};
 use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
 use crate::torchvision::pil::{self, Filter, PassOrder};
 use crate::util::amp::{self, Precision};
 use crate::util::checkpoint;
+use crate::util::detect::{self, detect_model};
 use crate::util::hub;
-use crate::util::misc::load_mae_checkpoint;
+use crate::util::misc::device;
 
 /// Where `mae visualize --image …` looks when no `--checkpoint` is given (relative to the working
 /// directory, then to this repository).
@@ -182,7 +181,7 @@ pub fn prepare_model(
         (Some(a), _) => a.to_string(),
         (None, Ok((det, name))) => {
             ensure!(
-                det.kind == inspect::Kind::MaePretrain,
+                det.kind == detect::Kind::MaePretrain,
                 "{}: {}; visualizing needs an MAE checkpoint with its decoder, such as {DEFAULT_URL}",
                 path.display(),
                 det.describe()
@@ -196,9 +195,10 @@ pub fn prepare_model(
         ),
     };
     let mut vs = nn::VarStore::new(device);
-    cfg.init = false; // no random init: load_mae_checkpoint (strict) overwrites every parameter
+    cfg.init = false; // no random init: load_checkpoint (strict) overwrites every parameter
     let model = models_mae::build(&arch, &vs.root(), cfg)?;
-    load_mae_checkpoint(&mut vs, &model, sd)
+    model
+        .load_checkpoint(&mut vs, sd)
         .with_context(|| format!("loading {} into {arch}", path.display()))?;
     println!("{}: {arch}", path.display());
     Ok((vs, model))

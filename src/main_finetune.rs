@@ -3,39 +3,36 @@
 //! checkpoints, `--resume`) and the `--eval` path (`mae eval`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
-use crate::engine_finetune::{evaluate, train_one_epoch, Batch, EvalStats};
-use crate::inspect::{self, Detected};
+use crate::engine_finetune::{evaluate, train_one_epoch};
 use crate::models_vit::{self, VitConfig};
 use crate::timm::loss::Criterion;
 use crate::timm::mixup::Mixup;
+use crate::timm::trunc_normal_;
 use crate::torchvision::datasets::ImageFolder;
 use crate::torchvision::pil::PassOrder;
-use crate::torchvision::transforms::eval_transform_with;
 use crate::util::amp::Precision;
 use crate::util::arg_check::{self, Schedule};
 use crate::util::checkpoint;
-use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource};
-use crate::util::datasets::{build_dataset as build_split, Split, TrainTransform};
+use crate::util::data_loader::{data_loader_val, labelled_batches, DataLoader, EpochOptions};
+use crate::util::datasets::{build_dataset, TrainTransform, DEFAULT_DATA_PATH};
+use crate::util::detect::{self, detect_model};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::hub;
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::{
-    self, load_vit_checkpoint, py_float, timedelta, NativeScalerWithGradNormCount as NativeScaler,
-};
+use crate::util::misc::NativeScalerWithGradNormCount as NativeScaler;
+use crate::util::misc::{self, device, json_dumps, py_e2, timedelta, Stat};
 use crate::util::optim::{named_parameters, AdamW};
 use crate::util::pickle::Value;
 use crate::util::tensorboard;
 
-const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
-
 /// MAE fine-tuning for image classification (`get_args_parser`).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 #[command(rename_all = "snake_case")]
 pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
@@ -251,35 +248,6 @@ impl Args {
     }
 }
 
-/// `torch.device(args.device)`; no flag means CUDA when available, else CPU.
-pub fn device(arg: Option<&str>) -> Result<Device> {
-    let dev = match arg {
-        None => return Ok(Device::cuda_if_available()),
-        Some("cpu") => Device::Cpu,
-        Some("cuda") => Device::Cuda(0),
-        Some(s) => match s.strip_prefix("cuda:").map(str::parse) {
-            Some(Ok(i)) => Device::Cuda(i),
-            _ => bail!("--device {s}: expected cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(i) = dev {
-        let n = tch::Cuda::device_count() as usize;
-        if i >= n {
-            bail!("--device cuda:{i}: {n} CUDA device(s) available");
-        }
-    }
-    Ok(dev)
-}
-
-/// The official model a state dict holds, by key names and shapes (`mae inspect`), and the
-/// `--model` name it loads into. The test-sized models are named here: inspect calls them custom.
-pub fn detect_model(sd: &[(String, Tensor)]) -> Result<(Detected, String)> {
-    let shapes: Vec<(&str, Vec<i64>)> = sd.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
-    let det = inspect::detect(shapes.iter().map(|(k, s)| (*k, s.as_slice())))?;
-    let name = det.model_name();
-    Ok((det, name))
-}
-
 /// `main(args)` of main_finetune.py: fine-tuning, or with `--eval` the evaluation of `--resume`.
 pub fn main(args: &Args) -> Result<()> {
     args.validate()?;
@@ -303,7 +271,7 @@ pub fn main(args: &Args) -> Result<()> {
     let (model_name, nb_classes, global_pool) = match (&args.model, &detected) {
         (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
         (None, Ok((det, name))) => match det.kind {
-            inspect::Kind::Finetuned {
+            detect::Kind::Finetuned {
                 global_pool,
                 num_classes,
             } => (
@@ -328,24 +296,13 @@ pub fn main(args: &Args) -> Result<()> {
     };
 
     // Not in the official: --dataset fashion_mnist evaluates its test split
-    let (dataset_val, folder) = if args.dataset == "imagefolder" {
-        let folder = Arc::new(build_dataset(args)?);
-        println!("{folder}");
-        let split = Split {
-            targets: Arc::new(folder.samples.iter().map(|s| s.1).collect()),
-            num_classes: folder.classes.len() as i64,
-            dataset: folder.clone(),
-        };
-        (split, Some(folder))
-    } else if let Some(path) = &args.output_json {
+    if let (Some(path), false) = (&args.output_json, args.dataset == "imagefolder") {
         bail!(
             "--output_json {} lists image paths: it needs --dataset imagefolder",
             path.display()
         );
-    } else {
-        let split = build_split(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
-        (split, None)
-    };
+    }
+    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
 
     let mut vs = nn::VarStore::new(device);
     let cfg = VitConfig {
@@ -353,11 +310,12 @@ pub fn main(args: &Args) -> Result<()> {
         num_classes: nb_classes,
         drop_path_rate: args.drop_path,
         global_pool,
-        init: false, // no random init: load_vit_checkpoint (strict) overwrites every parameter
+        init: false, // no random init: load_checkpoint (strict) overwrites every parameter
         ..VitConfig::default()
     };
     let model = models_vit::build(&model_name, &vs.root(), cfg)?;
-    load_vit_checkpoint(&mut vs, &model, sd)
+    model
+        .load_checkpoint(&mut vs, sd)
         .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
     println!("Resume checkpoint {}", resume.display());
 
@@ -394,69 +352,11 @@ pub fn main(args: &Args) -> Result<()> {
                 ],
             )?;
         }
-        if let (Some(path), Some(folder)) = (&args.output_json, &folder) {
+        if let (Some(path), Some(folder)) = (&args.output_json, &dataset_val.folder) {
             write_top5(path, folder, &logits)?;
         }
     }
     Ok(())
-}
-
-/// util/datasets.py `build_dataset(is_train=False, args)`: ImageFolder of `data_path/val`.
-fn build_dataset(args: &Args) -> Result<ImageFolder> {
-    let root = args.data_path.join("val");
-    ImageFolder::new(&root).with_context(|| {
-        format!(
-            "--data_path {}: expected class folders of images under {}",
-            args.data_path.display(),
-            root.display()
-        )
-    })
-}
-
-/// `DataLoader(dataset_val, sampler=SequentialSampler, batch_size, num_workers, drop_last=False)`:
-/// `num_workers` rayon threads decode and transform a batch while the model runs the previous
-/// one (two batches queued at most). A failure stops the loader after sending its error.
-pub fn data_loader_val(
-    dataset: Arc<dyn ImageSource>,
-    targets: Arc<Vec<i64>>,
-    batch_size: i64,
-    num_workers: usize,
-    input_size: i64,
-    order: PassOrder,
-) -> Result<impl Iterator<Item = Result<Batch>>> {
-    use rayon::prelude::*;
-    if batch_size < 1 {
-        bail!("--batch_size must be at least 1, got {batch_size}");
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(num_workers.max(1))
-        .build()
-        .context("starting the data loader threads")?;
-    let batch_size = batch_size as usize;
-    let input_size = u32::try_from(input_size).context("--input_size")?;
-    let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
-    std::thread::spawn(move || {
-        // SequentialSampler, or with --dist_eval DistributedSampler(shuffle=False)
-        let indices = distributed::eval_indices(dataset.len());
-        for chunk in indices.chunks(batch_size) {
-            let images: Result<Vec<Tensor>> = pool.install(|| {
-                chunk
-                    .par_iter()
-                    .map(|&i| Ok(eval_transform_with(&dataset.load(i)?, input_size, order)))
-                    .collect()
-            });
-            let target: Vec<i64> = chunk.iter().map(|&i| targets[i]).collect();
-            let batch = images.map(|images| Batch {
-                images: Tensor::stack(&images, 0),
-                target: Tensor::from_slice(&target),
-            });
-            let failed = batch.is_err();
-            if tx.send(batch).is_err() || failed {
-                return; // the consumer stopped, or it has the error
-            }
-        }
-    });
-    Ok(rx.into_iter())
 }
 
 /// `--output_json`: per image, its path, target and top-5 classes with logit and probability.
@@ -501,49 +401,10 @@ impl Args {
         }
     }
 
-    /// `args` as a plain dict, as saved in checkpoints (the official saves the Namespace).
-    pub fn to_value(&self) -> Value {
-        let s = |v: &str| Value::Str(v.into());
-        let (f, i) = (Value::Float, Value::Int);
-        let opt = |v: Option<f64>| v.map_or(Value::None, Value::Float);
-        let items = vec![
-            ("batch_size", i(self.batch_size)),
-            ("epochs", i(self.epochs)),
-            ("accum_iter", i(self.accum_iter as i64)),
-            ("model", self.model.as_deref().map_or(Value::None, s)),
-            ("input_size", i(self.input_size)),
-            ("drop_path", f(self.drop_path)),
-            ("clip_grad", opt(self.clip_grad)),
-            ("weight_decay", f(self.weight_decay)),
-            ("lr", opt(self.lr)),
-            ("blr", f(self.blr)),
-            ("layer_decay", f(self.layer_decay)),
-            ("min_lr", f(self.min_lr)),
-            ("warmup_epochs", i(self.warmup_epochs)),
-            ("color_jitter", opt(self.color_jitter)),
-            ("aa", s(&self.aa)),
-            ("smoothing", f(self.smoothing)),
-            ("reprob", f(self.reprob)),
-            ("remode", s(&self.remode)),
-            ("recount", i(self.recount)),
-            ("mixup", f(self.mixup)),
-            ("cutmix", f(self.cutmix)),
-            ("mixup_prob", f(self.mixup_prob)),
-            ("mixup_switch_prob", f(self.mixup_switch_prob)),
-            ("mixup_mode", s(&self.mixup_mode)),
-            ("finetune", s(&self.finetune)),
-            ("global_pool", Value::Bool(!self.cls_token)),
-            ("data_path", s(&self.data_path.to_string_lossy())),
-            ("dataset", s(&self.dataset)),
-            ("nb_classes", self.nb_classes.map_or(Value::None, i)),
-            ("output_dir", s(&self.output_dir)),
-            ("seed", i(self.seed)),
-            ("resume", s(&self.resume)),
-            ("start_epoch", i(self.start_epoch)),
-            ("eval", Value::Bool(self.eval)),
-            ("num_workers", i(self.num_workers as i64)),
-        ];
-        Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
+    /// `args` as saved in checkpoints (util::misc::args_value), with what `main` derives.
+    pub fn to_value(&self) -> Result<Value> {
+        let global_pool = Value::Bool(!self.cls_token);
+        misc::args_value(self, vec![("global_pool", global_pool)])
     }
 }
 
@@ -561,9 +422,9 @@ fn finetune(mut args: Args) -> Result<()> {
     // fix the seed for reproducibility
     tch::manual_seed(args.seed);
 
-    let dataset_train = build_split(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?
-        .first(args.train_subset);
-    let dataset_val = build_split(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let dataset_train =
+        build_dataset(true, &args.dataset, &args.data_path)?.first(args.train_subset);
+    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
     let transform = TrainTransform::new(
         input_size,
@@ -635,8 +496,14 @@ fn finetune(mut args: Args) -> Result<()> {
         let path = Path::new(&args.finetune);
         let sd = hub::load(path, false)?.sd;
         println!("Load pre-trained checkpoint from: {}", path.display());
-        misc::load_pretrained_for_finetune(&mut vs, &mut model, sd)
+        model
+            .load_pretrained(&mut vs, sd, "head")
             .with_context(|| format!("--finetune {} into {model_name}", path.display()))?;
+
+        // manually initialize fc layer
+        if let Some(head) = &mut model.head {
+            trunc_normal_(&mut head.ws, 2e-5);
+        }
     }
 
     let n_parameters: i64 = vs
@@ -652,11 +519,8 @@ fn finetune(mut args: Args) -> Result<()> {
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
-    println!(
-        "base lr: {}",
-        crate::main_pretrain::py_e2(lr * 256. / eff_batch_size as f64)
-    );
-    println!("actual lr: {}", crate::main_pretrain::py_e2(lr));
+    println!("base lr: {}", py_e2(lr * 256. / eff_batch_size as f64));
+    println!("actual lr: {}", py_e2(lr));
     println!("accumulate grad iterations: {}", args.accum_iter);
     println!("effective batch size: {eff_batch_size}");
 
@@ -712,7 +576,7 @@ fn finetune(mut args: Args) -> Result<()> {
             device: Some(device),
             ..Default::default()
         };
-        let batches = crate::util::datasets::labelled_batches(
+        let batches = labelled_batches(
             &data_loader_train,
             dataset_train.targets.clone(),
             epoch as u64,
@@ -737,7 +601,7 @@ fn finetune(mut args: Args) -> Result<()> {
         if save {
             misc::save_model(
                 &output_dir,
-                args.to_value(),
+                args.to_value()?,
                 epoch,
                 &vs,
                 &optimizer,
@@ -745,7 +609,23 @@ fn finetune(mut args: Args) -> Result<()> {
             )?;
         }
 
-        let test_stats = evaluate_split(&dataset_val, &args, &forward_eval, device)?;
+        let data_loader_val = data_loader_val(
+            dataset_val.dataset.clone(),
+            dataset_val.targets.clone(),
+            args.batch_size,
+            args.num_workers,
+            args.input_size,
+            args.pillow,
+        )?;
+        let n_val = dataset_val.dataset.len();
+        let (test_stats, _) = evaluate(
+            data_loader_val,
+            n_val,
+            &forward_eval,
+            device,
+            precision,
+            false,
+        )?;
         println!(
             "Accuracy of the network on the {} test images: {:.1}%",
             test_stats.images, test_stats.acc1
@@ -759,14 +639,14 @@ fn finetune(mut args: Args) -> Result<()> {
         }
 
         if save {
-            let log_stats = log_line(
-                train_stats.lr,
-                train_stats.loss,
-                &test_stats,
-                epoch,
-                n_parameters,
-            );
-            append(&output_dir.join("log.txt"), &format!("{log_stats}\n"))?;
+            let mut log_stats = train_stats.log_items("train_");
+            log_stats.extend(test_stats.log_items("test_"));
+            log_stats.push(("epoch".into(), Stat::Int(epoch)));
+            log_stats.push(("n_parameters".into(), Stat::Int(n_parameters)));
+            misc::append(
+                &output_dir.join("log.txt"),
+                &(json_dumps(&log_stats) + "\n"),
+            )?;
         }
         if let Some(w) = log_writer.as_mut() {
             w.flush()?;
@@ -775,54 +655,4 @@ fn finetune(mut args: Args) -> Result<()> {
     let total_time = start_time.elapsed().as_secs_f64();
     println!("Training time {}", timedelta(total_time));
     Ok(())
-}
-
-/// `evaluate(data_loader_val, model, device)` over a validation split.
-pub fn evaluate_split(
-    split: &crate::util::datasets::Split,
-    args: &Args,
-    forward: &dyn Fn(&Tensor) -> Result<Tensor>,
-    device: Device,
-) -> Result<EvalStats> {
-    let loader = data_loader_val(
-        split.dataset.clone(),
-        split.targets.clone(),
-        args.batch_size,
-        args.num_workers,
-        args.input_size,
-        args.pillow,
-    )?;
-    let precision = Precision::for_device(args.precision, device)?;
-    Ok(evaluate(
-        loader,
-        split.dataset.len(),
-        forward,
-        device,
-        precision,
-        false,
-    )?
-    .0)
-}
-
-/// One line of log.txt: `json.dumps({train_lr, train_loss, test_loss, test_acc1, test_acc5,
-/// epoch, n_parameters})` in the official key order.
-pub fn log_line(lr: f64, loss: f64, test: &EvalStats, epoch: i64, n_parameters: i64) -> String {
-    format!(
-        "{{\"train_lr\": {}, \"train_loss\": {}, \"test_loss\": {}, \"test_acc1\": {}, \"test_acc5\": {}, \"epoch\": {epoch}, \"n_parameters\": {n_parameters}}}",
-        py_float(lr),
-        py_float(loss),
-        py_float(test.loss),
-        py_float(test.acc1),
-        py_float(test.acc5)
-    )
-}
-
-pub fn append(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -9,27 +9,26 @@ use anyhow::{ensure, Context, Result};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
 use crate::engine_finetune::{evaluate, train_one_epoch};
-use crate::main_finetune::{append, data_loader_val, device, log_line};
 use crate::models_vit::{self, VisionTransformer, VitConfig};
 use crate::timm::loss::Criterion;
 use crate::timm::{linear, trunc_normal_, LinearInit};
 use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
 use crate::util::arg_check::{self, Schedule};
-use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
-use crate::util::datasets::{build_dataset, labelled_batches};
+use crate::util::data_loader::ResizedCrop;
+use crate::util::data_loader::{data_loader_val, labelled_batches, DataLoader, EpochOptions};
+use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::hub;
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::{self, load_state_dict, timedelta, NativeScalerWithGradNormCount};
-use crate::util::pos_embed::interpolate_pos_embed;
+use crate::util::misc::NativeScalerWithGradNormCount;
+use crate::util::misc::{self, device, json_dumps, py_e2, timedelta, Stat};
+use crate::util::pickle::Value;
 use crate::util::tensorboard;
 
-const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
-
 /// MAE linear probing for image classification
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 #[command(rename_all = "snake_case")]
 pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
@@ -151,6 +150,11 @@ impl Args {
         arg_check::at_least("nb_classes", self.nb_classes, 1)?;
         arg_check::dist(&self.dist)
     }
+
+    /// `args` as saved in checkpoints (util::misc::args_value).
+    pub fn to_value(&self) -> Result<Value> {
+        misc::args_value(self, vec![])
+    }
 }
 
 /// The linear-probing model: the encoder (its `head` is Identity) and
@@ -213,41 +217,6 @@ impl LinProbe {
     }
 }
 
-/// `--finetune`: the pre-trained encoder into the model as main_linprobe.py loads it (head keys
-/// of another shape dropped, pos_embed interpolated, non-strict), requiring the missing keys to
-/// be the head (and fc_norm with global pool); then the head weight `trunc_normal_(std=0.01)`.
-fn load_pretrained(vs: &mut nn::VarStore, model: &mut LinProbe, path: &Path) -> Result<()> {
-    let mut sd = hub::load(path, false)?.sd;
-    println!("Load pre-trained checkpoint from: {}", path.display());
-    sd.retain(|(k, _)| {
-        let drop = k == "head.weight" || k == "head.bias";
-        if drop {
-            println!("Removing key {k} from pretrained checkpoint");
-        }
-        !drop
-    });
-    let n = model.vit.patch_embed.num_patches;
-    interpolate_pos_embed(&mut sd, "pos_embed", n, model.vit.pos_embed.size()[1] - n)?;
-    let msg = load_state_dict(vs, sd, false)?;
-    println!("{msg}");
-    let mut missing: Vec<&str> = msg.missing_keys.iter().map(String::as_str).collect();
-    missing.retain(|k| !k.starts_with("head.0."));
-    missing.sort();
-    let mut want = vec!["head.1.bias", "head.1.weight"];
-    if model.vit.global_pool {
-        want.extend(["fc_norm.bias", "fc_norm.weight"]);
-    }
-    want.sort();
-    ensure!(
-        msg.mismatched_keys.is_empty() && missing == want,
-        "--finetune {}: does not fit the encoder ({msg}); expected exactly {want:?} missing",
-        path.display()
-    );
-    // manually initialize fc layer: following MoCo v3
-    trunc_normal_(&mut model.head.ws, 0.01);
-    Ok(())
-}
-
 pub fn main(mut args: Args) -> Result<()> {
     args.validate()?;
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
@@ -259,9 +228,9 @@ pub fn main(mut args: Args) -> Result<()> {
 
     // linear probe: weak augmentation
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
-    let dataset_train = build_dataset(true, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?
-        .first(args.train_subset);
-    let dataset_val = build_dataset(false, &args.dataset, &args.data_path, DEFAULT_DATA_PATH)?;
+    let dataset_train =
+        build_dataset(true, &args.dataset, &args.data_path)?.first(args.train_subset);
+    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
     // transform_train as data: the loader decodes only each box's part of a JPEG
     let crop = ResizedCrop::linprobe(input_size);
     let data_loader_train = DataLoader {
@@ -289,7 +258,16 @@ pub fn main(mut args: Args) -> Result<()> {
     };
     let mut model = LinProbe::new(&vs.root(), &args.model, cfg)?;
     if !args.finetune.is_empty() && !args.eval {
-        load_pretrained(&mut vs, &mut model, Path::new(&args.finetune))?;
+        let path = Path::new(&args.finetune);
+        let checkpoint_model = hub::load(path, false)?.sd;
+        println!("Load pre-trained checkpoint from: {}", path.display());
+        model
+            .vit
+            .load_pretrained(&mut vs, checkpoint_model, "head.1")
+            .with_context(|| format!("--finetune {} into {}", path.display(), args.model))?;
+
+        // manually initialize fc layer: following MoCo v3
+        trunc_normal_(&mut model.head.ws, 0.01);
     }
 
     // freeze all but the head
@@ -310,11 +288,8 @@ pub fn main(mut args: Args) -> Result<()> {
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
-    println!(
-        "base lr: {}",
-        crate::main_pretrain::py_e2(lr * 256. / eff_batch_size as f64)
-    );
-    println!("actual lr: {}", crate::main_pretrain::py_e2(lr));
+    println!("base lr: {}", py_e2(lr * 256. / eff_batch_size as f64));
+    println!("actual lr: {}", py_e2(lr));
     println!("accumulate grad iterations: {}", args.accum_iter);
     println!("effective batch size: {eff_batch_size}");
 
@@ -416,7 +391,7 @@ pub fn main(mut args: Args) -> Result<()> {
         if save {
             misc::save_model(
                 &output_dir,
-                args_value(&args),
+                args.to_value()?,
                 epoch,
                 &vs,
                 &optimizer,
@@ -436,14 +411,14 @@ pub fn main(mut args: Args) -> Result<()> {
             w.add_scalar("perf/test_loss", test_stats.loss, epoch)?;
         }
         if save {
-            let line = log_line(
-                train_stats.lr,
-                train_stats.loss,
-                &test_stats,
-                epoch,
-                n_parameters as i64,
-            );
-            append(&output_dir.join("log.txt"), &format!("{line}\n"))?;
+            let mut log_stats = train_stats.log_items("train_");
+            log_stats.extend(test_stats.log_items("test_"));
+            log_stats.push(("epoch".into(), Stat::Int(epoch)));
+            log_stats.push(("n_parameters".into(), Stat::Int(n_parameters as i64)));
+            misc::append(
+                &output_dir.join("log.txt"),
+                &(json_dumps(&log_stats) + "\n"),
+            )?;
         }
         if let Some(w) = log_writer.as_mut() {
             w.flush()?;
@@ -454,24 +429,4 @@ pub fn main(mut args: Args) -> Result<()> {
         timedelta(start_time.elapsed().as_secs_f64())
     );
     Ok(())
-}
-
-/// `args` as a plain dict for checkpoints.
-fn args_value(args: &Args) -> crate::util::pickle::Value {
-    use crate::util::pickle::Value;
-    let s = |v: &str| Value::Str(v.into());
-    let items = vec![
-        ("batch_size", Value::Int(args.batch_size)),
-        ("epochs", Value::Int(args.epochs)),
-        ("model", s(&args.model)),
-        ("lr", args.lr.map_or(Value::None, Value::Float)),
-        ("blr", Value::Float(args.blr)),
-        ("finetune", s(&args.finetune)),
-        ("global_pool", Value::Bool(args.global_pool)),
-        ("dataset", s(&args.dataset)),
-        ("input_size", Value::Int(args.input_size)),
-        ("nb_classes", Value::Int(args.nb_classes)),
-        ("seed", Value::Int(args.seed)),
-    ];
-    Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
 }

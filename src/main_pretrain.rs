@@ -1,34 +1,31 @@
-//! Port of main_pretrain.py: `mae pretrain`, MAE pre-training with the official recipe
-//! (flags and defaults as the official argparse; one process, no DDP).
+//! Port of main_pretrain.py: `mae pretrain`, MAE pre-training with the official recipe (flags
+//! and defaults as the official argparse; one process, or DDP over c10d).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use tch::{nn, Device};
+use tch::nn;
 
-use crate::engine_pretrain::{train_one_epoch, Step};
+use crate::engine_pretrain::{self, train_one_epoch};
 use crate::models_mae::{self, MaeConfig};
-use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
 use crate::util::amp::Precision;
 use crate::util::arg_check::{self, Schedule};
-use crate::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
-use crate::util::datasets;
+use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
+use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::{self, py_float, timedelta, NativeScalerWithGradNormCount as NativeScaler};
+use crate::util::misc::{self, py_e2, timedelta, NativeScalerWithGradNormCount as NativeScaler};
+use crate::util::misc::{json_dumps, Stat, Step};
 use crate::util::optim::{add_weight_decay, named_parameters, AdamW};
 use crate::util::pickle::Value;
 use crate::util::plot;
 use crate::util::tensorboard;
 
-const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
-
 /// MAE pre-training
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, serde::Serialize)]
 pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
     #[arg(long = "batch_size", default_value_t = 64)]
@@ -84,9 +81,9 @@ pub struct Args {
     /// path where to tensorboard log (events.out.tfevents.*; empty: none)
     #[arg(long = "log_dir", default_value = "./output_dir")]
     pub log_dir: String,
-    /// device to use for training / testing (cuda falls back to cpu when unavailable)
-    #[arg(long, default_value = "cuda")]
-    pub device: String,
+    /// device to use for training / testing: cpu, cuda, cuda:N [default: cuda when available]
+    #[arg(long)]
+    pub device: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// resume from checkpoint
@@ -154,95 +151,26 @@ impl Args {
         }
     }
 
-    /// `args` as a plain dict, as saved in checkpoints (the official saves the Namespace).
-    pub fn to_value(&self) -> Value {
-        let s = |v: &str| Value::Str(v.into());
-        let f = Value::Float;
-        let i = |v: i64| Value::Int(v);
-        let items = vec![
-            ("batch_size", i(self.batch_size as i64)),
-            ("epochs", i(self.epochs)),
-            ("accum_iter", i(self.accum_iter as i64)),
-            ("model", s(&self.model)),
-            ("input_size", i(self.input_size)),
-            ("mask_ratio", f(self.mask_ratio)),
-            ("norm_pix_loss", Value::Bool(self.norm_pix_loss)),
-            ("weight_decay", f(self.weight_decay)),
-            ("lr", self.lr.map_or(Value::None, f)),
-            ("blr", f(self.blr)),
-            ("min_lr", f(self.min_lr)),
-            ("warmup_epochs", i(self.warmup_epochs)),
-            ("data_path", s(&self.data_path.to_string_lossy())),
-            ("dataset", s(&self.dataset)),
-            ("output_dir", s(&self.output_dir)),
-            ("log_dir", s(&self.log_dir)),
-            ("device", s(&self.device)),
-            ("seed", i(self.seed)),
-            ("resume", s(&self.resume)),
-            ("start_epoch", i(self.start_epoch)),
-            ("num_workers", i(self.num_workers as i64)),
-            ("pin_mem", Value::Bool(!self.no_pin_mem)),
-            ("world_size", i(distributed::get_world_size() as i64)),
-            ("local_rank", i(self.dist.local_rank)),
-            ("dist_on_itp", Value::Bool(self.dist.dist_on_itp)),
-            ("dist_url", s(&self.dist.dist_url)),
-            ("distributed", Value::Bool(distributed::info().distributed)),
-        ];
-        Value::Dict(items.into_iter().map(|(k, v)| (s(k), v)).collect())
+    /// `args` as saved in checkpoints (util::misc::args_value), with what `main` derives.
+    pub fn to_value(&self) -> Result<Value> {
+        let dist = distributed::info();
+        misc::args_value(
+            self,
+            vec![
+                ("pin_mem", Value::Bool(!self.no_pin_mem)),
+                ("world_size", Value::Int(dist.world_size as i64)),
+                ("rank", Value::Int(dist.rank as i64)),
+                ("distributed", Value::Bool(dist.distributed)),
+            ],
+        )
     }
-}
-
-/// `torch.device(args.device)`; CUDA requested without one is a warning, then the CPU.
-fn device_of(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        n if n == "cuda" || n.starts_with("cuda:") => {
-            let idx = n
-                .strip_prefix("cuda:")
-                .map_or(Ok(0), str::parse)
-                .with_context(|| format!("--device {n}: expected cpu, cuda or cuda:N"))?;
-            if tch::Cuda::is_available() {
-                Device::Cuda(idx)
-            } else {
-                eprintln!("warning: --device {n} but CUDA is not available: training on the CPU");
-                Device::Cpu
-            }
-        }
-        n => bail!("--device {n}: expected cpu, cuda or cuda:N"),
-    })
-}
-
-/// The training set of `--dataset`, printed as the official `print(dataset_train)`.
-fn build_dataset(args: &Args) -> Result<Arc<dyn ImageSource>> {
-    Ok(match args.dataset.as_str() {
-        "imagefolder" => {
-            let ds = ImageFolder::new(&args.data_path.join("train"))?;
-            println!("{ds}");
-            Arc::new(ds)
-        }
-        "fashion_mnist" => {
-            let root = if args.data_path == Path::new(DEFAULT_DATA_PATH) {
-                PathBuf::from(FASHION_MNIST_ROOT)
-            } else {
-                args.data_path.clone()
-            };
-            let ds = FashionMNIST::new(&root, true)?;
-            println!(
-                "Dataset FashionMNIST\n    Number of datapoints: {}\n    Root location: {}\n    Split: Train",
-                ds.len(),
-                root.display()
-            );
-            Arc::new(ds)
-        }
-        d => bail!("--dataset {d}: expected imagefolder or fashion_mnist"),
-    })
 }
 
 pub fn main(mut args: Args) -> Result<()> {
     args.validate()?;
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
-    let device = misc::init_distributed_mode(&args.dist, device_of(&args.device)?)?
-        .device(device_of(&args.device)?);
+    let device = misc::device(args.device.as_deref())?;
+    let device = misc::init_distributed_mode(&args.dist, device)?.device(device);
     // --precision checked before the data and the model are built
     let precision = Precision::for_device(args.precision, device)?;
 
@@ -252,7 +180,9 @@ pub fn main(mut args: Args) -> Result<()> {
 
     // simple augmentation
     let input_size = u32::try_from(args.input_size).context("--input_size")?;
-    let dataset_train = datasets::first(build_dataset(&args)?, args.train_subset);
+    let dataset_train = build_dataset(true, &args.dataset, &args.data_path)?
+        .first(args.train_subset)
+        .dataset;
     // transform_train as data: the loader decodes only each box's part of a JPEG
     let crop = ResizedCrop::pretrain(input_size);
     let data_loader_train = DataLoader {
@@ -324,6 +254,12 @@ pub fn main(mut args: Args) -> Result<()> {
         std::fs::create_dir_all(&output_dir)
             .with_context(|| format!("creating --output_dir {}", output_dir.display()))?;
     }
+    let engine_args = engine_pretrain::Args {
+        accum_iter: args.accum_iter,
+        mask_ratio: args.mask_ratio,
+        precision,
+        lr: args.lr_args(),
+    };
     let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
     let start_time = Instant::now();
@@ -348,13 +284,13 @@ pub fn main(mut args: Args) -> Result<()> {
             epoch,
             &mut loss_scaler,
             log_writer.as_mut(),
-            &args,
+            &engine_args,
         )?;
         let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
         if save && (epoch % args.save_freq == 0 || epoch + 1 == args.epochs) {
             misc::save_model(
                 &output_dir,
-                args.to_value(),
+                args.to_value()?,
                 epoch,
                 &vs,
                 &optimizer,
@@ -363,19 +299,18 @@ pub fn main(mut args: Args) -> Result<()> {
         }
 
         if save {
-            // json.dumps({'train_lr': .., 'train_loss': .., 'epoch': ..}): keys in this order
-            let log_stats = format!(
-                "{{\"train_lr\": {}, \"train_loss\": {}, \"epoch\": {epoch}}}",
-                py_float(train_stats.lr),
-                py_float(train_stats.loss)
-            );
-            append(&output_dir.join("log.txt"), &format!("{log_stats}\n"))?;
+            let mut log_stats = train_stats.log_items("train_");
+            log_stats.push(("epoch".into(), Stat::Int(epoch)));
+            misc::append(
+                &output_dir.join("log.txt"),
+                &(json_dumps(&log_stats) + "\n"),
+            )?;
             let steps: String = train_stats
                 .steps
                 .iter()
                 .map(|Step { epoch, loss, lr }| format!("{epoch},{loss},{lr}\n"))
                 .collect();
-            append(&output_dir.join("train_steps.csv"), &steps)?;
+            misc::append(&output_dir.join("train_steps.csv"), &steps)?;
         }
         if let Some(w) = log_writer.as_mut() {
             w.flush()?;
@@ -390,25 +325,4 @@ pub fn main(mut args: Args) -> Result<()> {
         println!("Loss curve: {}", png.display());
     }
     Ok(())
-}
-
-/// Python's `"%.2e" % v` (the exponent has at least two digits: `1.00e-03`).
-pub fn py_e2(v: f64) -> String {
-    let s = format!("{v:.2e}");
-    match s.split_once('e') {
-        Some((m, e)) => {
-            let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
-            format!("{m}e{sign}{digits:0>2}")
-        }
-        None => s,
-    }
-}
-
-fn append(path: &Path, text: &str) -> Result<()> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -2,12 +2,13 @@
 //! `initialize_weights`, and the factory functions picked by `--model`.
 
 use anyhow::{bail, ensure, Result};
-use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, IndexOp, Kind, Tensor};
 
 use crate::timm::{
     layer_norm, linear, xavier_uniform_, AttentionImpl, Block, LinearInit, PatchEmbed,
 };
-use crate::util::pos_embed::get_2d_sincos_pos_embed;
+use crate::util::pos_embed::{get_2d_sincos_pos_embed, interpolate_pos_embed};
+use crate::util::state_dict::{adopt_state_dict, LoadReport};
 
 /// `MaskedAutoencoderViT.__init__` keyword arguments, with its defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,12 +231,12 @@ impl MaskedAutoencoderViT {
         let ids_restore = ids_shuffle.argsort(1, false);
 
         // keep the first subset
-        let ids_keep = ids_shuffle.narrow(1, 0, len_keep);
+        let ids_keep = ids_shuffle.i((.., ..len_keep));
         let x_masked = x.gather(1, &ids_keep.unsqueeze(-1).repeat([1, 1, d]), false);
 
         // generate the binary mask: 0 is keep, 1 is remove
         let mask = Tensor::ones([n, l], (Kind::Float, x.device()));
-        let _ = mask.narrow(1, 0, len_keep).fill_(0.);
+        let _ = mask.i((.., ..len_keep)).fill_(0.);
         // unshuffle to get the binary mask
         let mask = mask.gather(1, &ids_restore, false);
 
@@ -253,13 +254,13 @@ impl MaskedAutoencoderViT {
         let x = self.patch_embed.forward(x)?;
 
         // add pos embed w/o cls token
-        let x = x + self.pos_embed.narrow(1, 1, self.patch_embed.num_patches);
+        let x = x + self.pos_embed.i((.., 1.., ..));
 
         // masking: length -> length * mask_ratio
         let (x, mask, ids_restore) = self.random_masking(&x, mask_ratio, noise)?;
 
         // append cls token
-        let cls_token = &self.cls_token + self.pos_embed.narrow(1, 0, 1);
+        let cls_token = &self.cls_token + self.pos_embed.i((.., ..1, ..));
         let cls_tokens = cls_token.expand([x.size()[0], -1, -1], false);
         let mut x = Tensor::cat(&[cls_tokens, x], 1);
 
@@ -271,18 +272,18 @@ impl MaskedAutoencoderViT {
     }
 
     /// x: latent [N, 1 + len_keep, D] -> pred [N, L, p*p*3]
-    pub fn forward_decoder(&self, x: &Tensor, ids_restore: &Tensor) -> Tensor {
+    pub fn forward_decoder(&self, x: &Tensor, ids_restore: &Tensor) -> Result<Tensor> {
         // embed tokens
         let x = x.apply(&self.decoder_embed);
-        let (n, t, d) = x.size3().unwrap();
+        let (n, t, d) = x.size3()?;
 
         // append mask tokens to sequence
         let mask_tokens = self
             .mask_token
             .repeat([n, ids_restore.size()[1] + 1 - t, 1]);
-        let x_ = Tensor::cat(&[x.narrow(1, 1, t - 1), mask_tokens], 1); // no cls token
+        let x_ = Tensor::cat(&[x.i((.., 1.., ..)), mask_tokens], 1); // no cls token
         let x_ = x_.gather(1, &ids_restore.unsqueeze(-1).repeat([1, 1, d]), false); // unshuffle
-        let x = Tensor::cat(&[x.narrow(1, 0, 1), x_], 1); // append cls token
+        let x = Tensor::cat(&[x.i((.., ..1, ..)), x_], 1); // append cls token
 
         // add pos embed
         let mut x = x + &self.decoder_pos_embed;
@@ -297,7 +298,7 @@ impl MaskedAutoencoderViT {
         let x = self.decoder_pred.forward(&x);
 
         // remove cls token
-        x.narrow(1, 1, x.size()[1] - 1)
+        Ok(x.i((.., 1.., ..)))
     }
 
     /// imgs: [N, 3, H, W], pred: [N, L, p*p*3], mask: [N, L], 0 is keep, 1 is remove
@@ -326,95 +327,121 @@ impl MaskedAutoencoderViT {
         noise: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (latent, mask, ids_restore) = self.forward_encoder(imgs, mask_ratio, noise)?;
-        let pred = self.forward_decoder(&latent, &ids_restore); // [N, L, p*p*3]
+        let pred = self.forward_decoder(&latent, &ids_restore)?; // [N, L, p*p*3]
         let loss = self.forward_loss(imgs, &pred, &mask)?;
         Ok((loss, pred, mask))
     }
 }
 
-/// The three official sizes share the decoder: 512 dim, 8 blocks, 16 heads; mlp_ratio 4.
-fn mae_dec512d8b(
-    vs: &nn::Path,
-    cfg: MaeConfig,
-    patch: i64,
-    dim: i64,
-    depth: i64,
-    heads: i64,
-) -> MaskedAutoencoderViT {
-    let (decoder_embed_dim, decoder_depth, decoder_num_heads) = (512, 8, 16);
-    MaskedAutoencoderViT::new(
-        vs,
-        &MaeConfig {
-            patch_size: patch,
-            embed_dim: dim,
-            depth,
-            num_heads: heads,
-            decoder_embed_dim,
-            decoder_depth,
-            decoder_num_heads,
-            mlp_ratio: 4.,
-            ..cfg
-        },
-    )
+impl MaskedAutoencoderViT {
+    /// Not in the reference (`misc.load_model` / the demo's `prepare_model`, strict): a
+    /// pre-training checkpoint (`checkpoint['model']`) into this model; its tensors become the
+    /// parameters ([`adopt_state_dict`]), `pos_embed` / `decoder_pos_embed` interpolated when the
+    /// checkpoint's resolution differs.
+    pub fn load_checkpoint(
+        &self,
+        vs: &mut nn::VarStore,
+        mut sd: Vec<(String, Tensor)>,
+    ) -> Result<LoadReport> {
+        let n = self.patch_embed.num_patches;
+        let extra = |pos_embed: &Tensor| pos_embed.size()[1] - n; // the cls token
+        interpolate_pos_embed(&mut sd, "pos_embed", n, extra(&self.pos_embed))?;
+        let decoder_extra = extra(&self.decoder_pos_embed);
+        interpolate_pos_embed(&mut sd, "decoder_pos_embed", n, decoder_extra)?;
+        adopt_state_dict(vs, sd)
+    }
 }
 
 pub fn mae_vit_base_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    mae_dec512d8b(vs, cfg, 16, 768, 12, 12)
+    let cfg = MaeConfig {
+        patch_size: 16,
+        embed_dim: 768,
+        depth: 12,
+        num_heads: 12,
+        decoder_embed_dim: 512,
+        decoder_depth: 8,
+        decoder_num_heads: 16,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(vs, &cfg)
 }
 
 pub fn mae_vit_large_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    mae_dec512d8b(vs, cfg, 16, 1024, 24, 16)
+    let cfg = MaeConfig {
+        patch_size: 16,
+        embed_dim: 1024,
+        depth: 24,
+        num_heads: 16,
+        decoder_embed_dim: 512,
+        decoder_depth: 8,
+        decoder_num_heads: 16,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(vs, &cfg)
 }
 
 pub fn mae_vit_huge_patch14_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    mae_dec512d8b(vs, cfg, 14, 1280, 32, 16)
+    let cfg = MaeConfig {
+        patch_size: 14,
+        embed_dim: 1280,
+        depth: 32,
+        num_heads: 16,
+        decoder_embed_dim: 512,
+        decoder_depth: 8,
+        decoder_num_heads: 16,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(vs, &cfg)
 }
 
 /// Not in the reference: a 32×32 model (8×8 patches of 4) small enough for tests and CPU demos.
 pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    MaskedAutoencoderViT::new(
-        vs,
-        &MaeConfig {
-            img_size: 32,
-            patch_size: 4,
-            embed_dim: 64,
-            depth: 2,
-            num_heads: 4,
-            decoder_embed_dim: 32,
-            decoder_depth: 2,
-            decoder_num_heads: 4,
-            mlp_ratio: 4.,
-            ..cfg
-        },
-    )
+    let cfg = MaeConfig {
+        img_size: 32,
+        patch_size: 4,
+        embed_dim: 64,
+        depth: 2,
+        num_heads: 4,
+        decoder_embed_dim: 32,
+        decoder_depth: 2,
+        decoder_num_heads: 4,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    MaskedAutoencoderViT::new(vs, &cfg)
 }
 
 /// Not in the reference: the 32×32 model pre-trained on Fashion-MNIST (28×28 upsampled by the
 /// RandomResizedCrop) and shipped in weights/: 8×8 patches of 4, 6 blocks of 128-d, decoder 4×64-d.
 pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    MaskedAutoencoderViT::new(vs, &mini_patch4(4, cfg))
-}
-
-/// Not in the reference: `mae_vit_mini_patch4` with a 1-block decoder (the decoder-depth ablation
-/// of the paper's Table 1(a), docs/REPRODUCTION.md).
-pub fn mae_vit_mini_patch4_dec64d1b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    MaskedAutoencoderViT::new(vs, &mini_patch4(1, cfg))
-}
-
-/// The mini encoder with a 64-d decoder of `decoder_depth` blocks.
-fn mini_patch4(decoder_depth: i64, cfg: MaeConfig) -> MaeConfig {
-    MaeConfig {
+    let cfg = MaeConfig {
         img_size: 32,
         patch_size: 4,
         embed_dim: 128,
         depth: 6,
         num_heads: 4,
         decoder_embed_dim: 64,
-        decoder_depth,
+        decoder_depth: 4,
         decoder_num_heads: 4,
         mlp_ratio: 4.,
         ..cfg
-    }
+    };
+    MaskedAutoencoderViT::new(vs, &cfg)
+}
+
+/// Not in the reference: `mae_vit_mini_patch4` with a 1-block decoder (the decoder-depth ablation
+/// of the paper's Table 1(a), docs/REPRODUCTION.md).
+pub fn mae_vit_mini_patch4_dec64d1b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
+    mae_vit_mini_patch4(
+        vs,
+        MaeConfig {
+            decoder_depth: 1,
+            ..cfg
+        },
+    )
 }
 
 // set recommended archs
@@ -422,37 +449,42 @@ pub use mae_vit_base_patch16_dec512d8b as mae_vit_base_patch16; // decoder: 512 
 pub use mae_vit_huge_patch14_dec512d8b as mae_vit_huge_patch14; // decoder: 512 dim, 8 blocks
 pub use mae_vit_large_patch16_dec512d8b as mae_vit_large_patch16; // decoder: 512 dim, 8 blocks
 
-/// The names `--model` accepts (`models_mae.__dict__[args.model]`).
-pub const MODEL_NAMES: [&str; 9] = [
-    "mae_vit_base_patch16_dec512d8b",
-    "mae_vit_large_patch16_dec512d8b",
-    "mae_vit_huge_patch14_dec512d8b",
-    "mae_vit_base_patch16",
-    "mae_vit_large_patch16",
-    "mae_vit_huge_patch14",
-    "mae_vit_tiny_patch4",
-    "mae_vit_mini_patch4",
-    "mae_vit_mini_patch4_dec64d1b",
+/// A `--model` name and the function it builds.
+pub type Preset = (
+    &'static str,
+    fn(&nn::Path, MaeConfig) -> MaskedAutoencoderViT,
+);
+
+/// `models_mae.__dict__`: every name `--model` accepts.
+pub const MODELS: [Preset; 9] = [
+    (
+        "mae_vit_base_patch16_dec512d8b",
+        mae_vit_base_patch16_dec512d8b,
+    ),
+    (
+        "mae_vit_large_patch16_dec512d8b",
+        mae_vit_large_patch16_dec512d8b,
+    ),
+    (
+        "mae_vit_huge_patch14_dec512d8b",
+        mae_vit_huge_patch14_dec512d8b,
+    ),
+    ("mae_vit_base_patch16", mae_vit_base_patch16),
+    ("mae_vit_large_patch16", mae_vit_large_patch16),
+    ("mae_vit_huge_patch14", mae_vit_huge_patch14),
+    ("mae_vit_tiny_patch4", mae_vit_tiny_patch4),
+    ("mae_vit_mini_patch4", mae_vit_mini_patch4),
+    ("mae_vit_mini_patch4_dec64d1b", mae_vit_mini_patch4_dec64d1b),
 ];
 
-/// Builds the model named `name`; `cfg` carries the keyword arguments (`norm_pix_loss`, `img_size`).
+/// `models_mae.__dict__[args.model](norm_pix_loss=args.norm_pix_loss)`: the model named `name`;
+/// `cfg` carries the keyword arguments (`norm_pix_loss`, `img_size`).
 pub fn build(name: &str, vs: &nn::Path, cfg: MaeConfig) -> Result<MaskedAutoencoderViT> {
-    Ok(match name {
-        "mae_vit_base_patch16_dec512d8b" | "mae_vit_base_patch16" => {
-            mae_vit_base_patch16_dec512d8b(vs, cfg)
-        }
-        "mae_vit_large_patch16_dec512d8b" | "mae_vit_large_patch16" => {
-            mae_vit_large_patch16_dec512d8b(vs, cfg)
-        }
-        "mae_vit_huge_patch14_dec512d8b" | "mae_vit_huge_patch14" => {
-            mae_vit_huge_patch14_dec512d8b(vs, cfg)
-        }
-        "mae_vit_tiny_patch4" => mae_vit_tiny_patch4(vs, cfg),
-        "mae_vit_mini_patch4" => mae_vit_mini_patch4(vs, cfg),
-        "mae_vit_mini_patch4_dec64d1b" => mae_vit_mini_patch4_dec64d1b(vs, cfg),
-        _ => bail!(
+    match MODELS.iter().find(|(n, _)| *n == name) {
+        Some((_, model)) => Ok(model(vs, cfg)),
+        None => bail!(
             "unknown model {name:?}; valid names: {}",
-            MODEL_NAMES.join(", ")
+            MODELS.map(|(n, _)| n).join(", ")
         ),
-    })
+    }
 }

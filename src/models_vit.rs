@@ -1,12 +1,14 @@
 //! Port of models_vit.py: timm 0.3.2's VisionTransformer with MAE's global average pooling
 //! (`fc_norm` on the mean of the patch tokens instead of `norm` on the class token).
 
-use anyhow::{bail, Result};
-use tch::{nn, nn::ModuleT, Kind, Tensor};
+use anyhow::{bail, ensure, Result};
+use tch::{nn, nn::ModuleT, IndexOp, Kind, Tensor};
 
 use crate::timm::{
     layer_norm, linear, trunc_normal_, AttentionImpl, Block, LinearInit, PatchEmbed,
 };
+use crate::util::pos_embed::interpolate_pos_embed;
+use crate::util::state_dict::{adopt_state_dict, load_state_dict, LoadReport};
 
 /// The keyword arguments of timm 0.3.2 `VisionTransformer.__init__` that MAE uses, with the
 /// defaults of `main_finetune.py` where it passes them. `drop_rate` / `attn_drop_rate` are left
@@ -132,9 +134,7 @@ impl VisionTransformer {
 
         Ok(match (&self.fc_norm, &self.norm) {
             (Some(fc_norm), _) => {
-                let x = x
-                    .narrow(1, 1, x.size()[1] - 1)
-                    .mean_dim(1, false, None::<Kind>); // global pool without cls token
+                let x = x.i((.., 1.., ..)).mean_dim(1, false, None::<Kind>); // global pool without cls token
                 x.apply(fc_norm)
             }
             (None, Some(norm)) => x.apply(norm).select(1, 0),
@@ -160,70 +160,161 @@ fn linspace_f32(start: f64, end: f64, steps: i64) -> Vec<f64> {
     .expect("linspace")
 }
 
-fn vit(
-    vs: &nn::Path,
-    cfg: VitConfig,
-    patch_size: i64,
-    embed_dim: i64,
-    depth: i64,
-    num_heads: i64,
-) -> VisionTransformer {
-    VisionTransformer::new(
-        vs,
-        &VitConfig {
-            patch_size,
-            embed_dim,
-            depth,
-            num_heads,
-            mlp_ratio: 4.,
-            ..cfg
-        },
-    )
+impl VisionTransformer {
+    /// `sd`'s `pos_embed` resized to this model's patch grid (`interpolate_pos_embed`).
+    fn interpolate_pos_embed(&self, sd: &mut [(String, Tensor)]) -> Result<()> {
+        let n = self.patch_embed.num_patches;
+        interpolate_pos_embed(sd, "pos_embed", n, self.pos_embed.size()[1] - n)
+    }
+
+    /// Not in the reference (`misc.load_model` of main_finetune.py `--resume` / `--eval`,
+    /// strict): a fine-tuned checkpoint into this model; its tensors become the parameters
+    /// ([`adopt_state_dict`]), `pos_embed` interpolated when the checkpoint's resolution differs.
+    pub fn load_checkpoint(
+        &self,
+        vs: &mut nn::VarStore,
+        mut sd: Vec<(String, Tensor)>,
+    ) -> Result<LoadReport> {
+        self.interpolate_pos_embed(&mut sd)?;
+        adopt_state_dict(vs, sd)
+    }
+
+    /// `--finetune` of main_finetune.py and main_linprobe.py: a pre-training checkpoint into this
+    /// freshly built encoder, whose new classifier's Linear is `head` (`"head"`, or `"head.1"`
+    /// behind linear probing's BatchNorm). Drops the checkpoint's `head.*` that the model does
+    /// not hold with that shape, interpolates `pos_embed`, loads non-strictly (the decoder keys
+    /// come back unexpected) and requires the missing parameters to be exactly the new head's
+    /// (and `fc_norm`'s with global pool). Initializing the head is left to the caller, as each
+    /// script does it by hand.
+    pub fn load_pretrained(
+        &self,
+        vs: &mut nn::VarStore,
+        mut checkpoint_model: Vec<(String, Tensor)>,
+        head: &str,
+    ) -> Result<LoadReport> {
+        let state_dict = vs.variables();
+        checkpoint_model.retain(|(k, t)| {
+            let remove = (k == "head.weight" || k == "head.bias")
+                && state_dict.get(k).is_none_or(|v| v.size() != t.size());
+            if remove {
+                println!("Removing key {k} from pretrained checkpoint");
+            }
+            !remove
+        });
+
+        // interpolate position embedding
+        self.interpolate_pos_embed(&mut checkpoint_model)?;
+
+        // load pre-trained model
+        let msg = load_state_dict(vs, checkpoint_model, false)?;
+        println!("{msg}");
+        ensure!(
+            msg.mismatched_keys.is_empty(),
+            "pre-trained checkpoint does not fit the model: {msg}"
+        );
+        let mut want = vec![format!("{head}.bias"), format!("{head}.weight")];
+        if self.global_pool {
+            want.extend(["fc_norm.bias".into(), "fc_norm.weight".into()]);
+        }
+        want.sort();
+        // the buffers of a layer in front of the head (linear probing's BatchNorm) start fresh
+        let mut missing: Vec<String> = msg
+            .missing_keys
+            .iter()
+            .filter(|k| !k.starts_with("head.") || want.contains(k))
+            .cloned()
+            .collect();
+        missing.sort();
+        ensure!(
+            missing == want,
+            "pre-trained checkpoint: missing keys {missing:?}, expected exactly {want:?}"
+        );
+        Ok(msg)
+    }
 }
 
 pub fn vit_base_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    vit(vs, cfg, 16, 768, 12, 12)
+    let cfg = VitConfig {
+        patch_size: 16,
+        embed_dim: 768,
+        depth: 12,
+        num_heads: 12,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    VisionTransformer::new(vs, &cfg)
 }
 
 pub fn vit_large_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    vit(vs, cfg, 16, 1024, 24, 16)
+    let cfg = VitConfig {
+        patch_size: 16,
+        embed_dim: 1024,
+        depth: 24,
+        num_heads: 16,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    VisionTransformer::new(vs, &cfg)
 }
 
 pub fn vit_huge_patch14(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    vit(vs, cfg, 14, 1280, 32, 16)
+    let cfg = VitConfig {
+        patch_size: 14,
+        embed_dim: 1280,
+        depth: 32,
+        num_heads: 16,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    VisionTransformer::new(vs, &cfg)
 }
 
 /// Not in the reference: the encoder of `mae_vit_tiny_patch4`, for tests (pass `img_size: 32`).
 pub fn vit_tiny_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    vit(vs, cfg, 4, 64, 2, 4)
+    let cfg = VitConfig {
+        patch_size: 4,
+        embed_dim: 64,
+        depth: 2,
+        num_heads: 4,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    VisionTransformer::new(vs, &cfg)
 }
 
 /// Not in the reference: the encoder of `mae_vit_mini_patch4` (Fashion-MNIST, `img_size: 32`).
 pub fn vit_mini_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    vit(vs, cfg, 4, 128, 6, 4)
+    let cfg = VitConfig {
+        patch_size: 4,
+        embed_dim: 128,
+        depth: 6,
+        num_heads: 4,
+        mlp_ratio: 4.,
+        ..cfg
+    };
+    VisionTransformer::new(vs, &cfg)
 }
 
-/// The names `--model` accepts (`models_vit.__dict__[args.model]`).
-pub const MODEL_NAMES: [&str; 5] = [
-    "vit_base_patch16",
-    "vit_large_patch16",
-    "vit_huge_patch14",
-    "vit_tiny_patch4",
-    "vit_mini_patch4",
+/// A `--model` name and the function it builds.
+pub type Preset = (&'static str, fn(&nn::Path, VitConfig) -> VisionTransformer);
+
+/// `models_vit.__dict__`: every name `--model` accepts.
+pub const MODELS: [Preset; 5] = [
+    ("vit_base_patch16", vit_base_patch16),
+    ("vit_large_patch16", vit_large_patch16),
+    ("vit_huge_patch14", vit_huge_patch14),
+    ("vit_tiny_patch4", vit_tiny_patch4),
+    ("vit_mini_patch4", vit_mini_patch4),
 ];
 
-/// Builds the model named `name`; `cfg` carries the keyword arguments (`num_classes`,
-/// `drop_path_rate`, `global_pool`, `img_size`).
+/// `models_vit.__dict__[args.model](num_classes=.., drop_path_rate=.., global_pool=..)`: the
+/// model named `name`; `cfg` carries the keyword arguments (and `img_size`).
 pub fn build(name: &str, vs: &nn::Path, cfg: VitConfig) -> Result<VisionTransformer> {
-    Ok(match name {
-        "vit_base_patch16" => vit_base_patch16(vs, cfg),
-        "vit_large_patch16" => vit_large_patch16(vs, cfg),
-        "vit_huge_patch14" => vit_huge_patch14(vs, cfg),
-        "vit_tiny_patch4" => vit_tiny_patch4(vs, cfg),
-        "vit_mini_patch4" => vit_mini_patch4(vs, cfg),
-        _ => bail!(
+    match MODELS.iter().find(|(n, _)| *n == name) {
+        Some((_, model)) => Ok(model(vs, cfg)),
+        None => bail!(
             "unknown model {name:?}; valid names: {}",
-            MODEL_NAMES.join(", ")
+            MODELS.map(|(n, _)| n).join(", ")
         ),
-    })
+    }
 }

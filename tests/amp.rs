@@ -11,7 +11,6 @@ use std::process::{Command, Output};
 
 use mae::models_vit::{self, VitConfig};
 use mae::util::amp::{self, Precision};
-use mae::util::misc::load_vit_checkpoint;
 use parity_common::common;
 use parity_common::{big_model_lock, check, fixtures, load_checkpoint, load_io, rel_err};
 use tch::{nn, Device, Kind, Tensor};
@@ -90,7 +89,9 @@ fn check_vit(group: &str, name: &str, tag: &str, img: i64, num_classes: i64) -> 
         ..VitConfig::default()
     };
     let model = models_vit::build(name, &vs.root(), cfg).unwrap();
-    load_vit_checkpoint(&mut vs, &model, load_checkpoint(&dir, tag)).unwrap();
+    model
+        .load_checkpoint(&mut vs, load_checkpoint(&dir, tag))
+        .unwrap();
     let x = &io["imgs"];
     let (fp32, bf16) = tch::no_grad(|| {
         let fp32 = model.forward_t(x, false).unwrap();

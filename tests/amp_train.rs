@@ -11,12 +11,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use clap::Parser;
+use clap::ValueEnum;
 use mae::engine_pretrain::train_one_epoch;
-use mae::main_pretrain::Args;
+use mae::engine_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
-use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::amp::Precision;
+use mae::util::lr_sched::LrArgs;
+use mae::util::misc::NativeScalerWithGradNormCount;
 use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::util::state_dict::load_state_dict;
 use tch::{nn, Device, Kind, Tensor};
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
@@ -52,21 +55,17 @@ fn bf16_steps_match_torch_autocast() {
     let mut report = Vec::new();
     for (prec, tol_loss, tol_m, tol_w) in [("fp32", 1e-5, 1e-5, 1e-5), ("bf16", 1e-2, 2e-2, 5e-3)] {
         assert_eq!(r[&format!("{prec}.dtypes")].double_value(&[0]), 1.);
-        let args = Args::parse_from([
-            "pretrain",
-            "--lr",
-            "1e-3",
-            "--min_lr",
-            "1e-5",
-            "--warmup_epochs",
-            "2",
-            "--epochs",
-            "4",
-            "--device",
-            "cpu",
-            "--precision",
-            prec,
-        ]);
+        let args = Args {
+            accum_iter: 1,
+            mask_ratio: 0.75,
+            precision: Precision::from_str(prec, true).unwrap(),
+            lr: LrArgs {
+                lr: 1e-3,
+                min_lr: 1e-5,
+                warmup_epochs: 2,
+                epochs: 4,
+            },
+        };
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model =
             models_mae::build("mae_vit_tiny_patch4", &vs.root(), MaeConfig::default()).unwrap();
@@ -76,8 +75,8 @@ fn bf16_steps_match_torch_autocast() {
             true,
         )
         .unwrap();
-        let groups = add_weight_decay(named_parameters(&vs), args.weight_decay, &[]);
-        let mut optimizer = AdamW::new(groups, args.lr.unwrap(), (0.9, 0.95));
+        let groups = add_weight_decay(named_parameters(&vs), 0.05, &[]); // the default --weight_decay
+        let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
         let mut scaler = NativeScalerWithGradNormCount::new(false);
         let data: Vec<_> = (0..batches.size()[0]).map(|i| Ok(batches.get(i))).collect();
         tch::manual_seed(7);

@@ -837,7 +837,7 @@ fn inspect_verifies_official_md5_prefixes() {
         stderr.contains("md5 900150983cd24fb0d6963f7d28e17f72 does not start with 8cad7c"),
         "{stderr}"
     );
-    let check = mae::inspect::verify_md5(&fake).unwrap();
+    let check = mae::util::detect::verify_md5(&fake).unwrap();
     assert!(check.mismatch);
     assert!(
         check.line.contains("mae_pretrain_vit_base.pth") && check.line.contains("8cad7c"),
@@ -846,7 +846,7 @@ fn inspect_verifies_official_md5_prefixes() {
     );
     let other = d.join("other.bin");
     std::fs::write(&other, b"abc").unwrap();
-    let check = mae::inspect::verify_md5(&other).unwrap();
+    let check = mae::util::detect::verify_md5(&other).unwrap();
     assert!(!check.mismatch);
     assert!(check.line.contains("not one of the official checkpoints"));
 }

@@ -9,14 +9,16 @@ mod common;
 
 use std::collections::HashMap;
 
-use mae::engine_finetune::{train_one_epoch, Batch};
+use mae::engine_finetune::train_one_epoch;
 use mae::models_vit::{self, VitConfig};
 use mae::timm::loss::Criterion;
 use mae::util::amp::Precision;
+use mae::util::data_loader::Batch;
 use mae::util::lr_decay::param_groups_lrd;
 use mae::util::lr_sched::LrArgs;
-use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::misc::{NativeScalerWithGradNormCount, Step};
 use mae::util::optim::{named_parameters, AdamW};
+use mae::util::state_dict::load_state_dict;
 use tch::{nn, Device, Kind, Tensor};
 
 const NO_WEIGHT_DECAY: [&str; 3] = ["pos_embed", "cls_token", "dist_token"];
@@ -173,7 +175,7 @@ fn fine_tuning_steps_match_pytorch() {
         .unwrap();
         let want_lr = Vec::<f64>::try_from(&r[&format!("{tag}.lr")]).unwrap();
         let want_loss = Vec::<f64>::try_from(&r[&format!("{tag}.loss")]).unwrap();
-        for (i, (_, loss, lr)) in stats.steps.iter().enumerate() {
+        for (i, Step { loss, lr, .. }) in stats.steps.iter().enumerate() {
             assert!(
                 (lr - want_lr[i]).abs() <= 1e-15 * want_lr[i].abs().max(1e-12),
                 "{tag} lr {i}"

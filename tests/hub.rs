@@ -333,7 +333,7 @@ fn mae_encoder_for_timm_is_the_ports_vit() {
         ..VitConfig::default()
     };
     let vit = models_vit::build("vit_base_patch16", &vit_vs.root(), cfg).unwrap();
-    let report = mae::util::misc::load_state_dict(&mut vit_vs, sd, true).unwrap();
+    let report = mae::util::state_dict::load_state_dict(&mut vit_vs, sd, true).unwrap();
     assert!(report.is_clean(), "{report}");
     let imgs = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
     let io = dir.join("io.safetensors");

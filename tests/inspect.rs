@@ -1,13 +1,13 @@
 //! Model detection against the official key/shape lists (tests/data/reference, taken from the
 //! reference code by instantiating its models).
 mod common;
-use mae::inspect::{detect, Kind};
+use mae::util::detect::{detect, Kind};
 
-fn detect_shapes(shapes: &[(String, Vec<i64>)]) -> mae::inspect::Detected {
+fn detect_shapes(shapes: &[(String, Vec<i64>)]) -> mae::util::detect::Detected {
     detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap()
 }
 
-fn detect_official(model: &str) -> mae::inspect::Detected {
+fn detect_official(model: &str) -> mae::util::detect::Detected {
     detect_shapes(&common::official_state_dict(model))
 }
 

@@ -7,16 +7,18 @@ mod common;
 
 use std::collections::HashMap;
 
-use mae::engine_finetune::{train_one_epoch, Batch};
+use mae::engine_finetune::train_one_epoch;
 use mae::main_linprobe::LinProbe;
 use mae::models_vit::VitConfig;
 use mae::timm::loss::Criterion;
 use mae::util::amp::Precision;
+use mae::util::data_loader::Batch;
 use mae::util::lars::Lars;
 use mae::util::lr_sched::LrArgs;
-use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::misc::{NativeScalerWithGradNormCount, Step};
 use mae::util::optim::{named_parameters, Optimizer};
 use mae::util::pickle::Value;
+use mae::util::state_dict::load_state_dict;
 use tch::{nn, Device, Kind, Tensor};
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
@@ -101,7 +103,7 @@ fn lars_linear_probe_steps_match_pytorch() {
     .unwrap();
     let want_lr = Vec::<f64>::try_from(&r["lr"]).unwrap();
     let want_loss = Vec::<f64>::try_from(&r["loss"]).unwrap();
-    for (i, (_, loss, lr)) in stats.steps.iter().enumerate() {
+    for (i, Step { loss, lr, .. }) in stats.steps.iter().enumerate() {
         assert_eq!(*lr, want_lr[i], "lr {i}");
         assert!(
             (loss - want_loss[i]).abs() < 1e-5,

@@ -5,7 +5,6 @@
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
 use mae::util::checkpoint;
-use mae::util::misc::{load_mae_checkpoint, load_vit_checkpoint};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -149,7 +148,7 @@ fn no_init_build_then_load_equals_init_then_load() {
             true => checkpoint::load_state_dict(&pth).unwrap(),
             false => checkpoint::load_state_dict_mapped(&pth).unwrap(), // as mae eval
         };
-        load_vit_checkpoint(&mut vs, &model, sd).unwrap();
+        model.load_checkpoint(&mut vs, sd).unwrap();
         let mut vars: Vec<_> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         outs.push((model.forward_t(&x, false).unwrap(), vars));
@@ -179,7 +178,7 @@ fn no_init_build_then_load_equals_init_then_load() {
             true => checkpoint::load_state_dict(&pth).unwrap(),
             false => checkpoint::load_state_dict_mapped(&pth).unwrap(), // as mae visualize
         };
-        load_mae_checkpoint(&mut vs, &model, sd).unwrap();
+        model.load_checkpoint(&mut vs, sd).unwrap();
         let (loss, pred, _) = model.forward_with_noise(&x, 0.75, Some(&noise)).unwrap();
         outs.push((loss, pred));
     }
@@ -196,9 +195,6 @@ fn no_init_build_then_load_equals_init_then_load() {
     let partial: Vec<_> = sd.into_iter().filter(|(k, _)| k != "norm.weight").collect();
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), mae(false)).unwrap();
-    let err = format!(
-        "{:#}",
-        load_mae_checkpoint(&mut vs, &model, partial).unwrap_err()
-    );
+    let err = format!("{:#}", model.load_checkpoint(&mut vs, partial).unwrap_err());
     assert!(err.contains("norm.weight"), "{err}");
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
 use mae::timm::DropPath;
-use mae::util::misc::load_state_dict;
 use mae::util::pos_embed::get_2d_sincos_pos_embed;
+use mae::util::state_dict::load_state_dict;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 fn shapes(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {
@@ -250,14 +250,14 @@ fn unknown_model_names_list_the_valid_ones() {
         .unwrap_err()
         .to_string();
     assert!(
-        models_mae::MODEL_NAMES.iter().all(|n| err.contains(n)),
+        models_mae::MODELS.iter().all(|(n, _)| err.contains(n)),
         "{err}"
     );
     let err = models_vit::build("vit_giant", &vs.root(), VitConfig::default())
         .unwrap_err()
         .to_string();
     assert!(
-        models_vit::MODEL_NAMES.iter().all(|n| err.contains(n)),
+        models_vit::MODELS.iter().all(|(n, _)| err.contains(n)),
         "{err}"
     );
     assert!(vs.is_empty());

@@ -5,7 +5,6 @@ mod parity_common;
 
 use mae::models_mae::{self, MaeConfig};
 use mae::timm::AttentionImpl;
-use mae::util::misc::load_mae_checkpoint;
 use parity_common::{big_model_lock, check, fixtures, load_checkpoint, load_io};
 use tch::{nn, Device};
 
@@ -18,7 +17,9 @@ fn check_mae(group: &str, name: &str, runs: &[(&str, f64)]) -> f64 {
     let io = load_io(&dir, &format!("{name}_io"));
     let mut vs = nn::VarStore::new(Device::Cpu);
     let mut model = models_mae::build(name, &vs.root(), MaeConfig::default()).unwrap();
-    let report = load_mae_checkpoint(&mut vs, &model, load_checkpoint(&dir, name)).unwrap();
+    let report = model
+        .load_checkpoint(&mut vs, load_checkpoint(&dir, name))
+        .unwrap();
     assert!(report.is_clean(), "{report}");
     let imgs = &io["imgs"];
     let mut worst = 0f64;
@@ -43,7 +44,7 @@ fn check_mae(group: &str, name: &str, runs: &[(&str, f64)]) -> f64 {
                     &io[&format!("{tag}.latent")],
                     TOL,
                 ));
-                let pred = model.forward_decoder(&latent, &ids_restore);
+                let pred = model.forward_decoder(&latent, &ids_restore).unwrap();
                 worst = worst.max(check(
                     &what("pred"),
                     &pred,

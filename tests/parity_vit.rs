@@ -5,8 +5,8 @@
 mod parity_common;
 
 use mae::models_vit::{self, VitConfig};
+use mae::timm::trunc_normal_;
 use mae::timm::AttentionImpl;
-use mae::util::misc::{load_pretrained_for_finetune, load_vit_checkpoint};
 use parity_common::{big_model_lock, check, fixtures, load_checkpoint, load_io};
 use tch::{nn, Device, Tensor};
 
@@ -44,7 +44,7 @@ fn check_vit(
     {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let mut model = models_vit::build(name, &vs.root(), cfg.clone()).unwrap();
-        load_vit_checkpoint(&mut vs, &model, shallow(&sd)).unwrap();
+        model.load_checkpoint(&mut vs, shallow(&sd)).unwrap();
         for attn_impl in [AttentionImpl::Math, AttentionImpl::Sdpa] {
             model.set_attention_impl(attn_impl);
             tch::no_grad(|| {
@@ -76,7 +76,7 @@ fn check_vit(
             },
         )
         .unwrap();
-        load_vit_checkpoint(&mut vs, &model, sd).unwrap();
+        model.load_checkpoint(&mut vs, sd).unwrap();
         let pe = check(
             &format!("{tag} pos_embed {img}"),
             &model.pos_embed,
@@ -171,7 +171,9 @@ fn finetune_from_pretrained_mae() {
         };
         let mut model = models_vit::vit_tiny_patch4(&vs.root(), cfg);
         let sd = load_checkpoint(&dir, "mae_vit_tiny_patch4");
-        let msg = load_pretrained_for_finetune(&mut vs, &mut model, sd).unwrap();
+        let msg = model.load_pretrained(&mut vs, sd, "head").unwrap();
+        // manually initialize fc layer (main_finetune.py, as src/main_finetune.rs)
+        trunc_normal_(&mut model.head.as_mut().unwrap().ws, 2e-5);
         let mut want = vec!["head.bias", "head.weight"];
         if global_pool {
             want.extend(["fc_norm.bias", "fc_norm.weight"]);

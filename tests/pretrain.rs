@@ -577,7 +577,7 @@ fn shipped_fashion_mnist_checkpoint_reconstructs_test_images() {
     let model = models_mae::build("mae_vit_mini_patch4", &vs.root(), MaeConfig::default()).unwrap();
     let init_loss = mean_loss(&model);
     let sd = checkpoint::load_state_dict(&path).unwrap();
-    mae::util::misc::load_mae_checkpoint(&mut vs, &model, sd).unwrap();
+    model.load_checkpoint(&mut vs, sd).unwrap();
     let loss = mean_loss(&model);
     println!(
         "test-set reconstruction loss over {n} images: {loss:.4} (initialisation: {init_loss:.4})"

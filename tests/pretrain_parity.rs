@@ -8,12 +8,14 @@ mod common;
 
 use std::collections::HashMap;
 
-use clap::Parser;
 use mae::engine_pretrain::train_one_epoch;
-use mae::main_pretrain::Args;
+use mae::engine_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
-use mae::util::misc::{self, load_state_dict, NativeScalerWithGradNormCount};
+use mae::util::amp::Precision;
+use mae::util::lr_sched::LrArgs;
+use mae::util::misc::{self, NativeScalerWithGradNormCount};
 use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::util::state_dict::load_state_dict;
 use tch::{nn, Device, Kind, Tensor};
 
 const CASES: [(&str, usize, usize, bool, i64); 5] = [
@@ -52,24 +54,17 @@ fn steps_match_pytorch() {
     let batches = &reference["batches"];
     let mut report = Vec::new();
     for (tag, steps, accum_iter, norm_pix_loss, epoch) in CASES {
-        let accum = accum_iter.to_string();
-        let args = Args::parse_from([
-            "pretrain",
-            "--lr",
-            "1e-3",
-            "--min_lr",
-            "1e-5",
-            "--warmup_epochs",
-            "2",
-            "--epochs",
-            "4",
-            "--weight_decay",
-            "0.05",
-            "--accum_iter",
-            &accum,
-            "--device",
-            "cpu",
-        ]);
+        let args = Args {
+            accum_iter,
+            mask_ratio: 0.75,
+            precision: Precision::Fp32,
+            lr: LrArgs {
+                lr: 1e-3,
+                min_lr: 1e-5,
+                warmup_epochs: 2,
+                epochs: 4,
+            },
+        };
         let mut vs = nn::VarStore::new(Device::Cpu);
         let cfg = MaeConfig {
             norm_pix_loss,
@@ -82,8 +77,8 @@ fn steps_match_pytorch() {
             true,
         )
         .unwrap();
-        let groups = add_weight_decay(named_parameters(&vs), args.weight_decay, &[]);
-        let mut optimizer = AdamW::new(groups, args.lr.unwrap(), (0.9, 0.95));
+        let groups = add_weight_decay(named_parameters(&vs), 0.05, &[]);
+        let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
         let mut scaler = NativeScalerWithGradNormCount::new(false);
         let n = (steps * accum_iter) as i64;
         let data: Vec<_> = (0..n).map(|i| Ok(batches.get(i))).collect();
@@ -149,8 +144,10 @@ fn steps_match_pytorch() {
         // model (HF mapped) and torch.optim.AdamW over the official parameter order
         if tag == "s3_a2_pix1_e1" {
             let dir = common::scratch("pretrain_parity");
-            let path =
-                misc::save_model(&dir, args.to_value(), epoch, &vs, &optimizer, &scaler).unwrap();
+            let flags = ["pretrain", "--lr", "1e-3", "--device", "cpu"];
+            let cli = <mae::main_pretrain::Args as clap::Parser>::parse_from(flags);
+            let args = cli.to_value().unwrap();
+            let path = misc::save_model(&dir, args, epoch, &vs, &optimizer, &scaler).unwrap();
             let back = dir.join("from_torch.pth");
             let out =
                 common::run_python_code(PY_LOAD, &[path.to_str().unwrap(), back.to_str().unwrap()]);
@@ -161,7 +158,7 @@ fn steps_match_pytorch() {
             let mut vs2 = nn::VarStore::new(Device::Cpu);
             let _m2 = models_mae::build("mae_vit_tiny_patch4", &vs2.root(), MaeConfig::default())
                 .unwrap();
-            let groups = add_weight_decay(named_parameters(&vs2), args.weight_decay, &[]);
+            let groups = add_weight_decay(named_parameters(&vs2), 0.05, &[]);
             let mut opt2 = AdamW::new(groups, 0., (0.9, 0.95));
             let mut scaler2 = NativeScalerWithGradNormCount::new(false);
             let start = misc::load_model(&back, &mut vs2, &mut opt2, &mut scaler2).unwrap();

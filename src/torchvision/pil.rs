@@ -272,7 +272,7 @@ fn resample_vertical_impl(
 
 /// Which Pillow's pass order [`resize_with`] reproduces. The two orders round differently, so
 /// pixels differ by a level here and there when the height shrinks much more than the width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum PassOrder {
     /// Pillow ≤ 12 (the official MAE numbers): always horizontal pass, then vertical pass.
     #[default]

@@ -22,7 +22,8 @@ extern "C" {
 }
 
 /// `--precision`: the dtype of the autocast region (fp32: autocast off).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
     Bf16,

@@ -14,11 +14,14 @@ use std::sync::{mpsc, Arc};
 
 use anyhow::{anyhow, Context, Result};
 use image::RgbImage;
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::torchvision::datasets::{decode, FashionMNIST, ImageFolder, Jpeg};
+use crate::torchvision::pil::PassOrder;
 use crate::torchvision::transforms::{
-    crop_flip_normalize, crop_flip_normalize_into, pretrain_crop_params, SampleRng,
+    crop_flip_normalize, crop_flip_normalize_into, eval_transform_with, pretrain_crop_params,
+    SampleRng,
 };
 
 /// A crop box as torchvision's `get_params` return it: (top, left, height, width).
@@ -365,3 +368,77 @@ impl Iterator for Batches {
 }
 
 impl ExactSizeIterator for Batches {}
+
+/// One batch of a classification loader: images [B, 3, H, W] and class indices [B].
+pub struct Batch {
+    pub images: Tensor,
+    pub target: Tensor,
+}
+
+/// The training loader's batches of `epoch` with their targets: the DataLoader yields images in
+/// its sampler order, whose chunks give the labels. `opts` as in `DataLoader::epoch_with` (not
+/// `sequential`: the order is the sampler's).
+pub fn labelled_batches(
+    loader: &DataLoader,
+    targets: Arc<Vec<i64>>,
+    epoch: u64,
+    opts: &EpochOptions,
+) -> Result<impl ExactSizeIterator<Item = Result<Batch>>> {
+    assert!(!opts.sequential, "labelled_batches takes the sampler order");
+    let order = loader.sampler_indices(epoch);
+    let batch_size = loader.batch_size;
+    let batches = loader.epoch_with(epoch, opts)?;
+    Ok(batches.enumerate().map(move |(k, images)| {
+        let idx = &order[k * batch_size..(k + 1) * batch_size];
+        let target: Vec<i64> = idx.iter().map(|&i| targets[i]).collect();
+        images.map(|images| Batch {
+            images,
+            target: Tensor::from_slice(&target),
+        })
+    }))
+}
+
+/// `DataLoader(dataset_val, sampler=SequentialSampler, batch_size, num_workers, drop_last=False)`:
+/// `num_workers` rayon threads decode and transform a batch while the model runs the previous
+/// one (two batches queued at most). A failure stops the loader after sending its error.
+pub fn data_loader_val(
+    dataset: Arc<dyn ImageSource>,
+    targets: Arc<Vec<i64>>,
+    batch_size: i64,
+    num_workers: usize,
+    input_size: i64,
+    order: PassOrder,
+) -> Result<impl Iterator<Item = Result<Batch>>> {
+    if batch_size < 1 {
+        anyhow::bail!("--batch_size must be at least 1, got {batch_size}");
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(num_workers.max(1))
+        .build()
+        .context("starting the data loader threads")?;
+    let batch_size = batch_size as usize;
+    let input_size = u32::try_from(input_size).context("--input_size")?;
+    let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
+    std::thread::spawn(move || {
+        // SequentialSampler, or with --dist_eval DistributedSampler(shuffle=False)
+        let indices = crate::util::distributed::eval_indices(dataset.len());
+        for chunk in indices.chunks(batch_size) {
+            let images: Result<Vec<Tensor>> = pool.install(|| {
+                chunk
+                    .par_iter()
+                    .map(|&i| Ok(eval_transform_with(&dataset.load(i)?, input_size, order)))
+                    .collect()
+            });
+            let target: Vec<i64> = chunk.iter().map(|&i| targets[i]).collect();
+            let batch = images.map(|images| Batch {
+                images: Tensor::stack(&images, 0),
+                target: Tensor::from_slice(&target),
+            });
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return; // the consumer stopped, or it has the error
+            }
+        }
+    });
+    Ok(rx.into_iter())
+}

@@ -17,24 +17,24 @@ use crate::torchvision::transforms::{
     hflip, random_resized_crop_params, resized_crop, to_tensor_normalize, SampleRng,
     IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
 };
-use crate::util::data_loader::{CropBox, EpochOptions, ImageSource};
+use crate::util::data_loader::{CropBox, ImageSource};
 
 /// A split: its images and their class indices.
 pub struct Split {
     pub dataset: Arc<dyn ImageSource>,
     pub targets: Arc<Vec<i64>>,
     pub num_classes: i64,
+    /// The ImageFolder behind `dataset` (its paths and class names), if it is one.
+    pub folder: Option<Arc<ImageFolder>>,
 }
 
+/// The official default of `--data_path` (the FAIR cluster's ImageNet).
+pub const DEFAULT_DATA_PATH: &str = "/datasets01/imagenet_full_size/061417/";
+
 /// `build_dataset(is_train, args)`; `dataset` is `imagefolder` (data_path/train, data_path/val)
-/// or `fashion_mnist` (train / test split; data_path left at `default_path` means the system's
-/// copy). Prints the dataset as the official `print(dataset)`.
-pub fn build_dataset(
-    is_train: bool,
-    dataset: &str,
-    data_path: &Path,
-    default_path: &str,
-) -> Result<Split> {
+/// or `fashion_mnist` (train / test split; data_path left at [`DEFAULT_DATA_PATH`] means the
+/// system's copy). Prints the dataset as the official `print(dataset)`.
+pub fn build_dataset(is_train: bool, dataset: &str, data_path: &Path) -> Result<Split> {
     match dataset {
         "imagefolder" => {
             let root = data_path.join(if is_train { "train" } else { "val" });
@@ -47,14 +47,16 @@ pub fn build_dataset(
             })?;
             println!("{ds}");
             let targets: Vec<i64> = ds.samples.iter().map(|s| s.1).collect();
+            let ds = Arc::new(ds);
             Ok(Split {
                 num_classes: ds.classes.len() as i64,
                 targets: Arc::new(targets),
-                dataset: Arc::new(ds),
+                dataset: ds.clone(),
+                folder: Some(ds),
             })
         }
         "fashion_mnist" => {
-            let root = if data_path == Path::new(default_path) {
+            let root = if data_path == Path::new(DEFAULT_DATA_PATH) {
                 PathBuf::from(FASHION_MNIST_ROOT)
             } else {
                 data_path.to_path_buf()
@@ -70,6 +72,7 @@ pub fn build_dataset(
                 num_classes: 10,
                 targets: Arc::new(ds.targets.clone()),
                 dataset: Arc::new(ds),
+                folder: None,
             })
         }
         d => anyhow::bail!("--dataset {d}: expected imagefolder or fashion_mnist"),
@@ -140,29 +143,6 @@ impl TrainTransform {
     }
 }
 
-/// The training loader's batches of `epoch` with their targets: the DataLoader yields images in
-/// its sampler order, whose chunks give the labels. `opts` as in `DataLoader::epoch_with` (not
-/// `sequential`: the order is the sampler's).
-pub fn labelled_batches(
-    loader: &crate::util::data_loader::DataLoader,
-    targets: Arc<Vec<i64>>,
-    epoch: u64,
-    opts: &EpochOptions,
-) -> Result<impl ExactSizeIterator<Item = Result<crate::engine_finetune::Batch>>> {
-    assert!(!opts.sequential, "labelled_batches takes the sampler order");
-    let order = loader.sampler_indices(epoch);
-    let batch_size = loader.batch_size;
-    let batches = loader.epoch_with(epoch, opts)?;
-    Ok(batches.enumerate().map(move |(k, images)| {
-        let idx = &order[k * batch_size..(k + 1) * batch_size];
-        let target: Vec<i64> = idx.iter().map(|&i| targets[i]).collect();
-        images.map(|images| crate::engine_finetune::Batch {
-            images,
-            target: Tensor::from_slice(&target),
-        })
-    }))
-}
-
 /// The first `n` images of a dataset (`torch.utils.data.Subset(ds, range(n))`).
 struct Subset(Arc<dyn ImageSource>, usize);
 
@@ -183,15 +163,6 @@ impl ImageSource for Subset {
     }
 }
 
-/// Not in the official: the first `n` images of `dataset` (`--train_subset`), all when `n` is
-/// `None` or at least its length.
-pub fn first(dataset: Arc<dyn ImageSource>, n: Option<usize>) -> Arc<dyn ImageSource> {
-    match n {
-        Some(n) if n < dataset.len() => Arc::new(Subset(dataset, n)),
-        _ => dataset,
-    }
-}
-
 impl Split {
     /// Not in the official: the first `n` images only (`--train_subset`), for short runs.
     pub fn first(self, n: Option<usize>) -> Split {
@@ -200,6 +171,7 @@ impl Split {
                 dataset: Arc::new(Subset(self.dataset, n)),
                 targets: Arc::new(self.targets[..n].to_vec()),
                 num_classes: self.num_classes,
+                folder: None,
             },
             _ => self,
         }

@@ -66,7 +66,7 @@ pub fn has_nccl() -> bool {
 
 /// The distributed flags of main_pretrain.py / main_finetune.py / main_linprobe.py, plus the
 /// backend and timeout that the official code hard-codes (nccl, torch's 30 min default).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct DistArgs {
     /// number of distributed processes
     #[arg(long = "world_size", default_value_t = 1)]

@@ -66,7 +66,7 @@ pub struct Loaded {
 pub fn load(path: &Path, mapped: bool) -> Result<Loaded> {
     let (file, config) = weights_file(path)?;
     // a file under an official name with another md5: a warning, not a refusal
-    crate::inspect::warn_on_md5_mismatch(&file);
+    crate::util::detect::warn_on_md5_mismatch(&file);
     let root = if mapped {
         checkpoint::load_mapped(&file)?
     } else {

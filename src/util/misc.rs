@@ -1,276 +1,55 @@
-//! The model-loading parts of util/misc.py and main_*.py: PyTorch's `load_state_dict` semantics
-//! on a tch VarStore, and the loaders that feed official checkpoints to the Rust models
-//! (`misc.load_model`'s `model_without_ddp.load_state_dict(checkpoint['model'])`, and the
-//! pre-trained → fine-tuning path of `main_finetune.py`).
+//! Port of util/misc.py: `SmoothedValue` and `MetricLogger` (with `log_every`, the loop both
+//! engines run), the distributed helpers (torch.distributed's part is src/util/distributed.rs),
+//! `NativeScalerWithGradNormCount`, `save_model` / `load_model`, `all_reduce_mean`; then, not in
+//! misc.py, what main_*.py write inline and every entry point shares (`torch.device`, the
+//! `log.txt` line, Python's number formatting, `args` as saved in checkpoints).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
-use tch::{nn, Tensor};
+use anyhow::{bail, Context, Result};
+use tch::{nn, Device, Tensor};
 
-use crate::models_mae::MaskedAutoencoderViT;
-use crate::models_vit::VisionTransformer;
-use crate::timm::trunc_normal_;
-use crate::util::pos_embed::interpolate_pos_embed;
-
-/// What `load_state_dict(strict=False)` returns (`_IncompatibleKeys`), plus the keys whose shape
-/// differs (PyTorch raises on those even when not strict; here they are reported and skipped).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct LoadReport {
-    pub missing_keys: Vec<String>,
-    pub unexpected_keys: Vec<String>,
-    /// (key, shape in the checkpoint, shape in the model)
-    pub mismatched_keys: Vec<(String, Vec<i64>, Vec<i64>)>,
-}
-
-impl LoadReport {
-    pub fn is_clean(&self) -> bool {
-        self.missing_keys.is_empty()
-            && self.unexpected_keys.is_empty()
-            && self.mismatched_keys.is_empty()
-    }
-}
-
-impl std::fmt::Display for LoadReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "missing_keys={:?}, unexpected_keys={:?}",
-            self.missing_keys, self.unexpected_keys
-        )?;
-        for (k, from, to) in &self.mismatched_keys {
-            write!(f, ", size mismatch for {k}: copying a param with shape {from:?} from checkpoint, the shape in current model is {to:?}")?;
-        }
-        Ok(())
-    }
-}
-
-/// `model.load_state_dict(sd, strict)` on a VarStore: copies tensor for tensor under no_grad
-/// (casting dtype / moving device as needed) and reports what did not match. Strict: any
-/// missing, unexpected or mismatched key is an error that lists them, and nothing is copied.
-pub fn load_state_dict(
-    vs: &mut nn::VarStore,
-    sd: Vec<(String, Tensor)>,
-    strict: bool,
-) -> Result<LoadReport> {
-    let (report, pairs) = match_state_dict(vs, sd, strict)?;
-    tch::no_grad(|| pairs.into_iter().try_for_each(|(mut v, t)| v.f_copy_(&t)))?;
-    Ok(report)
-}
-
-/// The (parameter, checkpoint tensor) pairs whose keys and shapes match, and what did not.
-fn match_state_dict(
-    vs: &nn::VarStore,
-    sd: Vec<(String, Tensor)>,
-    strict: bool,
-) -> Result<(LoadReport, Vec<(Tensor, Tensor)>)> {
-    let mut vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut report = LoadReport::default();
-    let mut pairs = Vec::new();
-    for (k, t) in sd {
-        match vars.remove(&k) {
-            None => report.unexpected_keys.push(k),
-            Some(v) if v.size() != t.size() => report.mismatched_keys.push((k, t.size(), v.size())),
-            Some(v) => pairs.push((v, t)),
-        }
-    }
-    report.missing_keys = vars.into_keys().collect();
-    if strict && !report.is_clean() {
-        bail!("Error(s) in loading state_dict: {report}");
-    }
-    Ok((report, pairs))
-}
-
-/// [`load_state_dict`] strictly, for a model built to receive a whole checkpoint (`init:
-/// false`): a checkpoint tensor of the parameter's dtype and device, contiguous and sharing
-/// memory with no other entry, becomes the parameter's storage (`param.set_(t)`, as
-/// `param.data = t`) instead of being copied; the rest is copied. The model then holds the
-/// checkpoint's bytes once, and no second buffer is ever written.
-fn adopt_state_dict(vs: &mut nn::VarStore, sd: Vec<(String, Tensor)>) -> Result<LoadReport> {
-    let (report, pairs) = match_state_dict(vs, sd, true)?;
-    let span = |t: &Tensor| {
-        let start = t.data_ptr() as usize;
-        (start, start + t.numel() * t.kind().elt_size_in_bytes())
-    };
-    // entries whose bytes overlap (views of one storage) stay distinct parameters: copied
-    let mut spans: Vec<(usize, usize)> = pairs.iter().map(|(_, t)| span(t)).collect();
-    spans.sort_unstable();
-    let mut shared = std::collections::HashSet::new();
-    let mut reach: Option<(usize, usize)> = None; // (end, start) of the span reaching furthest
-    for &(start, end) in &spans {
-        if let Some((far, owner)) = reach.filter(|&(far, _)| start < far) {
-            shared.extend([start, owner]);
-            if end <= far {
-                continue;
-            }
-        }
-        reach = Some((end, start));
-    }
-    tch::no_grad(|| {
-        pairs.into_iter().try_for_each(|(mut v, t)| {
-            let adopt = t.numel() > 0
-                && t.kind() == v.kind()
-                && t.device() == v.device()
-                && t.is_contiguous()
-                && !shared.contains(&span(&t).0);
-            match adopt {
-                true => v.f_set_source_tensor_(&t).map(drop),
-                false => v.f_copy_(&t),
-            }
-        })
-    })?;
-    Ok(report)
-}
-
-/// Resizes `key` of a checkpoint to the model's patch grid (`interpolate_pos_embed`).
-fn interpolate_to(
-    sd: &mut [(String, Tensor)],
-    key: &str,
-    pos_embed: &Tensor,
-    num_patches: i64,
-) -> Result<()> {
-    interpolate_pos_embed(sd, key, num_patches, pos_embed.size()[1] - num_patches)
-}
-
-/// A pre-training checkpoint (`checkpoint['model']` of main_pretrain.py) into `model`, strictly
-/// (its tensors become the parameters: [`adopt_state_dict`]); `pos_embed` / `decoder_pos_embed`
-/// are interpolated when the checkpoint's resolution differs.
-pub fn load_mae_checkpoint(
-    vs: &mut nn::VarStore,
-    model: &MaskedAutoencoderViT,
-    mut sd: Vec<(String, Tensor)>,
-) -> Result<LoadReport> {
-    let n = model.patch_embed.num_patches;
-    interpolate_to(&mut sd, "pos_embed", &model.pos_embed, n)?;
-    interpolate_to(&mut sd, "decoder_pos_embed", &model.decoder_pos_embed, n)?;
-    adopt_state_dict(vs, sd)
-}
-
-/// A fine-tuned checkpoint (main_finetune.py `--resume` / `--eval`) into `model`, strictly
-/// (its tensors become the parameters: [`adopt_state_dict`]); `pos_embed` is interpolated when
-/// the checkpoint's resolution differs.
-pub fn load_vit_checkpoint(
-    vs: &mut nn::VarStore,
-    model: &VisionTransformer,
-    mut sd: Vec<(String, Tensor)>,
-) -> Result<LoadReport> {
-    interpolate_to(
-        &mut sd,
-        "pos_embed",
-        &model.pos_embed,
-        model.patch_embed.num_patches,
-    )?;
-    adopt_state_dict(vs, sd)
-}
-
-/// main_finetune.py `--finetune`: a pre-training checkpoint into a fresh VisionTransformer.
-/// Drops `head.*` when its shape differs, interpolates `pos_embed`, loads non-strictly (the
-/// decoder keys come back as unexpected), requires the missing keys to be exactly the new head
-/// (and `fc_norm` with global pool), then `trunc_normal_(model.head.weight, std=2e-5)`.
-pub fn load_pretrained_for_finetune(
-    vs: &mut nn::VarStore,
-    model: &mut VisionTransformer,
-    mut sd: Vec<(String, Tensor)>,
-) -> Result<LoadReport> {
-    let state_dict: HashMap<String, Tensor> = vs.variables();
-    sd.retain(|(k, t)| {
-        let drop = (k == "head.weight" || k == "head.bias")
-            && state_dict.get(k).is_some_and(|v| v.size() != t.size());
-        if drop {
-            println!("Removing key {k} from pretrained checkpoint");
-        }
-        !drop
-    });
-
-    // interpolate position embedding
-    interpolate_to(
-        &mut sd,
-        "pos_embed",
-        &model.pos_embed,
-        model.patch_embed.num_patches,
-    )?;
-
-    // load pre-trained model
-    let msg = load_state_dict(vs, sd, false)?;
-    println!("{msg}");
-    ensure!(
-        msg.mismatched_keys.is_empty(),
-        "pre-trained checkpoint does not fit the model: {msg}"
-    );
-    let mut want = vec!["head.bias", "head.weight"];
-    if model.global_pool {
-        want.extend(["fc_norm.bias", "fc_norm.weight"]);
-    }
-    let mut missing: Vec<&str> = msg.missing_keys.iter().map(String::as_str).collect();
-    missing.sort();
-    want.sort();
-    ensure!(
-        missing == want,
-        "pre-trained checkpoint: missing keys {missing:?}, expected exactly {want:?}"
-    );
-
-    // manually initialize fc layer
-    if let Some(head) = &mut model.head {
-        trunc_normal_(&mut head.ws, 2e-5);
-    }
-    Ok(msg)
-}
-
-// --------------------------------------------------------
-// Training utilities of util/misc.py: SmoothedValue / MetricLogger, NativeScalerWithGradNormCount,
-// save_model / load_model (training checkpoints, resumable).
-
-use crate::util::optim::{Optimizer, ParamGroup};
-use crate::util::pickle::Value;
-// init_distributed_mode, is_main_process, get_rank, get_world_size: torch.distributed's role,
-// on c10d (src/util/distributed.rs)
+use crate::util::checkpoint;
 use crate::util::distributed;
 pub use crate::util::distributed::{
     get_rank, get_world_size, init_distributed_mode, is_main_process,
 };
-
-/// `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` (norm 2): the total norm of the
-/// per-parameter gradient norms; every gradient times `min(max_norm / (total + 1e-6), 1)`,
-/// computed in float32 as torch does. Returns the total norm.
-pub fn clip_grad_norm_(param_groups: &mut [ParamGroup], max_norm: f64) -> f64 {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = param_groups
-            .iter()
-            .flat_map(|g| &g.params)
-            .map(Tensor::grad)
-            .filter(Tensor::defined)
-            .collect();
-        if grads.is_empty() {
-            return 0.;
-        }
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-        let total_norm = Tensor::stack(&norms, 0).norm();
-        let clip_coef = (total_norm.g_add_scalar(1e-6)).reciprocal() * max_norm;
-        let clip_coef_clamped = clip_coef.clamp_max(1.0);
-        for mut g in grads {
-            let _ = g.g_mul_(&clip_coef_clamped);
-        }
-        total_norm.double_value(&[])
-    })
-}
+use crate::util::optim::{Optimizer, ParamGroup};
+use crate::util::pickle::Value;
+use crate::util::state_dict::{load_state_dict, state_dict};
 
 /// Track a series of values and provide access to smoothed values over a window or the global
 /// series average.
 #[derive(Debug, Clone)]
 pub struct SmoothedValue {
-    deque: std::collections::VecDeque<f64>,
-    window_size: usize,
+    pub deque: VecDeque<f64>,
+    pub window_size: usize,
     pub total: f64,
     pub count: usize,
+    /// `fmt`, default `"{median:.4f} ({global_avg:.4f})"`
+    pub fmt: fn(&SmoothedValue) -> String,
 }
 
 impl SmoothedValue {
     pub fn new(window_size: usize) -> Self {
         SmoothedValue {
-            deque: Default::default(),
+            deque: VecDeque::with_capacity(window_size),
             window_size,
             total: 0.,
             count: 0,
+            fmt: |m| format!("{:.4} ({:.4})", m.median(), m.global_avg()),
+        }
+    }
+
+    /// `SmoothedValue(window_size, fmt=...)`.
+    pub fn with_fmt(window_size: usize, fmt: fn(&SmoothedValue) -> String) -> Self {
+        SmoothedValue {
+            fmt,
+            ..SmoothedValue::new(window_size)
         }
     }
 
@@ -281,6 +60,14 @@ impl SmoothedValue {
         self.deque.push_back(value);
         self.count += 1;
         self.total += value;
+    }
+
+    /// Warning: does not synchronize the deque!
+    pub fn synchronize_between_processes(&mut self) -> Result<()> {
+        let t = distributed::all_reduce_sum(&[self.count as f64, self.total])?;
+        self.count = t[0] as usize;
+        self.total = t[1];
+        Ok(())
     }
 
     /// `torch.tensor(list(deque)).median()`: the lower middle value for an even count.
@@ -301,51 +88,197 @@ impl SmoothedValue {
     pub fn value(&self) -> f64 {
         self.deque.back().copied().unwrap_or(f64::NAN)
     }
+}
 
-    /// Warning: does not synchronize the deque!
-    pub fn synchronize_between_processes(&mut self) -> Result<()> {
-        let t = distributed::all_reduce_sum(&[self.count as f64, self.total])?;
-        self.count = t[0] as usize;
-        self.total = t[1];
-        Ok(())
+impl fmt::Display for SmoothedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&(self.fmt)(self))
     }
 }
 
-/// `MetricLogger(delimiter="  ")` with the meters `train_one_epoch` uses: `lr` (window 1, printed
-/// `{value:.6f}`) and `loss` (`{median:.4f} ({global_avg:.4f})`).
-#[derive(Debug, Clone)]
+/// `MetricLogger(delimiter)`: named meters in the order they were added, updated through `&self`
+/// so that the loop body can update them while [`MetricLogger::log_every`] holds the logger.
+#[derive(Debug)]
 pub struct MetricLogger {
-    pub lr: SmoothedValue,
-    pub loss: SmoothedValue,
+    pub meters: RefCell<Vec<(String, SmoothedValue)>>,
+    pub delimiter: &'static str,
 }
 
-impl Default for MetricLogger {
-    fn default() -> Self {
+impl MetricLogger {
+    pub fn new(delimiter: &'static str) -> Self {
         MetricLogger {
-            lr: SmoothedValue::new(1),
-            loss: SmoothedValue::new(20),
+            meters: RefCell::new(Vec::new()),
+            delimiter,
+        }
+    }
+
+    /// `metric_logger.update(name=value)`: a meter not added yet is `SmoothedValue()`.
+    pub fn update(&self, name: &str, value: f64) {
+        let mut meters = self.meters.borrow_mut();
+        match meters.iter_mut().find(|(n, _)| n == name) {
+            Some((_, meter)) => meter.update(value),
+            None => {
+                let mut meter = SmoothedValue::new(20);
+                meter.update(value);
+                meters.push((name.to_string(), meter));
+            }
+        }
+    }
+
+    /// `metric_logger.<name>.global_avg` (NaN for a meter never updated).
+    pub fn global_avg(&self, name: &str) -> f64 {
+        let meters = self.meters.borrow();
+        let meter = meters.iter().find(|(n, _)| n == name);
+        meter.map_or(f64::NAN, |(_, m)| m.global_avg())
+    }
+
+    pub fn synchronize_between_processes(&self) -> Result<()> {
+        let mut meters = self.meters.borrow_mut();
+        meters
+            .iter_mut()
+            .try_for_each(|(_, m)| m.synchronize_between_processes())
+    }
+
+    pub fn add_meter(&self, name: &str, meter: SmoothedValue) {
+        self.meters.borrow_mut().push((name.to_string(), meter));
+    }
+
+    /// `log_every(iterable, print_freq, header)`: yields `iterable`'s items; after the body of
+    /// every `print_freq`-th item (and the last) prints `header  [i/len]  eta: ..  meters  time:
+    /// ..  data: ..`, and when exhausted `header Total time: .. (.. s / it)`.
+    pub fn log_every<I: ExactSizeIterator>(
+        &self,
+        iterable: I,
+        print_freq: usize,
+        header: &str,
+    ) -> LogEvery<'_, I> {
+        let now = Instant::now();
+        LogEvery {
+            logger: self,
+            len: iterable.len(),
+            iterable,
+            print_freq,
+            header: header.to_string(),
+            i: 0,
+            start_time: now,
+            end: now,
+            iter_time: SmoothedValue::with_fmt(20, |m| format!("{:.4}", m.avg())),
+            data_time: SmoothedValue::with_fmt(20, |m| format!("{:.4}", m.avg())),
+            yielded: false,
+            done: false,
         }
     }
 }
 
-impl MetricLogger {
-    pub fn synchronize_between_processes(&mut self) -> Result<()> {
-        self.lr.synchronize_between_processes()?;
-        self.loss.synchronize_between_processes()
+impl fmt::Display for MetricLogger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let meters = self.meters.borrow();
+        let loss_str: Vec<String> = meters.iter().map(|(n, m)| format!("{n}: {m}")).collect();
+        f.write_str(&loss_str.join(self.delimiter))
     }
 }
 
-impl std::fmt::Display for MetricLogger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "lr: {:.6}  loss: {:.4} ({:.4})",
-            self.lr.value(),
-            self.loss.median(),
-            self.loss.global_avg()
-        )
+/// The generator `MetricLogger.log_every` returns: the code after its `yield` runs at the next
+/// call of `next`.
+pub struct LogEvery<'a, I> {
+    logger: &'a MetricLogger,
+    iterable: I,
+    len: usize,
+    print_freq: usize,
+    header: String,
+    i: usize,
+    start_time: Instant,
+    end: Instant,
+    iter_time: SmoothedValue,
+    data_time: SmoothedValue,
+    yielded: bool,
+    done: bool,
+}
+
+impl<I: ExactSizeIterator> Iterator for LogEvery<'_, I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        if std::mem::take(&mut self.yielded) {
+            self.iter_time.update(self.end.elapsed().as_secs_f64());
+            if self.i.is_multiple_of(self.print_freq) || self.i == self.len - 1 {
+                let eta_seconds = self.iter_time.global_avg() * (self.len - self.i) as f64;
+                let width = self.len.to_string().len();
+                let d = self.logger.delimiter;
+                println!(
+                    "{}{d}[{:>width$}/{}]{d}eta: {}{d}{}{d}time: {}{d}data: {}",
+                    self.header,
+                    self.i,
+                    self.len,
+                    timedelta(eta_seconds),
+                    self.logger,
+                    self.iter_time,
+                    self.data_time
+                );
+            }
+            self.i += 1;
+            self.end = Instant::now();
+        }
+        match self.iterable.next() {
+            Some(obj) => {
+                self.data_time.update(self.end.elapsed().as_secs_f64());
+                self.yielded = true;
+                Some(obj)
+            }
+            None => {
+                if !std::mem::replace(&mut self.done, true) {
+                    let total_time = self.start_time.elapsed().as_secs_f64();
+                    println!(
+                        "{} Total time: {} ({:.4} s / it)",
+                        self.header,
+                        timedelta(total_time),
+                        total_time / self.len.max(1) as f64
+                    );
+                }
+                None
+            }
+        }
     }
 }
+
+/// What the engines' `train_one_epoch` return: `{k: meter.global_avg for k, meter in
+/// metric_logger.meters.items()}` (`lr`, `loss`) and, not in the reference, every iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainStats {
+    pub lr: f64,
+    pub loss: f64,
+    pub steps: Vec<Step>,
+}
+
+/// One iteration, as the tensorboard scalars of the official loops record it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub epoch: f64, // data_iter_step / len(data_loader) + epoch
+    pub loss: f64,
+    pub lr: f64,
+}
+
+impl TrainStats {
+    /// The meters of `metric_logger` (synchronized) and the iterations seen.
+    pub fn new(metric_logger: &MetricLogger, steps: Vec<Step>) -> Self {
+        TrainStats {
+            lr: metric_logger.global_avg("lr"),
+            loss: metric_logger.global_avg("loss"),
+            steps,
+        }
+    }
+
+    /// `{f'{prefix}{k}': v for k, v in train_stats.items()}`, for the `log.txt` line.
+    pub fn log_items(&self, prefix: &str) -> Vec<(String, Stat)> {
+        vec![
+            (format!("{prefix}lr"), Stat::Float(self.lr)),
+            (format!("{prefix}loss"), Stat::Float(self.loss)),
+        ]
+    }
+}
+
+// init_distributed_mode, is_main_process, get_rank, get_world_size: torch.distributed's role,
+// on c10d (src/util/distributed.rs), re-exported above.
 
 /// `NativeScalerWithGradNormCount`: backward, then (every `update_grad`) the optimizer step,
 /// through `torch.cuda.amp.GradScaler` semantics when enabled (CUDA): the loss is multiplied by
@@ -477,57 +410,71 @@ impl NativeScalerWithGradNormCount {
     }
 }
 
-/// `model_without_ddp.state_dict()`: every variable, in PyTorch's `named_parameters` order.
-pub fn model_state_dict(vs: &nn::VarStore) -> Value {
-    Value::Dict(
-        crate::util::optim::named_parameters(vs)
-            .into_iter()
-            .map(|(k, t)| (Value::Str(k), Value::Tensor(t.detach())))
-            .collect(),
-    )
+/// `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` (norm 2): the total norm of the
+/// per-parameter gradient norms; every gradient times `min(max_norm / (total + 1e-6), 1)`,
+/// computed in float32 as torch does. Returns the total norm.
+pub fn clip_grad_norm_(param_groups: &mut [ParamGroup], max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = param_groups
+            .iter()
+            .flat_map(|g| &g.params)
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        if grads.is_empty() {
+            return 0.;
+        }
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+        let total_norm = Tensor::stack(&norms, 0).norm();
+        let clip_coef = (total_norm.g_add_scalar(1e-6)).reciprocal() * max_norm;
+        let clip_coef_clamped = clip_coef.clamp_max(1.0);
+        for mut g in grads {
+            let _ = g.g_mul_(&clip_coef_clamped);
+        }
+        total_norm.double_value(&[])
+    })
 }
 
 /// `misc.save_model`: `output_dir/checkpoint-{epoch}.pth` holding `{'model', 'optimizer',
 /// 'epoch', 'scaler', 'args'}`; `args` is a plain dict (not an `argparse.Namespace`) so that
 /// `torch.load(path, weights_only=True)` reads the whole file. Written atomically.
 pub fn save_model(
-    output_dir: &std::path::Path,
+    output_dir: &Path,
     args: Value,
     epoch: i64,
     vs: &nn::VarStore,
     optimizer: &impl Optimizer,
     loss_scaler: &NativeScalerWithGradNormCount,
-) -> Result<std::path::PathBuf> {
+) -> Result<PathBuf> {
     let checkpoint_path = output_dir.join(format!("checkpoint-{epoch}.pth"));
     let s = |k: &str| Value::Str(k.into());
     let to_save = Value::Dict(vec![
-        (s("model"), model_state_dict(vs)),
+        (s("model"), state_dict(vs)),
         (s("optimizer"), optimizer.state_dict()),
         (s("epoch"), Value::Int(epoch)),
         (s("scaler"), loss_scaler.state_dict()),
         (s("args"), args),
     ]);
-    crate::util::checkpoint::save(&checkpoint_path, &to_save)?;
+    checkpoint::save(&checkpoint_path, &to_save)?;
     Ok(checkpoint_path)
 }
 
 /// `misc.load_model` with `args.resume` set: the model strictly, then (when the file has them)
 /// optimizer, scaler and epoch. Returns the epoch to start from (`checkpoint['epoch'] + 1`).
 pub fn load_model(
-    resume: &std::path::Path,
+    resume: &Path,
     vs: &mut nn::VarStore,
     optimizer: &mut impl Optimizer,
     loss_scaler: &mut NativeScalerWithGradNormCount,
 ) -> Result<Option<i64>> {
-    use anyhow::Context;
-    let checkpoint = crate::util::checkpoint::load(resume)?;
+    let checkpoint = checkpoint::load(resume)?;
     // the official reads checkpoint['model']; other containers (timm's, a bare state dict) as
     // timm's load_checkpoint finds them, with no optimizer state to resume
     let model = match checkpoint.get("model") {
         Some(m) => Value::Dict(vec![(Value::Str("model".into()), m.clone())]),
         None => checkpoint.clone(),
     };
-    let (sd, source) = crate::util::checkpoint::state_dict_from(model)
+    let (sd, source) = checkpoint::state_dict_from(model)
         .with_context(|| format!("{}: no state dict", resume.display()))?;
     if source.entry != Some("model") || !source.stripped.is_empty() {
         println!("Resume: state dict read from {source}");
@@ -550,6 +497,100 @@ pub fn load_model(
     }
     println!("With optim & sched!");
     Ok(Some(epoch + 1))
+}
+
+/// `all_reduce_mean(x)`: the mean of `x` over the ranks (a collective: every rank calls it).
+pub fn all_reduce_mean(x: f64) -> Result<f64> {
+    Ok(distributed::all_reduce_sum(&[x])?[0] / get_world_size() as f64)
+}
+
+// --------------------------------------------------------
+// Not in misc.py: what the entry points of the reference write inline, shared here.
+
+/// `torch.device(args.device)`: `cpu`, `cuda` or `cuda:N`; no flag means CUDA when available,
+/// else the CPU. A CUDA device that is not there is an error, not a silent fallback.
+pub fn device(arg: Option<&str>) -> Result<Device> {
+    let dev = match arg {
+        None => return Ok(Device::cuda_if_available()),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(s) => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(i)) => Device::Cuda(i),
+            _ => bail!("--device {s}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = dev {
+        let n = tch::Cuda::device_count() as usize;
+        if i >= n {
+            bail!("--device cuda:{i}: {n} CUDA device(s) available");
+        }
+    }
+    Ok(dev)
+}
+
+/// A number of a `log.txt` line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    Float(f64),
+    Int(i64),
+}
+
+/// `json.dumps(log_stats)`: `{"train_lr": 0.0001, ..., "epoch": 3}` in the given order, the
+/// floats as Python writes them.
+pub fn json_dumps(log_stats: &[(String, Stat)]) -> String {
+    let items: Vec<String> = log_stats
+        .iter()
+        .map(|(k, v)| match v {
+            Stat::Float(f) => format!("\"{k}\": {}", py_float(*f)),
+            Stat::Int(i) => format!("\"{k}\": {i}"),
+        })
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// `with open(path, mode="a") as f: f.write(text)`.
+pub fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `args` as saved in checkpoints: the flags by their names (the official pickles the
+/// `argparse.Namespace`; a plain dict lets `torch.load(weights_only=True)` read the file), then
+/// `set`, the values `main` derives (`world_size`, `distributed`, ...), replacing or appended.
+pub fn args_value(args: &impl serde::Serialize, set: Vec<(&str, Value)>) -> Result<Value> {
+    fn value(v: serde_json::Value) -> Value {
+        use serde_json::Value as J;
+        match v {
+            J::Null => Value::None,
+            J::Bool(b) => Value::Bool(b),
+            J::Number(n) => n
+                .as_i64()
+                .map_or(Value::Float(n.as_f64().unwrap_or(f64::NAN)), Value::Int),
+            J::String(s) => Value::Str(s),
+            J::Array(a) => Value::List(a.into_iter().map(value).collect()),
+            J::Object(o) => Value::Dict(
+                o.into_iter()
+                    .map(|(k, v)| (Value::Str(k), value(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let json = serde_json::to_value(args).context("args as a dict")?;
+    let Value::Dict(mut items) = value(json) else {
+        bail!("args are not a struct");
+    };
+    for (k, v) in set {
+        match items.iter_mut().find(|(key, _)| key.as_str() == Some(k)) {
+            Some(item) => item.1 = v,
+            None => items.push((Value::Str(k.into()), v)),
+        }
+    }
+    Ok(Value::Dict(items))
 }
 
 /// `str(datetime.timedelta(seconds=int(s)))`.
@@ -586,6 +627,18 @@ pub fn py_float(v: f64) -> String {
     } else {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// Python's `"%.2e" % v` (the exponent has at least two digits: `1.00e-03`).
+pub fn py_e2(v: f64) -> String {
+    let s = format!("{v:.2e}");
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+            format!("{m}e{sign}{digits:0>2}")
+        }
+        None => s,
     }
 }
 
