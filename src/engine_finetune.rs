@@ -14,10 +14,10 @@ use crate::util::data_loader::Batch;
 use crate::util::distributed;
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
-    self, py_float, timedelta, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Stat,
-    Step, TrainStats,
+    self, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Step, TrainStats,
 };
 use crate::util::optim::Optimizer;
+use crate::util::pyfmt::{py_float, timedelta, Stat};
 use crate::util::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// `train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler,

@@ -8,9 +8,10 @@ use crate::util::amp::{self, Precision};
 use crate::util::distributed;
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
-    self, py_float, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Step, TrainStats,
+    self, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Step, TrainStats,
 };
 use crate::util::optim::AdamW;
+use crate::util::pyfmt::py_float;
 use crate::util::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// The `args` fields `train_one_epoch` reads.

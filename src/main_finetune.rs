@@ -26,9 +26,10 @@ use crate::util::hub;
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::NativeScalerWithGradNormCount as NativeScaler;
-use crate::util::misc::{self, device, json_dumps, py_e2, timedelta, Stat};
+use crate::util::misc::{self, device};
 use crate::util::optim::{named_parameters, AdamW};
 use crate::util::pickle::Value;
+use crate::util::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::util::tensorboard;
 
 /// MAE fine-tuning for image classification (`get_args_parser`).

@@ -23,8 +23,9 @@ use crate::util::hub;
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::NativeScalerWithGradNormCount;
-use crate::util::misc::{self, device, json_dumps, py_e2, timedelta, Stat};
+use crate::util::misc::{self, device};
 use crate::util::pickle::Value;
+use crate::util::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::util::tensorboard;
 
 /// MAE linear probing for image classification

@@ -17,11 +17,11 @@ use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
 use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::{self, py_e2, timedelta, NativeScalerWithGradNormCount as NativeScaler};
-use crate::util::misc::{json_dumps, Stat, Step};
+use crate::util::misc::{self, NativeScalerWithGradNormCount as NativeScaler, Step};
 use crate::util::optim::{add_weight_decay, named_parameters, AdamW};
 use crate::util::pickle::Value;
 use crate::util::plot;
+use crate::util::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::util::tensorboard;
 
 /// MAE pre-training

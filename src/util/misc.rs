@@ -1,8 +1,8 @@
 //! Port of util/misc.py: `SmoothedValue` and `MetricLogger` (with `log_every`, the loop both
 //! engines run), the distributed helpers (torch.distributed's part is src/util/distributed.rs),
 //! `NativeScalerWithGradNormCount`, `save_model` / `load_model`, `all_reduce_mean`; then, not in
-//! misc.py, what main_*.py write inline and every entry point shares (`torch.device`, the
-//! `log.txt` line, Python's number formatting, `args` as saved in checkpoints).
+//! misc.py, what main_*.py write inline and every entry point shares (`torch.device`, appending
+//! to `log.txt`, `args` as saved in checkpoints). Python's number formatting is util/pyfmt.rs.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -20,6 +20,7 @@ pub use crate::util::distributed::{
 };
 use crate::util::optim::{Optimizer, ParamGroup};
 use crate::util::pickle::Value;
+use crate::util::pyfmt::{timedelta, Stat};
 use crate::util::state_dict::{load_state_dict, state_dict};
 
 /// Track a series of values and provide access to smoothed values over a window or the global
@@ -528,26 +529,6 @@ pub fn device(arg: Option<&str>) -> Result<Device> {
     Ok(dev)
 }
 
-/// A number of a `log.txt` line.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Stat {
-    Float(f64),
-    Int(i64),
-}
-
-/// `json.dumps(log_stats)`: `{"train_lr": 0.0001, ..., "epoch": 3}` in the given order, the
-/// floats as Python writes them.
-pub fn json_dumps(log_stats: &[(String, Stat)]) -> String {
-    let items: Vec<String> = log_stats
-        .iter()
-        .map(|(k, v)| match v {
-            Stat::Float(f) => format!("\"{k}\": {}", py_float(*f)),
-            Stat::Int(i) => format!("\"{k}\": {i}"),
-        })
-        .collect();
-    format!("{{{}}}", items.join(", "))
-}
-
 /// `with open(path, mode="a") as f: f.write(text)`.
 pub fn append(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
@@ -593,76 +574,9 @@ pub fn args_value(args: &impl serde::Serialize, set: Vec<(&str, Value)>) -> Resu
     Ok(Value::Dict(items))
 }
 
-/// `str(datetime.timedelta(seconds=int(s)))`.
-pub fn timedelta(s: f64) -> String {
-    let s = s.max(0.) as u64;
-    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let hms = format!("{h}:{m:02}:{s:02}");
-    match d {
-        0 => hms,
-        1 => format!("1 day, {hms}"),
-        d => format!("{d} days, {hms}"),
-    }
-}
-
-/// Python's `repr(float)` (also what `json.dumps` and `"{}".format` write): shortest digits,
-/// fixed notation for exponents in [-4, 16), else `1.5e-05` style.
-pub fn py_float(v: f64) -> String {
-    if v.is_nan() {
-        return "nan".into();
-    }
-    if v.is_infinite() {
-        return if v > 0. { "inf" } else { "-inf" }.into();
-    }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("integer exponent");
-    if v == 0. || (-4..16).contains(&exp) {
-        let s = format!("{v}");
-        if s.contains('.') {
-            s
-        } else {
-            s + ".0"
-        }
-    } else {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    }
-}
-
-/// Python's `"%.2e" % v` (the exponent has at least two digits: `1.00e-03`).
-pub fn py_e2(v: f64) -> String {
-    let s = format!("{v:.2e}");
-    match s.split_once('e') {
-        Some((m, e)) => {
-            let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
-            format!("{m}e{sign}{digits:0>2}")
-        }
-        None => s,
-    }
-}
-
 #[cfg(test)]
 mod training_tests {
     use super::*;
-
-    #[test]
-    fn python_float_repr_and_timedelta() {
-        let cases = [
-            (3.2552083333333326e-05, "3.2552083333333326e-05"),
-            (0.0001, "0.0001"),
-            (1.0, "1.0"),
-            (2.256708025932312, "2.256708025932312"),
-            (1e16, "1e+16"),
-            (0.0, "0.0"),
-            (f64::NAN, "nan"),
-        ];
-        for (v, want) in cases {
-            assert_eq!(py_float(v), want);
-        }
-        assert_eq!(timedelta(3725.9), "1:02:05");
-        assert_eq!(timedelta(90000.), "1 day, 1:00:00");
-    }
 
     #[test]
     fn smoothed_value_median_is_torch_lower_median() {

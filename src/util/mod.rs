@@ -18,5 +18,6 @@ pub mod optim;
 pub mod pickle;
 pub mod plot;
 pub mod pos_embed;
+pub mod pyfmt;
 pub mod state_dict;
 pub mod tensorboard;
