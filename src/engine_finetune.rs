@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::timm::loss::Criterion;
 use crate::timm::mixup::Mixup;
 use crate::util::amp::{self, Precision};
-use crate::util::data_loader::Batch;
+use crate::util::data_loader::{Batch, DataLoaderVal};
 use crate::util::distributed;
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
@@ -173,15 +173,14 @@ pub fn accuracy(output: &Tensor, target: &Tensor, topk: &[i64]) -> Vec<f64> {
 /// logits are cast back to float32 for the loss and the accuracy. With `keep_logits`, also
 /// returns every image's logits [N, num_classes] (float32, CPU).
 pub fn evaluate(
-    data_loader: impl Iterator<Item = Result<Batch>>,
-    num_images: usize,
+    data_loader: &DataLoaderVal,
     model: &dyn Fn(&Tensor) -> Result<Tensor>,
     device: Device,
     precision: Precision,
     keep_logits: bool,
 ) -> Result<(EvalStats, Option<Tensor>)> {
     let header = "Test:";
-    let bar = ProgressBar::new(num_images as u64).with_style(
+    let bar = ProgressBar::new(data_loader.num_images() as u64).with_style(
         ProgressStyle::with_template(
             "{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta} {msg}",
         )
@@ -194,7 +193,7 @@ pub fn evaluate(
     let (mut loss_sum, mut acc1_sum, mut acc5_sum) = (0f64, 0f64, 0f64);
     let (mut n, mut batches) = (0usize, 0usize);
     let mut logits = Vec::new();
-    for batch in data_loader {
+    for batch in data_loader.iter()? {
         let Batch { images, target } = batch?;
         let images = images.to_device(device);
         let target = target.to_device(device);

@@ -18,7 +18,7 @@ use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
 use crate::util::arg_check::{self, Schedule};
 use crate::util::checkpoint;
-use crate::util::data_loader::{data_loader_val, labelled_batches, DataLoader, EpochOptions};
+use crate::util::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions};
 use crate::util::datasets::{build_dataset, TrainTransform, DEFAULT_DATA_PATH};
 use crate::util::detect::{self, detect_model};
 use crate::util::distributed::{self, DistArgs};
@@ -320,19 +320,17 @@ pub fn main(args: &Args) -> Result<()> {
         .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
     println!("Resume checkpoint {}", resume.display());
 
-    let num_images = dataset_val.dataset.len();
-    let data_loader_val = data_loader_val(
-        dataset_val.dataset.clone(),
-        dataset_val.targets.clone(),
+    let data_loader_val = DataLoaderVal::new(
+        &dataset_val,
         args.batch_size,
         args.num_workers,
         args.input_size,
         args.pillow,
     )?;
+    let num_images = data_loader_val.num_images();
     let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
     let (test_stats, logits) = evaluate(
-        data_loader_val,
-        num_images,
+        &data_loader_val,
         &|x| model.forward_t(x, false),
         device,
         precision,
@@ -450,6 +448,13 @@ fn finetune(mut args: Args) -> Result<()> {
             args.batch_size
         );
     }
+    let data_loader_val = DataLoaderVal::new(
+        &dataset_val,
+        args.batch_size,
+        args.num_workers,
+        args.input_size,
+        args.pillow,
+    )?;
 
     let nb_classes = args.nb_classes.unwrap_or(match args.dataset.as_str() {
         "fashion_mnist" => 10,
@@ -610,23 +615,7 @@ fn finetune(mut args: Args) -> Result<()> {
             )?;
         }
 
-        let data_loader_val = data_loader_val(
-            dataset_val.dataset.clone(),
-            dataset_val.targets.clone(),
-            args.batch_size,
-            args.num_workers,
-            args.input_size,
-            args.pillow,
-        )?;
-        let n_val = dataset_val.dataset.len();
-        let (test_stats, _) = evaluate(
-            data_loader_val,
-            n_val,
-            &forward_eval,
-            device,
-            precision,
-            false,
-        )?;
+        let (test_stats, _) = evaluate(&data_loader_val, &forward_eval, device, precision, false)?;
         println!(
             "Accuracy of the network on the {} test images: {:.1}%",
             test_stats.images, test_stats.acc1

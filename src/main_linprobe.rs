@@ -16,7 +16,7 @@ use crate::torchvision::pil::PassOrder;
 use crate::util::amp::Precision;
 use crate::util::arg_check::{self, Schedule};
 use crate::util::data_loader::ResizedCrop;
-use crate::util::data_loader::{data_loader_val, labelled_batches, DataLoader, EpochOptions};
+use crate::util::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions};
 use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::hub;
@@ -248,6 +248,14 @@ pub fn main(mut args: Args) -> Result<()> {
         dataset_train.dataset.len(),
         args.batch_size
     );
+    // transform_val: resize and center crop (torchvision::transforms::eval_transform), Pillow 12
+    let data_loader_val = DataLoaderVal::new(
+        &dataset_val,
+        args.batch_size,
+        args.num_workers,
+        args.input_size,
+        PassOrder::Pillow12,
+    )?;
 
     let mut vs = nn::VarStore::new(device);
     let cfg = VitConfig {
@@ -314,29 +322,8 @@ pub fn main(mut args: Args) -> Result<()> {
         }
     }
     let forward_eval = |x: &Tensor| model.forward_t(x, false);
-    let eval = |forward: &dyn Fn(&Tensor) -> Result<Tensor>| {
-        let loader = data_loader_val(
-            dataset_val.dataset.clone(),
-            dataset_val.targets.clone(),
-            args.batch_size,
-            args.num_workers,
-            args.input_size,
-            PassOrder::Pillow12,
-        )?;
-        Ok::<_, anyhow::Error>(
-            evaluate(
-                loader,
-                dataset_val.dataset.len(),
-                forward,
-                device,
-                precision,
-                false,
-            )?
-            .0,
-        )
-    };
     if args.eval {
-        let test_stats = eval(&forward_eval)?;
+        let (test_stats, _) = evaluate(&data_loader_val, &forward_eval, device, precision, false)?;
         println!(
             "Accuracy of the network on the {} test images: {:.1}%",
             test_stats.images, test_stats.acc1
@@ -399,7 +386,7 @@ pub fn main(mut args: Args) -> Result<()> {
                 &loss_scaler,
             )?;
         }
-        let test_stats = eval(&forward_eval)?;
+        let (test_stats, _) = evaluate(&data_loader_val, &forward_eval, device, precision, false)?;
         println!(
             "Accuracy of the network on the {} test images: {:.1}%",
             test_stats.images, test_stats.acc1

@@ -23,6 +23,7 @@ use crate::torchvision::transforms::{
     crop_flip_normalize, crop_flip_normalize_into, eval_transform_with, pretrain_crop_params,
     SampleRng,
 };
+use crate::util::datasets::Split;
 
 /// A crop box as torchvision's `get_params` return it: (top, left, height, width).
 pub type CropBox = (i64, i64, i64, i64);
@@ -398,47 +399,76 @@ pub fn labelled_batches(
     }))
 }
 
-/// `DataLoader(dataset_val, sampler=SequentialSampler, batch_size, num_workers, drop_last=False)`:
-/// `num_workers` rayon threads decode and transform a batch while the model runs the previous
-/// one (two batches queued at most). A failure stops the loader after sending its error.
-pub fn data_loader_val(
-    dataset: Arc<dyn ImageSource>,
-    targets: Arc<Vec<i64>>,
-    batch_size: i64,
-    num_workers: usize,
-    input_size: i64,
-    order: PassOrder,
-) -> Result<impl Iterator<Item = Result<Batch>>> {
-    if batch_size < 1 {
-        anyhow::bail!("--batch_size must be at least 1, got {batch_size}");
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(num_workers.max(1))
-        .build()
-        .context("starting the data loader threads")?;
-    let batch_size = batch_size as usize;
-    let input_size = u32::try_from(input_size).context("--input_size")?;
-    let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
-    std::thread::spawn(move || {
-        // SequentialSampler, or with --dist_eval DistributedSampler(shuffle=False)
-        let indices = crate::util::distributed::eval_indices(dataset.len());
-        for chunk in indices.chunks(batch_size) {
-            let images: Result<Vec<Tensor>> = pool.install(|| {
-                chunk
-                    .par_iter()
-                    .map(|&i| Ok(eval_transform_with(&dataset.load(i)?, input_size, order)))
-                    .collect()
-            });
-            let target: Vec<i64> = chunk.iter().map(|&i| targets[i]).collect();
-            let batch = images.map(|images| Batch {
-                images: Tensor::stack(&images, 0),
-                target: Tensor::from_slice(&target),
-            });
-            let failed = batch.is_err();
-            if tx.send(batch).is_err() || failed {
-                return; // the consumer stopped, or it has the error
-            }
+/// `data_loader_val = DataLoader(dataset_val, sampler=SequentialSampler(dataset_val),
+/// batch_size, num_workers, drop_last=False)` with the evaluation transform (resize, center
+/// crop, normalize: `eval_transform_with`). Built once, iterated at every evaluation.
+pub struct DataLoaderVal {
+    pub dataset: Arc<dyn ImageSource>,
+    pub targets: Arc<Vec<i64>>,
+    pub batch_size: usize,
+    pub num_workers: usize,
+    pub input_size: u32,
+    pub order: PassOrder,
+}
+
+impl DataLoaderVal {
+    pub fn new(
+        split: &Split,
+        batch_size: i64,
+        num_workers: usize,
+        input_size: i64,
+        order: PassOrder,
+    ) -> Result<Self> {
+        if batch_size < 1 {
+            anyhow::bail!("--batch_size must be at least 1, got {batch_size}");
         }
-    });
-    Ok(rx.into_iter())
+        Ok(DataLoaderVal {
+            dataset: split.dataset.clone(),
+            targets: split.targets.clone(),
+            batch_size: batch_size as usize,
+            num_workers,
+            input_size: u32::try_from(input_size).context("--input_size")?,
+            order,
+        })
+    }
+
+    /// `len(data_loader.dataset)`
+    pub fn num_images(&self) -> usize {
+        self.dataset.len()
+    }
+
+    /// `iter(data_loader)`: `num_workers` rayon threads decode and transform a batch while the
+    /// model runs the previous one (two batches queued at most); a failure stops the loader
+    /// after sending its error. With `--dist_eval`, this rank's share (`DistributedSampler(shuffle=False)`).
+    pub fn iter(&self) -> Result<impl Iterator<Item = Result<Batch>>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.num_workers.max(1))
+            .build()
+            .context("starting the data loader threads")?;
+        let (dataset, targets) = (self.dataset.clone(), self.targets.clone());
+        let (batch_size, input_size, order) = (self.batch_size, self.input_size, self.order);
+        let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
+        std::thread::spawn(move || {
+            // SequentialSampler, or with --dist_eval DistributedSampler(shuffle=False)
+            let indices = crate::util::distributed::eval_indices(dataset.len());
+            for chunk in indices.chunks(batch_size) {
+                let images: Result<Vec<Tensor>> = pool.install(|| {
+                    chunk
+                        .par_iter()
+                        .map(|&i| Ok(eval_transform_with(&dataset.load(i)?, input_size, order)))
+                        .collect()
+                });
+                let target: Vec<i64> = chunk.iter().map(|&i| targets[i]).collect();
+                let batch = images.map(|images| Batch {
+                    images: Tensor::stack(&images, 0),
+                    target: Tensor::from_slice(&target),
+                });
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return; // the consumer stopped, or it has the error
+                }
+            }
+        });
+        Ok(rx.into_iter())
+    }
 }
