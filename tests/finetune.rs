@@ -4,11 +4,9 @@
 //! torch.optim.AdamW over the same groups, the official lr function; drop path and augmentation
 //! off, same batches): lr and loss per iteration, weights after.
 
-#[path = "common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
-
+use common::rel_err;
 use mae::engine_finetune::{train_one_epoch, Batch};
 use mae::models_vit::{self, VitConfig};
 use mae::timm::loss::Criterion;
@@ -17,7 +15,7 @@ use mae::util::lr_decay::param_groups_lrd;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{load_state_dict, NativeScalerWithGradNormCount};
 use mae::util::optim::{named_parameters, AdamW};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 const NO_WEIGHT_DECAY: [&str; 3] = ["pos_embed", "cls_token", "dist_token"];
 
@@ -91,24 +89,14 @@ const CASES: [Case; 4] = [
     ("s4_a2_gp_soft_clip", 4, 2, true, 0.0, Some(1.0), 3, true),
 ];
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
-}
-
 #[test]
 fn fine_tuning_steps_match_pytorch() {
     let dir = common::scratch("finetune");
-    let out = dir.join("steps.safetensors");
-    common::run_python(
-        &common::root().join("tools/finetune_reference.py"),
-        &["steps", out.to_str().unwrap()],
+    let r = common::reference_tensors(
+        "tools/finetune_reference.py",
+        &["steps"],
+        &dir.join("steps.safetensors"),
     );
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
     let mut worst = 0f64;
     for (tag, iters, accum_iter, gp, smoothing, clip_grad, epoch, soft) in CASES {
         let mut vs = nn::VarStore::new(Device::Cpu);

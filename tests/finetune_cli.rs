@@ -2,49 +2,21 @@
 //! `Max accuracy`, resume (2 epochs == 1 + --resume + 1, bit for bit), `--eval --resume`, and a
 //! pre-trained checkpoint of another architecture refused with the mismatched keys listed.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tch::Tensor;
 
-/// data/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright, with noise.
-/// Written once per test binary (the tests run in parallel and read the same folder), each file
-/// through a temporary name and a rename, so no test ever sees a half-written PNG.
+/// data/{train,val}/{a,b}/*.png, 12 images a class in train.
 fn image_folder() -> PathBuf {
-    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let root = common::scratch("finetune_cli").join("data");
-        for (split, n) in [("train", 12u32), ("val", 4)] {
-            for (c, base) in [("a", 40u8), ("b", 200)] {
-                let dir = root.join(split).join(c);
-                std::fs::create_dir_all(&dir).unwrap();
-                for i in 0..n {
-                    let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                        let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
-                        image::Rgb([v, v / 2, 255 - v])
-                    });
-                    let tmp = dir.join(format!(".{i}.png.tmp"));
-                    img.save_with_format(&tmp, image::ImageFormat::Png).unwrap();
-                    std::fs::rename(&tmp, dir.join(format!("{i}.png"))).unwrap();
-                }
-            }
-        }
-        root
-    })
-    .clone()
+    common::two_class_folder("finetune_cli", 12)
 }
 
+/// `mae args…`: whether it succeeded, and its stdout and stderr.
 fn mae(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let out = common::mae_output(args);
+    (out.status.success(), common::output_text(&out))
 }
 
 fn finetune(data: &Path, out: &Path, extra: &[&str]) -> String {
