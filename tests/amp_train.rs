@@ -1,6 +1,6 @@
 //! Mixed precision in training (`--precision` of `mae pretrain`/`finetune`/`linprobe`): bf16
 //! pre-training steps against PyTorch's `torch.autocast('cpu', dtype=torch.bfloat16)` on the
-//! reference of tests/pretrain_parity.rs (tools/amp_train_reference.py), with float32 master
+//! reference of tests/parity_pretrain.rs (tools/amp_train_reference.py), with float32 master
 //! weights, gradients and AdamW state; a bf16 pre-training loss curve on Fashion-MNIST against
 //! fp32; `mae eval --precision bf16` of the shipped fine-tuned Fashion-MNIST ViT against fp32.
 
@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 /// 2e-6); the AdamW moments (the gradients) to 2e-2, a few times PyTorch's own bf16-vs-fp32
 /// difference (measured: 5e-3 against torch bf16, whose bf16-vs-fp32 difference is 7e-3); the
 /// weights after two steps of lr ~1e-3 to 5e-3 (measured: 7e-4). fp32 is held to the 1e-5 of
-/// tests/pretrain_parity.rs.
+/// tests/parity_pretrain.rs.
 #[test]
 fn bf16_steps_match_torch_autocast() {
     let dir = common::scratch("amp_train");

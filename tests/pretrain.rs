@@ -1,4 +1,4 @@
-//! `mae pretrain` beyond the step parity (tests/pretrain_parity.rs): the lr schedule over a
+//! `mae pretrain` beyond the step parity (tests/parity_pretrain.rs): the lr schedule over a
 //! run and the weight-decay groups against the official / timm code, exact resume, atomic
 //! checkpoints under a kill, the non-finite loss stop, RandomResizedCrop, Fashion-MNIST.
 

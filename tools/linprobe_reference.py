@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference for tests/linprobe.rs: linear probing iterations as main_linprobe.py runs them
+"""Reference for tests/parity_linprobe.rs: linear probing iterations as main_linprobe.py runs them
 (timm ViT under the official keys, the head replaced by BatchNorm1d(affine=False, eps=1e-6) +
 Linear, everything but the head frozen, util/lars.py's LARS restated below, the official lr
 function, CrossEntropyLoss), on one process (CPU, GradScaler disabled).

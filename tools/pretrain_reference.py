@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference for tests/pretrain_parity.rs: MAE pre-training steps in PyTorch, as the official
+"""Reference for tests/parity_pretrain.rs: MAE pre-training steps in PyTorch, as the official
 engine_pretrain.train_one_epoch runs them on one process (CPU, GradScaler disabled).
 
 Model: HuggingFace ViTMAEForPreTraining as the tiny official config, weights mapped to/from the

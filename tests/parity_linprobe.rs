@@ -19,7 +19,7 @@ use tch::{nn, Device, Tensor};
 
 #[test]
 fn lars_linear_probe_steps_match_pytorch() {
-    let dir = common::scratch("linprobe");
+    let dir = common::scratch("parity_linprobe");
     let r = common::reference_tensors(
         "tools/linprobe_reference.py",
         &[],

@@ -21,7 +21,7 @@ const NO_WEIGHT_DECAY: [&str; 3] = ["pos_embed", "cls_token", "dist_token"];
 
 #[test]
 fn param_groups_lrd_like_the_official_on_vit_base() {
-    let dir = common::scratch("finetune");
+    let dir = common::scratch("parity_finetune");
     let out = dir.join("lrd.json");
     common::run_python(
         &common::root().join("tools/finetune_reference.py"),
@@ -91,7 +91,7 @@ const CASES: [Case; 4] = [
 
 #[test]
 fn fine_tuning_steps_match_pytorch() {
-    let dir = common::scratch("finetune");
+    let dir = common::scratch("parity_finetune");
     let r = common::reference_tensors(
         "tools/finetune_reference.py",
         &["steps"],
