@@ -10,7 +10,7 @@ use tch::Tensor;
 
 /// data/{train,val}/{a,b}/*.png, 12 images a class in train.
 fn image_folder() -> PathBuf {
-    common::two_class_folder("finetune_cli", 12)
+    common::two_class_folder("finetune", 12)
 }
 
 /// `mae args…`: whether it succeeded, and its stdout and stderr.
@@ -56,7 +56,7 @@ fn model_of(path: &Path) -> Vec<(String, Tensor)> {
 #[test]
 fn train_log_checkpoints_resume_and_eval() {
     let data = image_folder();
-    let dir = common::scratch("finetune_cli");
+    let dir = common::scratch("finetune");
     let (full, first) = (dir.join("full"), dir.join("first"));
     let _ = std::fs::remove_dir_all(&full);
     let _ = std::fs::remove_dir_all(&first);
@@ -113,7 +113,7 @@ fn train_log_checkpoints_resume_and_eval() {
 #[test]
 fn pretrained_checkpoint_of_another_architecture_is_refused() {
     let data = image_folder();
-    let dir = common::scratch("finetune_cli");
+    let dir = common::scratch("finetune");
     // a mae_vit_tiny_patch4-shaped encoder whose blocks are 32-d instead of 64-d
     let sd: Vec<(String, Tensor)> = {
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -163,7 +163,7 @@ fn pretrained_checkpoint_of_another_architecture_is_refused() {
 #[test]
 fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
     let data = image_folder();
-    let dir = common::scratch("finetune_cli");
+    let dir = common::scratch("finetune");
     // a mae_vit_tiny_patch4 pre-training checkpoint (encoder + decoder, official keys)
     let path = dir.join("mae_tiny.pth");
     {
