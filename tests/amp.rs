@@ -1,8 +1,8 @@
-//! Mixed precision (src/util/amp.rs over libtorch's autocast): the guard turns CPU bf16 autocast
-//! on and restores the previous state; ViT logits in bf16 against our fp32 and against PyTorch's
-//! own `torch.autocast('cpu', dtype=torch.bfloat16)` on the same timm model, weights and input
-//! (tools/amp_reference.py on the parity fixtures); `mae eval` / `mae visualize --precision bf16`
-//! against fp32.
+//! Mixed precision (src/util/amp.rs over libtorch's autocast): the guard turns CPU bf16 autocast on
+//! and restores the previous state; ViT logits in bf16 against our fp32 and against PyTorch's own
+//! `torch.autocast('cpu', dtype=torch.bfloat16)` on the same timm model, weights and input
+//! (tools/reference/amp_reference.py on the parity fixtures); `mae eval` /
+//! `mae visualize --precision bf16` against fp32.
 
 mod common;
 
@@ -63,7 +63,7 @@ fn check_vit(group: &str, name: &str, tag: &str, img: i64, num_classes: i64) -> 
     let io = load_io(&dir, &format!("{tag}_io"));
     let out = common::scratch("amp").join(format!("{tag}_torch.safetensors"));
     let torch = common::reference_tensors(
-        "tools/amp_reference.py",
+        "tools/reference/amp_reference.py",
         &[
             dir.to_str().unwrap(),
             name,

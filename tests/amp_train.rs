@@ -1,8 +1,9 @@
 //! Mixed precision in training (`--precision` of `mae pretrain`/`finetune`/`linprobe`): bf16
 //! pre-training steps against PyTorch's `torch.autocast('cpu', dtype=torch.bfloat16)` on the
-//! reference of tests/parity_pretrain.rs (tools/amp_train_reference.py), with float32 master
-//! weights, gradients and AdamW state; a bf16 pre-training loss curve on Fashion-MNIST against
-//! fp32; `mae eval --precision bf16` of the shipped fine-tuned Fashion-MNIST ViT against fp32.
+//! reference of tests/parity_pretrain.rs (tools/reference/amp_train_reference.py), with float32
+//! master weights, gradients and AdamW state; a bf16 pre-training loss curve on Fashion-MNIST
+//! against fp32; `mae eval --precision bf16` of the shipped fine-tuned Fashion-MNIST ViT against
+//! fp32.
 
 mod common;
 
@@ -26,7 +27,7 @@ use tch::{Kind, Tensor};
 fn bf16_steps_match_torch_autocast() {
     let dir = common::scratch("amp_train");
     let r = common::reference_tensors(
-        "tools/amp_train_reference.py",
+        "tools/reference/amp_train_reference.py",
         &[],
         &dir.join("reference.safetensors"),
     );

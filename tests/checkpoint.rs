@@ -1,5 +1,6 @@
-//! `util::checkpoint` against files written by PyTorch (tools/make_official_checkpoints.py),
-//! files PyTorch must read back, and hostile or broken files.
+//! `util::checkpoint` against files written by PyTorch
+//! (tools/fixtures/make_official_checkpoints.py), files PyTorch must read back, and hostile or
+//! broken files.
 //!
 //! Fixtures go to target/fixtures/checkpoint (about 7.5 GB, generated once, ~40 s). Without the
 //! Python env (.venv) the Python-backed tests are skipped, unless CI=true, where they fail.
@@ -11,14 +12,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};
 
-/// `tools/make_official_checkpoints.py args…`; its stdout and stderr.
+/// `tools/fixtures/make_official_checkpoints.py args…`; its stdout and stderr.
 fn make_official_checkpoints(args: &[&str]) -> String {
     let py = common::python_or_skip().expect("python");
     let out = Command::new(py)
-        .arg(common::root().join("tools/make_official_checkpoints.py"))
+        .arg(common::root().join("tools/fixtures/make_official_checkpoints.py"))
         .args(args)
         .output()
-        .expect("running tools/make_official_checkpoints.py");
+        .expect("running tools/fixtures/make_official_checkpoints.py");
     let text = common::output_text(&out);
     assert!(
         out.status.success(),
@@ -245,7 +246,7 @@ fn python_to_rust_to_python_round_trip() {
     }
 }
 
-/// The values tools/make_official_checkpoints.py `pattern` expects.
+/// The values tools/fixtures/make_official_checkpoints.py `pattern` expects.
 fn pattern(kind: Kind, shape: &[i64]) -> Tensor {
     let n: i64 = shape.iter().product();
     let i = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));

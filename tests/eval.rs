@@ -1,6 +1,7 @@
-//! `mae eval` against the reference pipeline (tools/eval_reference.py: torchvision ImageFolder +
-//! the official eval transform + timm's VisionTransformer + engine_finetune.evaluate's loop) on a
-//! small ImageFolder of real photos (tools/make_eval_fixture.py), and its errors.
+//! `mae eval` against the reference pipeline (tools/reference/eval_reference.py: torchvision
+//! ImageFolder + the official eval transform + timm's VisionTransformer +
+//! engine_finetune.evaluate's loop) on a small ImageFolder of real photos
+//! (tools/fixtures/make_eval_fixture.py), and its errors.
 mod common;
 
 use std::path::Path;
@@ -31,7 +32,7 @@ fn eval_matches_reference_pipeline() {
     ];
     let mut args = common_args.to_vec();
     args.extend(["--save_logits", ref_logits.to_str().unwrap()]);
-    let reference = common::run_python(&common::root().join("tools/eval_reference.py"), &args);
+    let reference = common::run_python(&common::root().join("tools/reference/eval_reference.py"), &args);
 
     let mut args = common_args.to_vec();
     args.extend(["--save_logits", our_logits.to_str().unwrap()]);

@@ -1,6 +1,6 @@
-//! `mae finetune` against the official semantics (tools/finetune_reference.py): the layer-wise
-//! lr decay groups of `param_groups_lrd` on vit_base_patch16, and fine-tuning iterations of
-//! `engine_finetune.train_one_epoch` against PyTorch (timm ViT under the official keys,
+//! `mae finetune` against the official semantics (tools/reference/finetune_reference.py): the
+//! layer-wise lr decay groups of `param_groups_lrd` on vit_base_patch16, and fine-tuning iterations
+//! of `engine_finetune.train_one_epoch` against PyTorch (timm ViT under the official keys,
 //! torch.optim.AdamW over the same groups, the official lr function; drop path and augmentation
 //! off, same batches): lr and loss per iteration, weights after.
 
@@ -24,7 +24,7 @@ fn param_groups_lrd_like_the_official_on_vit_base() {
     let dir = common::scratch("parity_finetune");
     let out = dir.join("lrd.json");
     common::run_python(
-        &common::root().join("tools/finetune_reference.py"),
+        &common::root().join("tools/reference/finetune_reference.py"),
         &["lrd", out.to_str().unwrap()],
     );
     let want: serde_json::Value =
@@ -93,7 +93,7 @@ const CASES: [Case; 4] = [
 fn fine_tuning_steps_match_pytorch() {
     let dir = common::scratch("parity_finetune");
     let r = common::reference_tensors(
-        "tools/finetune_reference.py",
+        "tools/reference/finetune_reference.py",
         &["steps"],
         &dir.join("steps.safetensors"),
     );

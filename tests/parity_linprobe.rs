@@ -1,6 +1,6 @@
-//! `mae linprobe` against main_linprobe.py (tools/linprobe_reference.py): the state_dict keys of
-//! the BatchNorm + Linear head model, and linear-probing iterations with util/lars.py's LARS
-//! (frozen encoder, BatchNorm running statistics, momentum buffers, weights).
+//! `mae linprobe` against main_linprobe.py (tools/reference/linprobe_reference.py): the state_dict
+//! keys of the BatchNorm + Linear head model, and linear-probing iterations with util/lars.py's
+//! LARS (frozen encoder, BatchNorm running statistics, momentum buffers, weights).
 
 mod common;
 
@@ -21,7 +21,7 @@ use tch::{nn, Device, Tensor};
 fn lars_linear_probe_steps_match_pytorch() {
     let dir = common::scratch("parity_linprobe");
     let r = common::reference_tensors(
-        "tools/linprobe_reference.py",
+        "tools/reference/linprobe_reference.py",
         &[],
         &dir.join("reference.safetensors"),
     );

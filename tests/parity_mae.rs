@@ -1,5 +1,5 @@
 //! models_mae.rs vs HuggingFace `ViTMAEForPreTraining` with the official weights mapped in
-//! (tools/make_parity_fixtures.py): same images, same explicit masking noise.
+//! (tools/fixtures/make_parity_fixtures.py): same images, same explicit masking noise.
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! util/pos_embed.rs vs the numpy reference `get_2d_sincos_pos_embed` (tools/make_parity_fixtures.py).
+//! util/pos_embed.rs vs the numpy reference `get_2d_sincos_pos_embed`
+//! (tools/fixtures/make_parity_fixtures.py).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! `mae pretrain`'s engine step for step against PyTorch (tools/pretrain_reference.py:
+//! `mae pretrain`'s engine step for step against PyTorch (tools/reference/pretrain_reference.py:
 //! HF ViTMAE under the official keys, torch.optim.AdamW over timm's weight-decay groups, the
 //! official lr function): the same initial weights, batches and seeded masking noise; the lr of
 //! every iteration, the losses, the weights and AdamW moments after the epoch.
@@ -26,7 +26,7 @@ const SEED: i64 = 7;
 
 fn reference() -> HashMap<String, Tensor> {
     let out = common::scratch("parity_pretrain").join("reference.safetensors");
-    common::reference_tensors("tools/pretrain_reference.py", &[], &out)
+    common::reference_tensors("tools/reference/pretrain_reference.py", &[], &out)
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn steps_match_pytorch() {
 
 const PY_LOAD: &str = r#"
 import sys, torch
-sys.path.insert(0, "tools")
+sys.path.insert(0, "tools/fixtures")
 from make_parity_fixtures import hf_mae, official_to_hf
 ck = torch.load(sys.argv[1], weights_only=True)
 assert set(ck) == {"model", "optimizer", "epoch", "scaler", "args"}, ck.keys()

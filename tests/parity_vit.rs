@@ -1,6 +1,7 @@
 //! models_vit.rs vs timm `VisionTransformer(global_pool='avg', fc_norm=True)` (the official
 //! global-pool model) and its cls-token variant, on official-key checkpoints written by
-//! tools/make_parity_fixtures.py; ViT-H at 448 from a 224 checkpoint through interpolate_pos_embed.
+//! tools/fixtures/make_parity_fixtures.py; ViT-H at 448 from a 224 checkpoint through
+//! interpolate_pos_embed.
 
 mod common;
 

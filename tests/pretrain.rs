@@ -114,7 +114,7 @@ fn lr_schedule_matches_official_over_a_run() {
     // epochs 5, warmup 2, 7 iterations per epoch, accum_iter 2: every value the official sets
     let code = r#"
 import sys
-sys.path.insert(0, "tools")
+sys.path.insert(0, "tools/reference")
 from pretrain_reference import adjust_learning_rate
 class A: lr, min_lr, warmup_epochs, epochs = 3e-4, 1e-6, 2, 5
 class O: param_groups = [{}, {"lr_scale": 0.37}]

@@ -1,6 +1,7 @@
 //! `mae visualize` against the demo's `run_one_image` on HuggingFace ViTMAE with the same official
-//! weights (tools/visualize_reference.py), same seed: identical inputs and masks, reconstructions
-//! within 1e-5, and the PNG: 4 panels × rows, the demo's pixels in each panel, titles drawn.
+//! weights (tools/reference/visualize_reference.py), same seed: identical inputs and masks,
+//! reconstructions within 1e-5, and the PNG: 4 panels × rows, the demo's pixels in each panel,
+//! titles drawn.
 mod common;
 
 use common::{big_model_lock, check, parity_fixtures, read_tensors};
@@ -31,7 +32,7 @@ fn check_visualize(group: &str, name: &str, images: &[&str], seed: i64, mask_rat
         want_path.to_str().unwrap(),
     ];
     args.extend(images.iter().map(String::as_str));
-    common::run_python(&common::root().join("tools/visualize_reference.py"), &args);
+    common::run_python(&common::root().join("tools/reference/visualize_reference.py"), &args);
 
     // --model left out: detected from the checkpoint
     let mut args = vec![

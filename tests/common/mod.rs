@@ -165,14 +165,14 @@ pub fn reference_tensors(script: &str, args: &[&str], out: &Path) -> HashMap<Str
 // --------------------------------------------------------------------------
 // fixtures
 
-/// The parity fixtures of GROUP (tools/make_parity_fixtures.py): generated once (the script
-/// skips groups whose stamp matches its hash); returns the fixture directory. A missing Python
-/// reference env fails the test.
+/// The parity fixtures of GROUP (tools/fixtures/make_parity_fixtures.py): generated once (the
+/// script skips groups whose stamp matches its hash); returns the fixture directory. A missing
+/// Python reference env fails the test.
 pub fn parity_fixtures(group: &str) -> PathBuf {
     static GEN: Mutex<()> = Mutex::new(());
     let _guard = GEN.lock().unwrap_or_else(|e| e.into_inner());
     let dir = root().join("target/fixtures/parity");
-    let script = root().join("tools/make_parity_fixtures.py");
+    let script = root().join("tools/fixtures/make_parity_fixtures.py");
     run_python(&script, &[s(&dir), group]);
     dir
 }
@@ -202,16 +202,16 @@ pub fn load_io(dir: &Path, name: &str) -> HashMap<String, Tensor> {
     read_tensors(&dir.join(format!("{name}.safetensors")))
 }
 
-/// The `mae eval` fixture (tools/make_eval_fixture.py, written once: the script keeps a stamp):
-/// the photo folder and its vit_base_patch16 checkpoint. The script runs once per test binary:
-/// tests run in parallel, and a second run on a fresh tree would delete the folder another test
-/// is reading.
+/// The `mae eval` fixture (tools/fixtures/make_eval_fixture.py, written once: the script keeps a
+/// stamp): the photo folder and its vit_base_patch16 checkpoint. The script runs once per test
+/// binary: tests run in parallel, and a second run on a fresh tree would delete the folder another
+/// test is reading.
 pub fn eval_fixture() -> (PathBuf, PathBuf) {
     static FIXTURE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = FIXTURE
         .get_or_init(|| {
             let dir = root().join("target/fixtures/eval");
-            run_python(&root().join("tools/make_eval_fixture.py"), &[s(&dir)]);
+            run_python(&root().join("tools/fixtures/make_eval_fixture.py"), &[s(&dir)]);
             dir
         })
         .clone();

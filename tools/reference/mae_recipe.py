@@ -35,7 +35,7 @@ What each part restates (facebookresearch/mae, timm 0.3.2 semantics):
 - engine_pretrain.py train_one_epoch(): per-iteration util/lr_sched.adjust_learning_rate,
   loss / accum_iter backward, step every accum_iter, MetricLogger global averages.
 - models_mae.py MaskedAutoencoderViT: HuggingFace ViTMAEForPreTraining (layer_norm_eps 1e-6),
-  weights mapped to / from the official keys by tools/make_parity_fixtures.py (hf_to_official /
+  weights mapped to / from the official keys by tools/fixtures/make_parity_fixtures.py (hf_to_official /
   official_to_hf, the same mapping the Rust parity tests use); random_masking's noise
   torch.rand(N, L) drawn here and passed as `noise=` (HF's argsort masking = the official one).
   models_mae.initialize_weights() / _init_weights() applied explicitly on the official keys
@@ -94,7 +94,7 @@ import torch.nn as nn
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # tools/
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import MAE, get_2d_sincos_pos_embed, hf_mae, hf_to_official, official_to_hf  # noqa: E402
 from linprobe_reference import LARS  # noqa: E402  (util/lars.py, restated once)
 

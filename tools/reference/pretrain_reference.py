@@ -3,7 +3,7 @@
 engine_pretrain.train_one_epoch runs them on one process (CPU, GradScaler disabled).
 
 Model: HuggingFace ViTMAEForPreTraining as the tiny official config, weights mapped to/from the
-official key names (tools/make_parity_fixtures.py). Optimiser: torch.optim.AdamW(betas=(0.9,
+official key names (tools/fixtures/make_parity_fixtures.py). Optimiser: torch.optim.AdamW(betas=(0.9,
 0.95)) over timm's param_groups_weight_decay (the semantics of timm 0.3.2 add_weight_decay for
 these parameters). Learning rate: util/lr_sched.adjust_learning_rate, restated below.
 Masking noise: torch.rand(N, L) from the global generator seeded with torch.manual_seed(seed)
@@ -18,7 +18,8 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import MAE, hf_mae, hf_to_official, official_to_hf, randomize, save_io  # noqa: E402
 
 NAME = "mae_vit_tiny_patch4"

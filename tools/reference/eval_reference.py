@@ -22,7 +22,7 @@ from timm.utils import accuracy
 from torchvision import datasets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_eval_fixture import official_eval_transform  # noqa: E402
 from make_parity_fixtures import timm_vit  # noqa: E402
 

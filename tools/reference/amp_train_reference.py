@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference for tests/amp_train.rs: MAE pre-training steps under
 `torch.autocast('cpu', dtype=torch.bfloat16)`, and the same steps in float32, as
-tools/pretrain_reference.py runs them (HF ViTMAE under the official keys, torch.optim.AdamW over
+tools/reference/pretrain_reference.py runs them (HF ViTMAE under the official keys, torch.optim.AdamW over
 timm's weight-decay groups, util/lr_sched.py, the same initial weights, batches and seeded
 masking noise). Only the forward (and so the loss) runs under autocast, as in
 engine_pretrain.py; backward and AdamW run outside it, on float32 weights.
@@ -14,7 +14,8 @@ PREC.w.KEY (weights after the steps), PREC.m.KEY / PREC.v.KEY (AdamW moments), a
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import MAE, hf_mae, hf_to_official, official_to_hf, randomize, save_io  # noqa: E402
 from pretrain_reference import BATCH, DEC_DEPTH, DEPTH, LR, NAME, SEED, WEIGHT_DECAY, Args, adjust_learning_rate  # noqa: E402
 
@@ -60,7 +61,7 @@ def main():
 
     torch.set_num_threads(1)
     out_path = sys.argv[1]
-    # the initial weights and batches of tools/pretrain_reference.py
+    # the initial weights and batches of tools/reference/pretrain_reference.py
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED + 1)
     init = hf_to_official(hf_mae(NAME, 0.75, False).state_dict(), DEPTH, DEC_DEPTH)

@@ -12,7 +12,8 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import randomize, save_io, timm_vit  # noqa: E402
 from finetune_reference import adjust_learning_rate  # noqa: E402
 
