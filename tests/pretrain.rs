@@ -115,7 +115,7 @@ fn lr_schedule_matches_official_over_a_run() {
     let code = r#"
 import sys
 sys.path.insert(0, "tools/reference")
-from pretrain_reference import adjust_learning_rate
+from official import adjust_learning_rate
 class A: lr, min_lr, warmup_epochs, epochs = 3e-4, 1e-6, 2, 5
 class O: param_groups = [{}, {"lr_scale": 0.37}]
 for epoch in range(5):
