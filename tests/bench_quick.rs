@@ -34,7 +34,10 @@ fn bench_quick_prints_every_row_with_a_finite_ratio() {
         "tools/bench/bench.sh --quick failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    eprintln!("tools/bench/bench.sh --quick: {:.0} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "tools/bench/bench.sh --quick: {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let table = std::fs::read_to_string(out_dir.join("table.md")).expect("table.md");
     assert!(stdout.contains(table.trim()), "the table is printed last");

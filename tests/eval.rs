@@ -32,7 +32,10 @@ fn eval_matches_reference_pipeline() {
     ];
     let mut args = common_args.to_vec();
     args.extend(["--save_logits", ref_logits.to_str().unwrap()]);
-    let reference = common::run_python(&common::root().join("tools/reference/eval_reference.py"), &args);
+    let reference = common::run_python(
+        &common::root().join("tools/reference/eval_reference.py"),
+        &args,
+    );
 
     let mut args = common_args.to_vec();
     args.extend(["--save_logits", our_logits.to_str().unwrap()]);

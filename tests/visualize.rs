@@ -32,7 +32,10 @@ fn check_visualize(group: &str, name: &str, images: &[&str], seed: i64, mask_rat
         want_path.to_str().unwrap(),
     ];
     args.extend(images.iter().map(String::as_str));
-    common::run_python(&common::root().join("tools/reference/visualize_reference.py"), &args);
+    common::run_python(
+        &common::root().join("tools/reference/visualize_reference.py"),
+        &args,
+    );
 
     // --model left out: detected from the checkpoint
     let mut args = vec![

@@ -211,7 +211,10 @@ pub fn eval_fixture() -> (PathBuf, PathBuf) {
     let dir = FIXTURE
         .get_or_init(|| {
             let dir = root().join("target/fixtures/eval");
-            run_python(&root().join("tools/fixtures/make_eval_fixture.py"), &[s(&dir)]);
+            run_python(
+                &root().join("tools/fixtures/make_eval_fixture.py"),
+                &[s(&dir)],
+            );
             dir
         })
         .clone();
