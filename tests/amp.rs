@@ -1,18 +1,14 @@
-//! Mixed precision (src/util/amp.rs over libtorch's autocast): the guard turns CPU bf16 autocast
-//! on and restores the previous state; ViT logits in bf16 against our fp32 and against PyTorch's
-//! own `torch.autocast('cpu', dtype=torch.bfloat16)` on the same timm model, weights and input
-//! (tools/amp_reference.py on the parity fixtures); `mae eval` / `mae visualize --precision bf16`
-//! against fp32.
+//! Mixed precision (src/util/amp.rs over libtorch's autocast): the guard turns CPU bf16 autocast on
+//! and restores the previous state; ViT logits in bf16 against our fp32 and against PyTorch's own
+//! `torch.autocast('cpu', dtype=torch.bfloat16)` on the same timm model, weights and input
+//! (tools/reference/amp_reference.py on the parity fixtures); `mae eval` /
+//! `mae visualize --precision bf16` against fp32.
 
-mod parity_common;
+mod common;
 
-use std::collections::HashMap;
-use std::process::{Command, Output};
-
+use common::{big_model_lock, check, load_checkpoint, load_io, parity_fixtures, rel_err};
 use mae::models_vit::{self, VitConfig};
 use mae::util::amp::{self, Precision};
-use parity_common::common;
-use parity_common::{big_model_lock, check, fixtures, load_checkpoint, load_io, rel_err};
 use tch::{nn, Device, Kind, Tensor};
 
 const CPU: Device = Device::Cpu;
@@ -62,11 +58,11 @@ fn autocast_is_per_thread() {
 /// Our logits in fp32 and under the bf16 guard, and PyTorch's in fp32 and under CPU bf16
 /// autocast, for the fixture checkpoint TAG; returns (bf16 vs fp32, ours vs torch in bf16).
 fn check_vit(group: &str, name: &str, tag: &str, img: i64, num_classes: i64) -> (f64, f64) {
-    let dir = fixtures(group);
+    let dir = parity_fixtures(group);
     let io = load_io(&dir, &format!("{tag}_io"));
     let out = common::scratch("amp").join(format!("{tag}_torch.safetensors"));
-    common::run_python(
-        &common::root().join("tools/amp_reference.py"),
+    let torch = common::reference_tensors(
+        "tools/reference/amp_reference.py",
         &[
             dir.to_str().unwrap(),
             name,
@@ -74,13 +70,9 @@ fn check_vit(group: &str, name: &str, tag: &str, img: i64, num_classes: i64) -> 
             &img.to_string(),
             &num_classes.to_string(),
             "1",
-            out.to_str().unwrap(),
         ],
+        &out,
     );
-    let torch: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
 
     let mut vs = nn::VarStore::new(CPU);
     let cfg = VitConfig {
@@ -135,30 +127,9 @@ fn vit_base_bf16_vs_fp32_and_torch_autocast() {
     );
 }
 
-fn mae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .expect("running mae")
-}
-
-fn stdout_of(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// `* Acc@1 A Acc@5 B loss L` as numbers.
 fn summary(stdout: &str) -> [f64; 3] {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("* Acc@1"))
-        .unwrap_or_else(|| panic!("no '* Acc@1' line in:\n{stdout}"));
+    let line = common::acc_line(stdout);
     let w: Vec<&str> = line.split_whitespace().collect();
     [w[2], w[4], w[6]].map(|v| v.parse().unwrap())
 }
@@ -183,8 +154,8 @@ fn eval_bf16_accuracy_matches_fp32() {
             "--precision",
             precision,
         ];
-        summary(&stdout_of(
-            &mae(&args),
+        summary(&common::stdout_ok(
+            &common::mae_output(&args),
             &format!("mae eval --precision {precision}"),
         ))
     };
@@ -206,7 +177,7 @@ fn eval_bf16_accuracy_matches_fp32() {
 
 #[test]
 fn visualize_bf16_reconstruction_matches_fp32() {
-    let dir = fixtures("tiny");
+    let dir = parity_fixtures("tiny");
     let scratch = common::scratch("amp_visualize");
     let image = common::shared_image("chelsea.png");
     let ckpt = dir.join("mae_vit_tiny_patch4.pth");
@@ -230,13 +201,11 @@ fn visualize_bf16_reconstruction_matches_fp32() {
             "--precision",
             precision,
         ];
-        stdout_of(
-            &mae(&args),
+        common::stdout_ok(
+            &common::mae_output(&args),
             &format!("mae visualize --precision {precision}"),
         );
-        let t: HashMap<String, Tensor> =
-            Tensor::read_safetensors(&st).unwrap().into_iter().collect();
-        t
+        common::read_tensors(&st)
     };
     let (fp32, bf16) = (run("fp32"), run("bf16"));
     assert!(fp32["mask"].equal(&bf16["mask"]), "same seed, same masks");
@@ -249,7 +218,7 @@ fn visualize_bf16_reconstruction_matches_fp32() {
 fn fp16_on_cpu_is_refused() {
     for args in [&["eval"][..], &["visualize", "--image", "x.png"]] {
         let cmd = args[0];
-        let out = mae(&[args, &["--device", "cpu", "--precision", "fp16"]].concat());
+        let out = common::mae_output(&[args, &["--device", "cpu", "--precision", "fp16"]].concat());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(

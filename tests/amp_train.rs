@@ -1,32 +1,22 @@
 //! Mixed precision in training (`--precision` of `mae pretrain`/`finetune`/`linprobe`): bf16
 //! pre-training steps against PyTorch's `torch.autocast('cpu', dtype=torch.bfloat16)` on the
-//! reference of tests/pretrain_parity.rs (tools/amp_train_reference.py), with float32 master
-//! weights, gradients and AdamW state; a bf16 pre-training loss curve on Fashion-MNIST against
-//! fp32; `mae eval --precision bf16` of the shipped fine-tuned Fashion-MNIST ViT against fp32.
+//! reference of tests/parity_pretrain.rs (tools/reference/amp_train_reference.py), with float32
+//! master weights, gradients and AdamW state; a bf16 pre-training loss curve on Fashion-MNIST
+//! against fp32; `mae eval --precision bf16` of the shipped fine-tuned Fashion-MNIST ViT against
+//! fp32.
 
-#[path = "common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use clap::ValueEnum;
-use mae::engine_pretrain::train_one_epoch;
+use common::rel_err;
 use mae::engine_pretrain::Args;
-use mae::models_mae::{self, MaeConfig};
+use mae::models_mae::MaeConfig;
 use mae::util::amp::Precision;
 use mae::util::lr_sched::LrArgs;
-use mae::util::misc::NativeScalerWithGradNormCount;
-use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
-use mae::util::state_dict::load_state_dict;
-use tch::{nn, Device, Kind, Tensor};
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
-}
+use mae::util::optim::named_parameters;
+use tch::{Kind, Tensor};
 
 /// Two AdamW steps of the tiny MAE under `--precision fp32` and `bf16`, each against PyTorch at
 /// the same precision. bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ≈ 2e-3 per
@@ -34,23 +24,16 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 /// 2e-6); the AdamW moments (the gradients) to 2e-2, a few times PyTorch's own bf16-vs-fp32
 /// difference (measured: 5e-3 against torch bf16, whose bf16-vs-fp32 difference is 7e-3); the
 /// weights after two steps of lr ~1e-3 to 5e-3 (measured: 7e-4). fp32 is held to the 1e-5 of
-/// tests/pretrain_parity.rs.
+/// tests/parity_pretrain.rs.
 #[test]
 fn bf16_steps_match_torch_autocast() {
     let dir = common::scratch("amp_train");
-    let out = dir.join("reference.safetensors");
-    common::run_python(
-        &common::root().join("tools/amp_train_reference.py"),
-        &[out.to_str().unwrap()],
+    let r = common::reference_tensors(
+        "tools/reference/amp_train_reference.py",
+        &[],
+        &dir.join("reference.safetensors"),
     );
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
-    let init: Vec<(String, Tensor)> = r
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("init.")?.to_string(), v.shallow_clone())))
-        .collect();
+    let init = common::with_prefix(&r, "init.");
     let batches = &r["batches"];
     let mut report = Vec::new();
     for (prec, tol_loss, tol_m, tol_w) in [("fp32", 1e-5, 1e-5, 1e-5), ("bf16", 1e-2, 2e-2, 5e-3)] {
@@ -66,31 +49,13 @@ fn bf16_steps_match_torch_autocast() {
                 epochs: 4,
             },
         };
-        let mut vs = nn::VarStore::new(Device::Cpu);
-        let model =
-            models_mae::build("mae_vit_tiny_patch4", &vs.root(), MaeConfig::default()).unwrap();
-        load_state_dict(
-            &mut vs,
-            init.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
-            true,
-        )
-        .unwrap();
-        let groups = add_weight_decay(named_parameters(&vs), 0.05, &[]); // the default --weight_decay
-        let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
-        let mut scaler = NativeScalerWithGradNormCount::new(false);
-        let data: Vec<_> = (0..batches.size()[0]).map(|i| Ok(batches.get(i))).collect();
-        tch::manual_seed(7);
-        let stats = train_one_epoch(
-            &model,
-            data.into_iter(),
-            &mut optimizer,
-            Device::Cpu,
-            1,
-            &mut scaler,
-            None,
-            &args,
-        )
-        .unwrap();
+        let data = (0..batches.size()[0]).map(|i| batches.get(i)).collect();
+        let common::PretrainRun {
+            vs,
+            optimizer,
+            stats,
+            ..
+        } = common::pretrain_steps(&args, MaeConfig::default(), &init, data, 1, 7);
 
         let want_loss = Vec::<f64>::try_from(&r[&format!("{prec}.loss")]).unwrap();
         let mut loss_err = 0f64;
@@ -137,20 +102,13 @@ fn bf16_steps_match_torch_autocast() {
     println!("{}", report.join("\n"));
 }
 
-/// `mae ARGS` (the binary under test, one thread); its stdout, or a panic with its stderr.
+/// `mae ARGS` (the binary under test, one thread); its stdout, or a panic with its output.
 fn mae(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
+    let out = common::mae_command(args)
         .env("OMP_NUM_THREADS", "1")
-        .current_dir(common::root())
         .output()
         .expect("running mae");
-    assert!(
-        out.status.success(),
-        "mae {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::stdout_ok(&out, &format!("mae {args:?}"))
 }
 
 /// The per-iteration losses of one `mae pretrain` epoch of the mini MAE on the first 4096
@@ -239,16 +197,12 @@ fn eval_fmnist(dir: &Path, precision: &str) -> (f64, Tensor) {
         "--save_logits", logits.to_str().unwrap(),
     ]);
     assert!(out.contains("on the 10000 test images"), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("* Acc@1"))
-        .expect("an Acc@1 line");
+    let line = common::acc_line(&out);
     let acc1 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-    let t: HashMap<String, Tensor> = Tensor::read_safetensors(&logits)
-        .unwrap()
-        .into_iter()
-        .collect();
-    (acc1, t["logits"].shallow_clone())
+    (
+        acc1,
+        common::read_tensors(&logits)["logits"].shallow_clone(),
+    )
 }
 
 /// The shipped fine-tuned Fashion-MNIST ViT (weights/README.md, fp32 Acc@1 86.64, far above the
@@ -312,11 +266,7 @@ fn precision_flag_on_every_subcommand() {
             cmd, "--dataset", "fashion_mnist", "--model", model, "--input_size", "32",
             "--device", "cpu", "--precision", "fp16", "--output_dir", "",
         ];
-        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-            .args(args)
-            .current_dir(common::root())
-            .output()
-            .expect("running mae");
+        let out = common::mae_output(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),

@@ -1,7 +1,7 @@
 //! Every numeric flag of every subcommand, fed a value that makes no sense, stops `mae` before
 //! any data or model is built with one line naming the flag, the value and the accepted range;
 //! never a panic (libtorch's `narrow(): length must be non-negative` for `--mask_ratio 1.5` was).
-use std::process::Command;
+mod common;
 
 /// (subcommand and flags, the error line expected on stderr)
 const CASES: &[(&[&str], &str)] = &[
@@ -88,8 +88,7 @@ const CASES: &[(&[&str], &str)] = &[
 ];
 
 fn mae(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
+    let out = common::mae_command(args)
         // a path that does not exist: had the check come after the data, the error would name it
         .args(["--data_path", "/nonexistent/arg_ranges"])
         .env("RUST_BACKTRACE", "0")
@@ -106,8 +105,7 @@ fn every_bad_value_is_one_line_naming_flag_value_and_range() {
         let args: Vec<&str> = args.to_vec();
         // visualize has no --data_path: give it a missing checkpoint instead
         let (code, stderr) = if args[0] == "visualize" {
-            let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-                .args(&args)
+            let out = common::mae_command(&args)
                 .args(["--checkpoint", "/nonexistent/arg_ranges.pth"])
                 .output()
                 .unwrap();

@@ -1,10 +1,7 @@
 //! Fine-tuning augmentations against timm: Mixup / CutMix given the same λ and box give timm's
 //! mixed images and soft targets exactly; RandomErasing's geometry and fill statistics.
 
-#[path = "common/mod.rs"]
 mod common;
-
-use std::collections::HashMap;
 
 use mae::timm::mixup::{mixup_target, mixup_target_per_sample, Mixup};
 use mae::timm::random_erasing::RandomErasing;
@@ -36,10 +33,7 @@ save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[1])
 fn mixup_and_cutmix_equal_timm_given_lam_and_box() {
     let out = common::scratch("augment").join("mixup.safetensors");
     common::run_python_code(TIMM_MIXUP, &[out.to_str().unwrap()]);
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let r = common::read_tensors(&out);
     let (x, t) = (&r["x"], &r["t"]);
 
     let mut xm = x.copy();
@@ -85,10 +79,7 @@ save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[1])
 fn per_sample_mixup_modes_equal_timm_given_lams_and_boxes() {
     let out = common::scratch("augment").join("mixup_per_sample.safetensors");
     common::run_python_code(TIMM_MIXUP_PER_SAMPLE, &[out.to_str().unwrap()]);
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let r = common::read_tensors(&out);
     let (x, t) = (&r["x"], &r["t"]);
     let lams = [0.7f32, 1.0, 0.6, 0.3, 0.9, 1.0, 0.55, 0.8];
     let cuts = [false, false, true, false, true, true, false, false];

@@ -3,7 +3,6 @@
 //! the arguments equal, the images within 2 grey levels (per-op figures printed); and the
 //! sampling rules (ops uniform, probability 0.5, magnitude N(9, 0.5) clipped).
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -83,10 +82,7 @@ fn ops_match_timm_within_two_levels() {
             args.to_str().unwrap(),
         ],
     );
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let r = common::read_tensors(&out);
     let want_args: HashMap<String, Vec<f64>> =
         serde_json::from_str(&std::fs::read_to_string(&args).unwrap()).unwrap();
     let img = to_image(&r["input"]);

@@ -1,7 +1,7 @@
-//! `tools/bench.sh --quick` (issue 7) runs end to end: it exits 0 and its markdown table has every
-//! Rust-against-PyTorch row with finite, positive times and ratio, and a section for each of the
-//! other drivers (their output, or the marker of a hook still waiting for its script). A benchmark
-//! is never a timed test: nothing here asserts a speed.
+//! `tools/bench/bench.sh --quick` (issue 7) runs end to end: it exits 0 and its markdown table has
+//! every Rust-against-PyTorch row with finite, positive times and ratio, and a section for each of
+//! the other drivers (their output, or the marker of a hook still waiting for its script). A
+//! benchmark is never a timed test: nothing here asserts a speed.
 
 mod common;
 
@@ -21,20 +21,23 @@ fn bench_quick_prints_every_row_with_a_finite_ratio() {
     let out_dir = common::scratch("bench_quick");
     let t = Instant::now();
     let out = Command::new("bash")
-        .arg(common::root().join("tools/bench.sh"))
+        .arg(common::root().join("tools/bench/bench.sh"))
         .arg("--quick")
         .env("OUT", &out_dir)
         .current_dir(common::root())
         .output()
-        .expect("running tools/bench.sh");
+        .expect("running tools/bench/bench.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "tools/bench.sh --quick failed ({}):\n{stdout}\n{stderr}",
+        "tools/bench/bench.sh --quick failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    eprintln!("tools/bench.sh --quick: {:.0} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "tools/bench/bench.sh --quick: {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let table = std::fs::read_to_string(out_dir.join("table.md")).expect("table.md");
     assert!(stdout.contains(table.trim()), "the table is printed last");

@@ -1,5 +1,6 @@
-//! `util::checkpoint` against files written by PyTorch (tools/make_official_checkpoints.py),
-//! files PyTorch must read back, and hostile or broken files.
+//! `util::checkpoint` against files written by PyTorch
+//! (tools/fixtures/make_official_checkpoints.py), files PyTorch must read back, and hostile or
+//! broken files.
 //!
 //! Fixtures go to target/fixtures/checkpoint (about 7.5 GB, generated once, ~40 s). Without the
 //! Python env (.venv) the Python-backed tests are skipped, unless CI=true, where they fail.
@@ -11,34 +12,15 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn python() -> Option<PathBuf> {
-    let py = Path::new(ROOT).join(".venv/bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} is missing",
-        py.display()
-    );
-    eprintln!("skipping: {} is missing (run tools/setup.sh)", py.display());
-    None
-}
-
-fn run_python(args: &[&str]) -> String {
-    let py = python().expect("python");
+/// `tools/fixtures/make_official_checkpoints.py args…`; its stdout and stderr.
+fn make_official_checkpoints(args: &[&str]) -> String {
+    let py = common::python_or_skip().expect("python");
     let out = Command::new(py)
-        .arg(Path::new(ROOT).join("tools/make_official_checkpoints.py"))
+        .arg(common::root().join("tools/fixtures/make_official_checkpoints.py"))
         .args(args)
         .output()
-        .expect("running tools/make_official_checkpoints.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("running tools/fixtures/make_official_checkpoints.py");
+    let text = common::output_text(&out);
     assert!(
         out.status.success(),
         "make_official_checkpoints.py {args:?} failed:\n{text}"
@@ -50,36 +32,12 @@ fn run_python(args: &[&str]) -> String {
 fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
-        python()?;
-        let dir = Path::new(ROOT).join("target/fixtures/checkpoint");
-        run_python(&["generate", dir.to_str().unwrap()]);
+        common::python_or_skip()?;
+        let dir = common::root().join("target/fixtures/checkpoint");
+        make_official_checkpoints(&["generate", dir.to_str().unwrap()]);
         Some(dir)
     })
     .as_deref()
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = Path::new(ROOT).join("target/tmp/checkpoint").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn bytes_of(t: &Tensor) -> Vec<u8> {
-    let t = if t.kind() == Kind::Bool {
-        t.to_kind(Kind::Uint8)
-    } else {
-        t.shallow_clone()
-    };
-    let t = t.contiguous();
-    let n = t.numel() * t.kind().elt_size_in_bytes();
-    let mut v = vec![0u8; n];
-    if n > 0 {
-        t.reshape([-1])
-            .view_dtype(Kind::Uint8)
-            .copy_data_u8(&mut v, n);
-    }
-    v
 }
 
 /// Tensors by path: dict keys and list indices joined by '/', as the Python manifest.
@@ -176,7 +134,7 @@ fn check_against_manifest(name: &str, root: &Value) -> serde_json::Value {
             );
         }
         assert_eq!(
-            crc32fast::hash(&bytes_of(t)) as u64,
+            crc32fast::hash(&common::bytes_of(t)) as u64,
             e["crc32"].as_u64().unwrap(),
             "{name}: {path} values"
         );
@@ -246,7 +204,7 @@ fn base_checkpoints_from_python_are_bit_exact() {
                 .unwrap();
             let st: HashMap<String, Tensor> = st.into_iter().collect();
             for (k, t) in &sd {
-                assert_eq!(bytes_of(t), bytes_of(&st[k]), "{name}: {k}");
+                assert_eq!(common::bytes_of(t), common::bytes_of(&st[k]), "{name}: {k}");
             }
         }
     }
@@ -271,7 +229,7 @@ fn large_and_huge_checkpoints_from_python_are_bit_exact() {
 #[test]
 fn python_to_rust_to_python_round_trip() {
     let Some(dir) = fixtures() else { return };
-    let tmp = tmp_dir("py_rust_py");
+    let tmp = common::tmp_dir("checkpoint", "py_rust_py");
     for name in [
         "mae_vit_base_patch16_bf16",
         "mae_vit_base_patch16_f16",
@@ -280,14 +238,15 @@ fn python_to_rust_to_python_round_trip() {
         let src = dir.join(format!("{name}.pth"));
         let out = tmp.join(format!("{name}.pth"));
         checkpoint::save(&out, &checkpoint::load(&src).unwrap()).unwrap();
-        let text = run_python(&["compare", src.to_str().unwrap(), out.to_str().unwrap()]);
+        let text =
+            make_official_checkpoints(&["compare", src.to_str().unwrap(), out.to_str().unwrap()]);
         assert!(text.contains("bit-identical"), "{text}");
         // And Rust reads its own file back identically.
         check_against_manifest(name, &checkpoint::load(&out).unwrap());
     }
 }
 
-/// The values tools/make_official_checkpoints.py `pattern` expects.
+/// The values tools/fixtures/make_official_checkpoints.py `pattern` expects.
 fn pattern(kind: Kind, shape: &[i64]) -> Tensor {
     let n: i64 = shape.iter().product();
     let i = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));
@@ -305,10 +264,10 @@ fn pattern(kind: Kind, shape: &[i64]) -> Tensor {
 
 #[test]
 fn rust_to_python_round_trip() {
-    if python().is_none() {
+    if common::python_or_skip().is_none() {
         return;
     }
-    let tmp = tmp_dir("rust_py");
+    let tmp = common::tmp_dir("checkpoint", "rust_py");
     let kinds = [
         Kind::Float,
         Kind::Half,
@@ -341,7 +300,8 @@ fn rust_to_python_round_trip() {
     let st = tmp.join("rust.safetensors");
     checkpoint::save_state_dict(&pth, &sd).unwrap();
     checkpoint::save_safetensors(&st, &sd).unwrap();
-    let text = run_python(&["check-rust", pth.to_str().unwrap(), st.to_str().unwrap()]);
+    let text =
+        make_official_checkpoints(&["check-rust", pth.to_str().unwrap(), st.to_str().unwrap()]);
     assert!(text.contains("bit-identical"), "{text}");
     // Rust reads both back bit-exactly too.
     for path in [&pth, &st] {
@@ -352,7 +312,7 @@ fn rust_to_python_round_trip() {
         for (k, t) in &sd {
             assert_eq!(back[k].kind(), t.kind(), "{k}");
             assert_eq!(back[k].size(), t.size(), "{k}");
-            assert_eq!(bytes_of(&back[k]), bytes_of(t), "{k}");
+            assert_eq!(common::bytes_of(&back[k]), common::bytes_of(t), "{k}");
         }
     }
 
@@ -363,7 +323,7 @@ fn rust_to_python_round_trip() {
         .collect();
     checkpoint::save_state_dict(&pth, &sd).unwrap();
     checkpoint::save_safetensors(&st, &sd).unwrap();
-    let text = run_python(&[
+    let text = make_official_checkpoints(&[
         "check-rust",
         pth.to_str().unwrap(),
         st.to_str().unwrap(),
@@ -428,7 +388,7 @@ fn tensor_pickle(numel: u8) -> Vec<u8> {
 }
 
 fn expect_error(name: &str, bytes: &[u8], wanted: &[&str]) {
-    let dir = Path::new(ROOT).join("target/tmp/checkpoint/hostile");
+    let dir = common::root().join("target/tmp/checkpoint/hostile");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -460,7 +420,7 @@ fn valid_hand_made_zip_loads() {
         ],
         None,
     );
-    let dir = tmp_dir("hand_made");
+    let dir = common::tmp_dir("checkpoint", "hand_made");
     std::fs::write(dir.join("ok.pth"), &bytes).unwrap();
     let sd = checkpoint::load_state_dict(&dir.join("ok.pth")).unwrap();
     assert_eq!(sd[0].0, "w");
@@ -472,7 +432,7 @@ fn valid_hand_made_zip_loads() {
 
 #[test]
 fn truncated_files_are_refused() {
-    let dir = tmp_dir("truncated_src");
+    let dir = common::tmp_dir("checkpoint", "truncated_src");
     let sd = vec![(
         "a".to_string(),
         Tensor::arange(1000, (Kind::Float, tch::Device::Cpu)),
@@ -508,7 +468,7 @@ fn flipped_pickle_byte_is_refused() {
         for x in [0x01, 0x80, 0xff] {
             let mut p = pkl.clone();
             p[i] ^= x;
-            let path = tmp_dir("flip_each").join("f.pth");
+            let path = common::tmp_dir("checkpoint", "flip_each").join("f.pth");
             std::fs::write(&path, zip(&[("a/data.pkl", &p), ("a/data/0", &data)], None)).unwrap();
             let _ = checkpoint::load(&path);
         }
@@ -517,7 +477,7 @@ fn flipped_pickle_byte_is_refused() {
 
 #[test]
 fn os_system_is_refused_and_not_run() {
-    let marker = Path::new(ROOT).join("target/tmp/checkpoint/pwned");
+    let marker = common::root().join("target/tmp/checkpoint/pwned");
     let _ = std::fs::remove_file(&marker);
     let cmd = format!("touch {}", marker.display());
     let mut p = b"\x80\x02cos\nsystem\nX".to_vec();
@@ -572,7 +532,7 @@ fn builtins_eval_is_refused() {
 fn unknown_globals_stay_opaque() {
     // A Namespace-like class that is merely referenced: printed, never called.
     let p = b"\x80\x02}X\x01\x00\x00\x00acmymodule\nThing\n)\x81}X\x01\x00\x00\x00xK\x05sbs.";
-    let dir = tmp_dir("opaque");
+    let dir = common::tmp_dir("checkpoint", "opaque");
     std::fs::write(dir.join("o.pth"), zip(&[("a/data.pkl", p)], None)).unwrap();
     let v = checkpoint::load(&dir.join("o.pth")).unwrap();
     assert_eq!(v.to_string(), "{'a': mymodule.Thing(x=5)}");
@@ -703,8 +663,7 @@ fn inspect_names_the_model_of_every_reference_checkpoint() {
     ];
     for (name, model_line, dtype) in cases {
         let path = dir.join(format!("{name}.pth"));
-        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-            .arg("inspect")
+        let out = common::mae_command(&["inspect"])
             .arg(&path)
             .output()
             .unwrap();
@@ -727,8 +686,7 @@ fn inspect_names_the_model_of_every_reference_checkpoint() {
         );
     }
     // Training checkpoints: the extras are shown, argparse.Namespace as an opaque value.
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("inspect")
+    let out = common::mae_command(&["inspect"])
         .arg(dir.join("mae_vit_base_patch16_f32.pth"))
         .output()
         .unwrap();
@@ -746,11 +704,10 @@ fn inspect_names_the_model_of_every_reference_checkpoint() {
 /// A broken file makes `mae inspect` exit non-zero with the file named, without a panic.
 #[test]
 fn inspect_reports_bad_files() {
-    let d = tmp_dir("inspect_bad");
+    let d = common::tmp_dir("checkpoint", "inspect_bad");
     let bad = d.join("broken.pth");
     std::fs::write(&bad, b"PK\x03\x04 not really a zip").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("inspect")
+    let out = common::mae_command(&["inspect"])
         .arg(&bad)
         .output()
         .unwrap();
@@ -767,8 +724,7 @@ fn inspect_reports_bad_files() {
 fn inspect_checks_keys_against_a_model() {
     let Some(dir) = fixtures() else { return };
     let run = |file: &str, extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-            .arg("inspect")
+        let out = common::mae_command(&["inspect"])
             .arg(dir.join(file))
             .args(extra)
             .output()
@@ -822,11 +778,10 @@ fn inspect_checks_keys_against_a_model() {
 /// A file named like an official checkpoint must carry the published md5 prefix.
 #[test]
 fn inspect_verifies_official_md5_prefixes() {
-    let d = tmp_dir("inspect_md5");
+    let d = common::tmp_dir("checkpoint", "inspect_md5");
     let fake = d.join("mae_pretrain_vit_base.pth");
     std::fs::write(&fake, b"abc").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("inspect")
+    let out = common::mae_command(&["inspect"])
         .arg(&fake)
         .output()
         .unwrap();

@@ -4,7 +4,6 @@
 //! says which entry it used and what it stripped; the tensors are the original ones.
 mod common;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const PRETRAINED: &str = "weights/mae_pretrain_fmnist_mini_patch4.pth";
 
@@ -70,8 +69,7 @@ fn write_containers() -> PathBuf {
 }
 
 fn inspect(path: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("inspect")
+    let out = common::mae_command(&["inspect"])
         .arg(path)
         .output()
         .unwrap();

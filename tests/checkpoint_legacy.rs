@@ -5,7 +5,6 @@
 //! `mae inspect`; cut short anywhere, a file is an error, never a panic.
 mod common;
 use std::path::PathBuf;
-use std::process::Command;
 
 use mae::util::checkpoint::{self, Value};
 
@@ -68,8 +67,7 @@ fn legacy_gives_the_zip_formats_tensors() {
 
 #[test]
 fn inspect_detects_a_legacy_mae_checkpoint() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("inspect")
+    let out = common::mae_command(&["inspect"])
         .arg(files().join("mae_legacy.pth"))
         .output()
         .unwrap();

@@ -3,7 +3,6 @@
 //! unchanged with `mae <subcommand>`.
 mod common;
 use std::collections::BTreeMap;
-use std::process::Command;
 
 fn official(script: &str) -> serde_json::Map<String, serde_json::Value> {
     let path = common::root().join("tests/data/reference/official_args.json");
@@ -17,10 +16,7 @@ fn official(script: &str) -> serde_json::Map<String, serde_json::Value> {
 
 /// `--flag` → default as clap prints it (`None` for flags without a value or default).
 fn help_defaults(subcommand: &str) -> BTreeMap<String, Option<String>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args([subcommand, "--help"])
-        .output()
-        .unwrap();
+    let out = common::mae_output(&[subcommand, "--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     // clap puts the help (and its `[default: …]`) after the flag, or on the next lines when

@@ -3,7 +3,8 @@
 //! closure loader's batches; the prefetch queue is bounded and keeps the order; the sequential
 //! mode keeps the last short batch.
 mod common;
-use std::path::{Path, PathBuf};
+use common::{shared_image, PHOTOS};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -15,27 +16,12 @@ use mae::util::crop::get_params;
 use mae::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
 use turbojpeg::Subsamp;
 
-const PHOTOS: [&str; 6] = [
-    "chelsea.png",
-    "chelsea_q90.jpg",
-    "coffee.png",
-    "coffee_q75_progressive.jpg",
-    "astronaut.png",
-    "rocket.jpg",
-];
-
-fn photo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/images")
-        .join(name)
-}
-
 /// The shared JPEGs as they are, and every shared photo re-encoded with each chroma subsampling
 /// (iMCUs of 8×8, 16×8, 16×16, 8×16 pixels, and grey).
 fn jpegs() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for name in PHOTOS {
-        let path = photo(name);
+        let path = shared_image(name);
         if name.ends_with(".jpg") {
             out.push((
                 name.to_string(),
@@ -118,7 +104,7 @@ fn folder() -> PathBuf {
                     let dst = dir.join(format!("{copy}_{name}"));
                     if !dst.exists() {
                         let tmp = dir.join(format!(".{copy}_{name}.tmp"));
-                        std::fs::copy(photo(name), &tmp).expect("copying a photo");
+                        std::fs::copy(shared_image(name), &tmp).expect("copying a photo");
                         std::fs::rename(&tmp, &dst).expect("renaming a copied photo");
                     }
                 }
@@ -261,7 +247,7 @@ fn resized_crop_without_copy_equals_crop_then_resize() {
     use mae::torchvision::pil::{resize, Filter};
     use mae::torchvision::transforms::{crop, resized_crop};
     for name in PHOTOS {
-        let img = pil_loader(&photo(name)).expect("photo");
+        let img = pil_loader(&shared_image(name)).expect("photo");
         let (w, h) = (img.width(), img.height());
         for k in 0..30 {
             let mut rng = SampleRng::new(5, 0, k);

@@ -4,7 +4,6 @@
 //! a killed or hung rank, a port in use, mismatched world sizes, and a Rust rank and a Python
 //! torch.distributed rank in one group.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::io::Read;
@@ -12,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{s, stdout_ok};
 use mae::util::distributed::{DistributedSampler, ProcessGroup};
 use tch::{Kind, Tensor};
 
@@ -21,22 +21,10 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// `mae args…` with no launcher variables from the caller's environment.
+/// `mae args…` with one thread and no launcher variables from the caller's environment.
 fn mae(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mae"));
-    c.args(args).env("OMP_NUM_THREADS", "1");
-    for k in [
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "SLURM_PROCID",
-        "OMPI_COMM_WORLD_RANK",
-        "TORCHELASTIC_USE_AGENT_STORE",
-    ] {
-        c.env_remove(k);
-    }
+    let mut c = common::mae_command(args);
+    common::without_launcher(&mut c);
     c
 }
 
@@ -49,16 +37,6 @@ fn rank_cmd(args: &[&str], rank: usize, world: usize, port: u16) -> Command {
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string());
     c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Runs `world` ranks of `mae args…`; returns rank 0's stdout.
@@ -79,7 +57,7 @@ fn run_ranks(args: &[&str], world: usize) -> String {
         .collect();
     let mut stdout = String::new();
     for (r, out) in outs.into_iter().enumerate() {
-        let s = ok(out, &format!("rank {r} of mae {args:?}"));
+        let s = stdout_ok(&out, &format!("rank {r} of mae {args:?}"));
         if r == 0 {
             stdout = s;
         }
@@ -101,10 +79,6 @@ fn image_folder(root: &Path, split: &str, n: usize) {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
     let dir = common::scratch("distributed_pretrain");
@@ -112,30 +86,7 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
     let _ = std::fs::remove_dir_all(dir.join("two"));
     let (one, two) = (dir.join("one"), dir.join("two"));
     // 12 images: 3 steps of 4 in one process, 3 steps of 2 on each of 2 ranks
-    let common_args = [
-        "pretrain",
-        "--dataset",
-        "fashion_mnist",
-        "--train_subset",
-        "12",
-        "--model",
-        "mae_vit_tiny_patch4",
-        "--input_size",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup_epochs",
-        "1",
-        "--blr",
-        "1e-1",
-        "--norm_pix_loss",
-        "--num_workers",
-        "1",
-        "--device",
-        "cpu",
-        "--seed",
-        "5",
-    ];
+    let common_args = common::PRETRAIN_12;
     let mut args1 = common_args.to_vec();
     let (tb1, tb2) = (one.join("tb"), two.join("tb"));
     args1.extend([
@@ -146,16 +97,11 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
         "--log_dir",
         s(&tb1),
     ]);
-    let out1 = ok(mae(&args1).output().unwrap(), "mae pretrain (1 process)");
+    let out1 = stdout_ok(&mae(&args1).output().unwrap(), "mae pretrain (1 process)");
     assert!(out1.contains("effective batch size: 4"), "{out1}");
 
     // torchrun --no-python --nproc_per_node 2 mae pretrain …
-    let torchrun = common::root().join(".venv/bin/torchrun");
-    assert!(
-        torchrun.exists(),
-        "{} is missing: run tools/setup.sh",
-        torchrun.display()
-    );
+    let torchrun = common::torchrun();
     let mut args2 = common_args.to_vec();
     args2.extend([
         "--batch_size",
@@ -181,7 +127,7 @@ fn pretrain_two_ranks_by_torchrun_equal_one_process_with_the_whole_batch() {
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
-    let out2 = ok(out2, "torchrun mae pretrain (2 ranks)");
+    let out2 = stdout_ok(&out2, "torchrun mae pretrain (2 ranks)");
     let wall = t.elapsed().as_secs_f64();
     assert!(out2.contains("effective batch size: 4"), "{out2}");
     assert!(out2.contains("| distributed init (rank 0)"), "{out2}");
@@ -275,7 +221,7 @@ fn finetune_two_ranks_equal_one_process_and_dist_eval_prints_the_same_line() {
     ];
     let mut args1 = common_args.to_vec();
     args1.extend(["--batch_size", "8", "--output_dir", s(&one)]);
-    ok(mae(&args1).output().unwrap(), "mae finetune (1 process)");
+    stdout_ok(&mae(&args1).output().unwrap(), "mae finetune (1 process)");
     let mut args2 = common_args.to_vec();
     args2.extend(["--batch_size", "4", "--output_dir", s(&two)]);
     let t = Instant::now();
@@ -313,19 +259,16 @@ fn finetune_two_ranks_equal_one_process_and_dist_eval_prints_the_same_line() {
             "cpu".into(),
         ]
     };
-    let line = |out: &str| -> String {
-        out.lines()
-            .find(|l| l.starts_with("* Acc@1"))
-            .unwrap_or_else(|| panic!("no '* Acc@1' line in:\n{out}"))
-            .to_string()
-    };
     let a1 = eval_args("8");
     let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
-    let single = line(&ok(mae(&a1).output().unwrap(), "mae finetune --eval"));
+    let single = common::acc_line(&stdout_ok(
+        &mae(&a1).output().unwrap(),
+        "mae finetune --eval",
+    ));
     let mut a2 = eval_args("4");
     a2.push("--dist_eval".into());
     let a2: Vec<&str> = a2.iter().map(String::as_str).collect();
-    let dist = line(&run_ranks(&a2, 2));
+    let dist = common::acc_line(&run_ranks(&a2, 2));
     println!("--dist_eval: {dist} / one process: {single}");
     assert_eq!(dist, single);
 }
@@ -373,29 +316,7 @@ fn distributed_sampler_splits_the_epoch_list_across_ranks() {
 fn stop_rank_1(signal: &str, timeout: u32, name: &str) -> (std::process::ExitStatus, f64, String) {
     let dir = common::scratch(name);
     let timeout = timeout.to_string();
-    let args = [
-        "pretrain",
-        "--dataset",
-        "fashion_mnist",
-        "--train_subset",
-        "64",
-        "--model",
-        "mae_vit_tiny_patch4",
-        "--input_size",
-        "32",
-        "--epochs",
-        "1000",
-        "--batch_size",
-        "2",
-        "--num_workers",
-        "1",
-        "--device",
-        "cpu",
-        "--output_dir",
-        "",
-        "--dist_timeout",
-        &timeout,
-    ];
+    let args = common::endless_pretrain("64", "", &timeout);
     let port = free_port();
     let mut r0 = rank_cmd(&args, 0, 2, port)
         .stdout(Stdio::piped())
@@ -408,15 +329,7 @@ fn stop_rank_1(signal: &str, timeout: u32, name: &str) -> (std::process::ExitSta
         .spawn()
         .unwrap();
     // wait for training to start (rank 0 prints its first iteration), then signal rank 1
-    let mut out0 = r0.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("Epoch: [0]") {
-        let n = out0.read(&mut buf).unwrap();
-        assert!(n > 0, "rank 0 stopped before training:\n{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    std::thread::spawn(move || std::io::copy(&mut out0, &mut std::io::sink()));
+    common::read_until(r0.stdout.take().unwrap(), "Epoch: [0]");
     let sent = Command::new("kill")
         .args([signal, &r1.id().to_string()])
         .status()
@@ -571,7 +484,7 @@ dist.barrier()
     let t = Tensor::arange_start(1, 5, (Kind::Float, tch::Device::Cpu));
     pg.all_reduce(&t, false).unwrap();
     pg.barrier().unwrap();
-    let out = ok(child.wait_with_output().unwrap(), "python rank");
+    let out = stdout_ok(&child.wait_with_output().unwrap(), "python rank");
     let rust = Vec::<f32>::try_from(&t).unwrap();
     println!("rust 0 2 {rust:?} / {}", out.trim());
     assert_eq!(rust, [3., 6., 9., 12.]);

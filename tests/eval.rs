@@ -1,35 +1,12 @@
-//! `mae eval` against the reference pipeline (tools/eval_reference.py: torchvision ImageFolder +
-//! the official eval transform + timm's VisionTransformer + engine_finetune.evaluate's loop) on a
-//! small ImageFolder of real photos (tools/make_eval_fixture.py), and its errors.
+//! `mae eval` against the reference pipeline (tools/reference/eval_reference.py: torchvision
+//! ImageFolder + the official eval transform + timm's VisionTransformer +
+//! engine_finetune.evaluate's loop) on a small ImageFolder of real photos
+//! (tools/fixtures/make_eval_fixture.py), and its errors.
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
-use tch::Tensor;
 
-fn mae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .expect("running mae")
-}
-
-/// The official summary line `* Acc@1 X Acc@5 Y loss Z` of a run's stdout.
-fn summary(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find(|l| l.starts_with("* Acc@1"))
-        .unwrap_or_else(|| panic!("no '* Acc@1' line in:\n{stdout}"))
-        .to_string()
-}
-
-fn tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
+use common::{acc_line, mae_output, read_tensors};
 
 #[test]
 fn eval_matches_reference_pipeline() {
@@ -55,28 +32,26 @@ fn eval_matches_reference_pipeline() {
     ];
     let mut args = common_args.to_vec();
     args.extend(["--save_logits", ref_logits.to_str().unwrap()]);
-    let reference = common::run_python(&common::root().join("tools/eval_reference.py"), &args);
+    let reference = common::run_python(
+        &common::root().join("tools/reference/eval_reference.py"),
+        &args,
+    );
 
     let mut args = common_args.to_vec();
     args.extend(["--save_logits", our_logits.to_str().unwrap()]);
     args.extend(["--output_json", json.to_str().unwrap()]);
-    let out = mae(&[&["eval"], args.as_slice()].concat());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "mae eval failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = mae_output(&[&["eval"], args.as_slice()].concat());
+    let stdout = common::stdout_ok(&out, "mae eval");
     eprintln!(
         "reference: {}\nmae eval:  {}",
-        summary(&reference),
-        summary(&stdout)
+        acc_line(&reference),
+        acc_line(&stdout)
     );
-    assert_eq!(summary(&stdout), summary(&reference));
+    assert_eq!(acc_line(&stdout), acc_line(&reference));
     // the fixture's head makes the three numbers non-trivial
-    assert!(summary(&stdout).starts_with("* Acc@1 78.947 Acc@5 86.842 loss"));
+    assert!(acc_line(&stdout).starts_with("* Acc@1 78.947 Acc@5 86.842 loss"));
 
-    let (ours, want) = (tensors(&our_logits), tensors(&ref_logits));
+    let (ours, want) = (read_tensors(&our_logits), read_tensors(&ref_logits));
     assert!(ours["targets"].equal(&want["targets"]));
     let (a, b) = (&ours["logits"], &want["logits"]);
     assert_eq!(a.size(), [38, 1000]);
@@ -109,7 +84,7 @@ fn eval_errors_name_the_problem() {
     let (dir, ckpt) = common::eval_fixture();
     let scratch = common::scratch("eval_errors");
     let run = |args: &[&str]| {
-        let out = mae(&[&["eval", "--device", "cpu", "--num_workers", "2"], args].concat());
+        let out = mae_output(&[&["eval", "--device", "cpu", "--num_workers", "2"], args].concat());
         assert!(!out.status.success(), "mae eval {args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -8,10 +8,6 @@ use std::process::Command;
 
 use mae::util::data_loader::decode_box;
 
-fn photo(name: &str) -> Vec<u8> {
-    std::fs::read(common::root().join("tests/data/images").join(name)).unwrap()
-}
-
 /// A small good JPEG and PNG (48×40) to fill a class folder.
 fn good_images() -> (Vec<u8>, Vec<u8>) {
     let img = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([x as u8 * 5, y as u8 * 6, 90]));
@@ -31,7 +27,7 @@ fn png_with_bad_crc() -> Vec<u8> {
 
 /// (file name, bytes) of each corrupt kind.
 fn corrupt_files() -> Vec<(&'static str, Vec<u8>)> {
-    let jpg = photo("chelsea_q90.jpg");
+    let jpg = std::fs::read(common::shared_image("chelsea_q90.jpg")).unwrap();
     vec![
         ("truncated.jpg", jpg[..jpg.len() / 2].to_vec()),
         ("empty.jpg", vec![]),
@@ -82,14 +78,8 @@ fn image_folder(kind: &str, bad: &(&str, Vec<u8>)) -> (PathBuf, PathBuf) {
 fn pretrain_stops_naming_the_corrupt_image() {
     for bad in corrupt_files() {
         let (root, bad_path) = image_folder(bad.0.split('.').next().unwrap(), &bad);
-        let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-            .args([
-                "pretrain",
-                "--model",
-                "mae_vit_tiny_patch4",
-                "--input_size",
-                "32",
-            ])
+        let out = common::mae_command(&["pretrain", "--model", "mae_vit_tiny_patch4"])
+            .args(["--input_size", "32"])
             .args(["--batch_size", "5", "--epochs", "1", "--num_workers", "2"])
             .args(["--device", "cpu", "--output_dir", "", "--data_path"])
             .arg(&root)
@@ -195,14 +185,8 @@ impl Drop for Tmpfs {
 }
 
 fn pretrain_into(out_dir: &Path, epochs: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args([
-            "pretrain",
-            "--model",
-            "mae_vit_tiny_patch4",
-            "--input_size",
-            "32",
-        ])
+    common::mae_command(&["pretrain", "--model", "mae_vit_tiny_patch4"])
+        .args(["--input_size", "32"])
         .args([
             "--dataset",
             "fashion_mnist",

@@ -1,202 +1,241 @@
-//! `mae finetune` against the official semantics (tools/finetune_reference.py): the layer-wise
-//! lr decay groups of `param_groups_lrd` on vit_base_patch16, and fine-tuning iterations of
-//! `engine_finetune.train_one_epoch` against PyTorch (timm ViT under the official keys,
-//! torch.optim.AdamW over the same groups, the official lr function; drop path and augmentation
-//! off, same batches): lr and loss per iteration, weights after.
+//! `mae finetune` end to end on a small ImageFolder: checkpoints and log.txt every epoch,
+//! `Max accuracy`, resume (2 epochs == 1 + --resume + 1, bit for bit), `--eval --resume`, and a
+//! pre-trained checkpoint of another architecture refused with the mismatched keys listed.
 
-#[path = "common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use mae::engine_finetune::train_one_epoch;
-use mae::models_vit::{self, VitConfig};
-use mae::timm::loss::Criterion;
-use mae::util::amp::Precision;
-use mae::util::data_loader::Batch;
-use mae::util::lr_decay::param_groups_lrd;
-use mae::util::lr_sched::LrArgs;
-use mae::util::misc::{NativeScalerWithGradNormCount, Step};
-use mae::util::optim::{named_parameters, AdamW};
-use mae::util::state_dict::load_state_dict;
-use tch::{nn, Device, Kind, Tensor};
+use tch::Tensor;
 
-const NO_WEIGHT_DECAY: [&str; 3] = ["pos_embed", "cls_token", "dist_token"];
+/// data/{train,val}/{a,b}/*.png, 12 images a class in train.
+fn image_folder() -> PathBuf {
+    common::two_class_folder("finetune", 12)
+}
+
+/// `mae args…`: whether it succeeded, and its stdout and stderr.
+fn mae(args: &[&str]) -> (bool, String) {
+    let out = common::mae_output(args);
+    (out.status.success(), common::output_text(&out))
+}
+
+fn finetune(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "finetune",
+        "--model",
+        "vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--nb_classes",
+        "2",
+        "--batch_size",
+        "4",
+        "--warmup_epochs",
+        "1",
+        "--aa",
+        "none",
+        "--device",
+        "cpu",
+        "--num_workers",
+        "2",
+        "--data_path",
+        data.to_str().unwrap(),
+        "--output_dir",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, text) = mae(&args);
+    assert!(ok, "mae {args:?} failed:\n{text}");
+    text
+}
+
+fn model_of(path: &Path) -> Vec<(String, Tensor)> {
+    mae::util::checkpoint::load_state_dict(path).unwrap()
+}
 
 #[test]
-fn param_groups_lrd_like_the_official_on_vit_base() {
+fn train_log_checkpoints_resume_and_eval() {
+    let data = image_folder();
     let dir = common::scratch("finetune");
-    let out = dir.join("lrd.json");
-    common::run_python(
-        &common::root().join("tools/finetune_reference.py"),
-        &["lrd", out.to_str().unwrap()],
-    );
-    let want: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let (full, first) = (dir.join("full"), dir.join("first"));
+    let _ = std::fs::remove_dir_all(&full);
+    let _ = std::fs::remove_dir_all(&first);
 
-    let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = VitConfig::default(); // global pool, 1000 classes
-    let model = models_vit::build("vit_base_patch16", &vs.root(), cfg).unwrap();
-    let order: Vec<String> = named_parameters(&vs).into_iter().map(|(k, _)| k).collect();
-    let want_order: Vec<String> = want["order"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(order, want_order, "named_parameters order");
-
-    let (groups, names) = param_groups_lrd(
-        named_parameters(&vs),
-        model.blocks.len(),
-        0.05,
-        &NO_WEIGHT_DECAY,
-        0.65,
-    );
-    let want_groups: Vec<&str> = want["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(names, want_groups, "group order");
-    let mut seen = 0;
-    for (g, name) in groups.iter().zip(&names) {
-        for p in &g.names {
-            let w = &want["params"][p.as_str()];
-            assert_eq!(w["group"].as_str().unwrap(), name, "{p}");
-            let float = |k: &str| w[k].as_str().unwrap().parse::<f64>().unwrap();
-            assert_eq!(float("lr_scale"), g.lr_scale.unwrap(), "{p} lr_scale");
-            assert_eq!(float("weight_decay"), g.weight_decay, "{p} weight decay");
-            seen += 1;
-        }
+    // mixup + cutmix + label smoothing + random erasing + clipping + drop path all on
+    let recipe = ["--mixup", "0.8", "--cutmix", "1.0", "--clip_grad", "1.0"];
+    let text = finetune(&data, &full, &[&["--epochs", "2"], &recipe[..]].concat());
+    assert!(text.contains("Mixup is activated!"));
+    assert!(text.contains("criterion = SoftTargetCrossEntropy()"));
+    assert!(text.contains("* Acc@1 ") && text.contains("Max accuracy: "));
+    let log = std::fs::read_to_string(full.join("log.txt")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    for (epoch, line) in log.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 7, "{line}");
+        assert_eq!(v["epoch"].as_i64().unwrap(), epoch as i64);
+        assert!(v["train_loss"].as_f64().unwrap().is_finite());
+        assert!(v["test_acc1"].as_f64().is_some() && v["n_parameters"].as_i64().is_some());
     }
-    assert_eq!(seen, want["params"].as_object().unwrap().len());
-    assert_eq!(names.len(), 2 * 14, "layer 0..13, decay and no_decay");
-}
 
-/// (tag, iterations, accum_iter, global_pool, smoothing, clip_grad, epoch, soft targets)
-type Case = (
-    &'static str,
-    usize,
-    usize,
-    bool,
-    f64,
-    Option<f64>,
-    i64,
-    bool,
-);
-const CASES: [Case; 4] = [
-    ("s1_a1_gp_ls", 1, 1, true, 0.1, None, 1, false),
-    ("s3_a1_gp_ls", 3, 1, true, 0.1, None, 3, false),
-    ("s3_a1_cls_ce_clip", 3, 1, false, 0.0, Some(0.05), 1, false),
-    ("s4_a2_gp_soft_clip", 4, 2, true, 0.0, Some(1.0), 3, true),
-];
+    // 1 epoch, then --resume for the second: the same weights as 2 epochs straight
+    finetune(&data, &first, &[&["--epochs", "1"], &recipe[..]].concat());
+    let ckpt0 = first.join("checkpoint-0.pth");
+    let text = finetune(
+        &data,
+        &first,
+        &[
+            &["--epochs", "2", "--resume", ckpt0.to_str().unwrap()],
+            &recipe[..],
+        ]
+        .concat(),
+    );
+    assert!(text.contains("With optim & sched!"));
+    let a = model_of(&full.join("checkpoint-1.pth"));
+    let b = model_of(&first.join("checkpoint-1.pth"));
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(ta.equal(tb), "{ka} differs after resume");
+    }
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
+    // --eval --resume: evaluation only
+    let ckpt1 = full.join("checkpoint-1.pth");
+    let text = finetune(
+        &data,
+        &dir.join("eval"),
+        &["--eval", "--resume", ckpt1.to_str().unwrap()],
+    );
+    assert!(text.contains("Accuracy of the network on the 8 test images"));
+    assert!(!text.contains("Start training"));
 }
 
 #[test]
-fn fine_tuning_steps_match_pytorch() {
+fn pretrained_checkpoint_of_another_architecture_is_refused() {
+    let data = image_folder();
     let dir = common::scratch("finetune");
-    let out = dir.join("steps.safetensors");
-    common::run_python(
-        &common::root().join("tools/finetune_reference.py"),
-        &["steps", out.to_str().unwrap()],
-    );
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
-    let mut worst = 0f64;
-    for (tag, iters, accum_iter, gp, smoothing, clip_grad, epoch, soft) in CASES {
-        let mut vs = nn::VarStore::new(Device::Cpu);
-        let cfg = VitConfig {
+    // a mae_vit_tiny_patch4-shaped encoder whose blocks are 32-d instead of 64-d
+    let sd: Vec<(String, Tensor)> = {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let cfg = mae::models_vit::VitConfig {
             img_size: 32,
-            num_classes: 10,
-            drop_path_rate: 0.,
-            global_pool: gp,
-            ..VitConfig::default()
+            patch_size: 4,
+            embed_dim: 32,
+            depth: 2,
+            num_heads: 4,
+            num_classes: 0,
+            ..Default::default()
         };
-        let model = models_vit::build("vit_tiny_patch4", &vs.root(), cfg).unwrap();
-        let prefix = if gp { "init.gp." } else { "init.cls." };
-        let init: Vec<(String, Tensor)> = r
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.copy())))
-            .collect();
-        load_state_dict(&mut vs, init, true).unwrap();
-        let (groups, _) = param_groups_lrd(
-            named_parameters(&vs),
-            model.blocks.len(),
-            0.05,
-            &NO_WEIGHT_DECAY,
-            0.75,
-        );
-        let mut optimizer = AdamW::new(groups, 1e-3, (0.9, 0.999));
-        let mut scaler = NativeScalerWithGradNormCount::new(false);
-        let criterion = if soft {
-            Criterion::SoftTargetCrossEntropy
-        } else if smoothing > 0. {
-            Criterion::LabelSmoothingCrossEntropy { smoothing }
-        } else {
-            Criterion::CrossEntropyLoss
-        };
-        let batches = (0..iters).map(|i| {
-            let t = if soft { "soft" } else { "target" };
-            Ok(Batch {
-                images: r[&format!("batch{i}.images")].copy(),
-                target: r[&format!("batch{i}.{t}")].copy(),
-            })
-        });
-        let lr_args = LrArgs {
-            lr: 1e-3,
-            min_lr: 1e-6,
-            warmup_epochs: 2,
-            epochs: 4,
-        };
-        let stats = train_one_epoch(
-            &|x| model.forward_t(x, true),
-            criterion,
-            batches.collect::<Vec<_>>().into_iter(),
-            &mut optimizer,
-            Device::Cpu,
-            Precision::Fp32,
-            epoch,
-            &mut scaler,
-            clip_grad,
-            None,
-            None,
-            accum_iter,
-            &lr_args,
+        let _m = mae::models_vit::VisionTransformer::new(&vs.root(), &cfg);
+        mae::util::optim::named_parameters(&vs)
+    };
+    let path = dir.join("wrong.pth");
+    mae::util::checkpoint::save_state_dict(&path, &sd).unwrap();
+    let args = [
+        "finetune",
+        "--model",
+        "vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--nb_classes",
+        "2",
+        "--batch_size",
+        "4",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--aa",
+        "none",
+        "--data_path",
+        data.to_str().unwrap(),
+        "--output_dir",
+        "",
+        "--finetune",
+        path.to_str().unwrap(),
+    ];
+    let (ok, text) = mae(&args);
+    assert!(!ok);
+    assert!(text.contains("size mismatch for cls_token"), "{text}");
+    assert!(text.contains("blocks.0.attn.qkv.weight"), "{text}");
+}
+
+#[test]
+fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
+    let data = image_folder();
+    let dir = common::scratch("finetune");
+    // a mae_vit_tiny_patch4 pre-training checkpoint (encoder + decoder, official keys)
+    let path = dir.join("mae_tiny.pth");
+    {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _m = mae::models_mae::build(
+            "mae_vit_tiny_patch4",
+            &vs.root(),
+            mae::models_mae::MaeConfig::default(),
         )
         .unwrap();
-        let want_lr = Vec::<f64>::try_from(&r[&format!("{tag}.lr")]).unwrap();
-        let want_loss = Vec::<f64>::try_from(&r[&format!("{tag}.loss")]).unwrap();
-        for (i, Step { loss, lr, .. }) in stats.steps.iter().enumerate() {
-            assert!(
-                (lr - want_lr[i]).abs() <= 1e-15 * want_lr[i].abs().max(1e-12),
-                "{tag} lr {i}"
-            );
-            assert!(
-                (loss - want_loss[i]).abs() < 1e-5,
-                "{tag} loss {i}: {loss} vs {}",
-                want_loss[i]
-            );
+        mae::util::checkpoint::save_state_dict(&path, &mae::util::optim::named_parameters(&vs))
+            .unwrap();
+    }
+    for pool in ["--cls_token", "--global_pool"] {
+        let out = dir.join(format!("linprobe{pool}"));
+        let _ = std::fs::remove_dir_all(&out);
+        let args = [
+            "linprobe",
+            "--model",
+            "vit_tiny_patch4",
+            "--input_size",
+            "32",
+            "--nb_classes",
+            "2",
+            "--batch_size",
+            "8",
+            "--epochs",
+            "2",
+            "--warmup_epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--data_path",
+            data.to_str().unwrap(),
+            "--output_dir",
+            out.to_str().unwrap(),
+            "--finetune",
+            path.to_str().unwrap(),
+            pool,
+        ];
+        let (ok, text) = mae(&args);
+        assert!(ok, "mae {args:?} failed:\n{text}");
+        let fc_norm_missing = text.contains("missing_keys=[\"fc_norm.bias\"");
+        assert_eq!(fc_norm_missing, pool == "--global_pool", "{text}");
+        assert!(text.contains("LARS (") && text.contains("Max accuracy: "));
+        let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        // only the Linear head trains: 64 × 2 + 2
+        assert_eq!(last["n_parameters"].as_i64(), Some(130));
+        let ckpt = out.join("checkpoint-1.pth");
+        let sd = model_of(&ckpt);
+        let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
+        for k in [
+            "head.0.running_mean",
+            "head.0.running_var",
+            "head.0.num_batches_tracked",
+            "head.1.weight",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
         }
-        let moved =
-            r[&format!("{prefix}head.weight")].ne_tensor(&r[&format!("{tag}.w.head.weight")]);
-        assert!(
-            moved.any().int64_value(&[]) == 1,
-            "{tag}: the reference did not train"
-        );
-        for (k, v) in vs.variables() {
-            let e = rel_err(&v, &r[&format!("{tag}.w.{k}")]);
-            worst = worst.max(e);
-            assert!(e <= 1e-5, "{tag} {k}: weights rel err {e:.3e}");
-        }
-        println!("{tag}: worst weights rel err so far {worst:.3e}");
+        // the encoder stayed as loaded
+        let loaded = model_of(&path);
+        let before = &loaded
+            .iter()
+            .find(|(k, _)| k == "blocks.0.attn.qkv.weight")
+            .unwrap()
+            .1;
+        let after = &sd
+            .iter()
+            .find(|(k, _)| k == "blocks.0.attn.qkv.weight")
+            .unwrap()
+            .1;
+        assert!(before.equal(after), "the encoder moved");
     }
 }

@@ -3,11 +3,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn mae(args: &[&str], cpuinfo: Option<&Path>, dir: &Path) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mae"));
-    cmd.args(args).current_dir(dir).env("OMP_NUM_THREADS", "1");
+    let mut cmd = common::mae_command(args);
+    cmd.current_dir(dir).env("OMP_NUM_THREADS", "1");
     if let Some(c) = cpuinfo {
         cmd.env("MAE_CPUINFO", c);
     }

@@ -5,12 +5,11 @@
 //! the folder transformers' `save_pretrained` writes (today's decoder layout) and the hub cache
 //! layout read back to the same weights; `mae visualize` of a hub folder is that of the .pth.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::s;
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
 use mae::util::checkpoint;
@@ -20,19 +19,13 @@ use tch::{nn, Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `mae args…`; returns stdout + stderr, asserting success when `ok`.
+/// `mae args…` (one thread); returns stdout + stderr, asserting success when `ok`.
 fn mae(args: &[&str], ok: bool) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
+    let out = common::mae_command(args)
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = common::output_text(&out);
     assert_eq!(out.status.success(), ok, "mae {args:?}:\n{text}");
     text
 }
@@ -445,29 +438,12 @@ fn bad_folders_and_configs_are_named() {
     );
 }
 
-/// data/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright.
-fn image_folder(root: &Path) {
-    for (split, n) in [("train", 8u32), ("val", 4)] {
-        for (c, base) in [("a", 40u8), ("b", 200)] {
-            let dir = root.join(split).join(c);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                    let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
-                    image::Rgb([v, v / 2, 255 - v])
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
-}
-
 #[test]
 fn eval_and_linprobe_read_hf_folders_as_their_pth() {
     let dir = common::scratch("hub").join("cli");
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
-    image_folder(&data);
+    common::two_class_images(&data, 8);
     let common_args = [
         "--device",
         "cpu",
@@ -490,10 +466,7 @@ fn eval_and_linprobe_read_hf_folders_as_their_pth() {
             .concat(),
             true,
         );
-        text.lines()
-            .find(|l| l.starts_with("* Acc@1"))
-            .unwrap_or_else(|| panic!("no Acc@1 line:\n{text}"))
-            .to_string()
+        common::acc_line(&text)
     };
     assert_eq!(acc_line(&hf), acc_line(&pth));
 

@@ -2,28 +2,13 @@
 //! (src/util/checkpoint.rs), and models built without random init for a full checkpoint
 //! (`init: false`). No Python needed: the files are written by the crate's own writer, whose
 //! output PyTorch reads back in tests/checkpoint.rs.
+mod common;
+
+use common::bytes_of;
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
 use mae::util::checkpoint;
-use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/tmp/load")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn bytes_of(t: &Tensor) -> Vec<u8> {
-    let t = t.contiguous();
-    let n = t.numel() * t.kind().elt_size_in_bytes();
-    let mut out = vec![0u8; n];
-    t.copy_data_u8(&mut out, t.numel());
-    out
-}
 
 /// Storages of several chunks (the copy works in 4 MiB pieces) and odd sizes, every dtype
 /// family; a view sharing its storage.
@@ -63,7 +48,7 @@ fn assert_same(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
 
 #[test]
 fn multi_chunk_storages_load_bit_exact() {
-    let dir = tmp_dir("bit_exact");
+    let dir = common::tmp_dir("load", "bit_exact");
     let sd = state_dict();
     let pth = dir.join("sd.pth");
     checkpoint::save_state_dict(&pth, &sd).unwrap();
@@ -94,7 +79,7 @@ fn multi_chunk_storages_load_bit_exact() {
 
 #[test]
 fn corrupt_and_truncated_storages_are_refused() {
-    let dir = tmp_dir("corrupt");
+    let dir = common::tmp_dir("load", "corrupt");
     let pth = dir.join("sd.pth");
     checkpoint::save_state_dict(&pth, &state_dict()).unwrap();
     let good = std::fs::read(&pth).unwrap();
@@ -124,7 +109,7 @@ fn corrupt_and_truncated_storages_are_refused() {
 /// Outputs and parameters of `init` + load and of no-init + load, bit for bit.
 #[test]
 fn no_init_build_then_load_equals_init_then_load() {
-    let dir = tmp_dir("no_init");
+    let dir = common::tmp_dir("load", "no_init");
     tch::manual_seed(0);
     let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
 

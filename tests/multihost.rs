@@ -5,15 +5,16 @@
 //! host that disappears mid-run, and a peer that cannot be reached. Needs root (the suite runs as
 //! root); where namespaces cannot be created the tests say so and skip, except under CI=true.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use common::{s, stdout_ok};
 
 /// What a host's name resolves to in its /etc/hosts.
 #[derive(Clone, Copy, PartialEq)]
@@ -121,21 +122,8 @@ impl Hosts {
         c.args(["netns", "exec", &self.ns[h], "unshare", "--uts", "sh", "-c"])
             .arg(format!("hostname {} && exec \"$@\"", self.names[h]))
             .args(["sh", program])
-            .args(args)
-            .env("OMP_NUM_THREADS", "1");
-        for k in [
-            "RANK",
-            "WORLD_SIZE",
-            "LOCAL_RANK",
-            "MASTER_ADDR",
-            "MASTER_PORT",
-            "SLURM_PROCID",
-            "OMPI_COMM_WORLD_RANK",
-            "TORCHELASTIC_USE_AGENT_STORE",
-            "GLOO_SOCKET_IFNAME",
-        ] {
-            c.env_remove(k);
-        }
+            .args(args);
+        common::without_launcher(&mut c);
         c
     }
 
@@ -163,38 +151,9 @@ impl Drop for Hosts {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// 12 images: 3 steps of 4 in one process, 3 steps of 2 on each of 2 ranks (as
-/// tests/distributed.rs).
-const PRETRAIN: [&str; 21] = [
-    "pretrain",
-    "--dataset",
-    "fashion_mnist",
-    "--train_subset",
-    "12",
-    "--model",
-    "mae_vit_tiny_patch4",
-    "--input_size",
-    "32",
-    "--epochs",
-    "1",
-    "--warmup_epochs",
-    "1",
-    "--blr",
-    "1e-1",
-    "--norm_pix_loss",
-    "--num_workers",
-    "1",
-    "--device",
-    "cpu",
-    "--seed=5",
-];
-
+/// `common::PRETRAIN_12` (the run of tests/distributed.rs) into `out`.
 fn pretrain_args<'a>(batch_size: &'a str, out: &'a Path, timeout: &'a str) -> Vec<&'a str> {
-    let mut a = PRETRAIN.to_vec();
+    let mut a = common::PRETRAIN_12.to_vec();
     a.extend(["--batch_size", batch_size, "--output_dir", s(out)]);
     a.extend(["--dist_timeout", timeout]);
     a
@@ -206,35 +165,23 @@ fn reference() -> PathBuf {
     REF.get_or_init(|| {
         let out = common::scratch("multihost_reference");
         let _ = std::fs::remove_dir_all(&out);
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mae"));
-        c.args(pretrain_args("4", &out, "60"))
-            .env("OMP_NUM_THREADS", "1");
-        for k in ["RANK", "WORLD_SIZE", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"] {
-            c.env_remove(k);
-        }
-        let stdout = ok(c.output().unwrap(), "mae pretrain (1 process)");
+        let mut c = common::mae_command(&pretrain_args("4", &out, "60"));
+        let stdout = stdout_ok(
+            &common::without_launcher(&mut c).output().unwrap(),
+            "mae pretrain (1 process)",
+        );
         assert!(stdout.contains("effective batch size: 4"), "{stdout}");
         out.join("checkpoint-0.pth")
     })
     .clone()
 }
 
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// Waits for both children; their stdouts, after checking that both succeeded.
 fn both(children: [Child; 2], what: &str) -> [String; 2] {
     let [a, b] = children.map(|c| c.wait_with_output().expect("waiting for a rank"));
     [
-        ok(a, &format!("{what} on host 0")),
-        ok(b, &format!("{what} on host 1")),
+        stdout_ok(&a, &format!("{what} on host 0")),
+        stdout_ok(&b, &format!("{what} on host 1")),
     ]
 }
 
@@ -327,12 +274,7 @@ fn torchrun_on_two_hosts_with_the_c10d_rendezvous() {
     let Some(h) = Hosts::new(Names::Lan) else {
         return;
     };
-    let torchrun = common::root().join(".venv/bin/torchrun");
-    assert!(
-        torchrun.exists(),
-        "{} is missing: run tools/setup.sh",
-        torchrun.display()
-    );
+    let torchrun = common::torchrun();
     let out = common::scratch("multihost_torchrun");
     let _ = std::fs::remove_dir_all(&out);
     let endpoint = format!("{}:29400", h.addrs[0]);
@@ -361,29 +303,7 @@ fn torchrun_on_two_hosts_with_the_c10d_rendezvous() {
 /// Starts a long run on both hosts (`--dist_timeout timeout`, checkpoints in `out`) and returns
 /// the children once rank 0 prints `after` (what it printed so far is returned too).
 fn start_long_run(h: &Hosts, out: &Path, timeout: &str, after: &str) -> ([Child; 2], String) {
-    let args = [
-        "pretrain",
-        "--dataset",
-        "fashion_mnist",
-        "--train_subset",
-        "8",
-        "--model",
-        "mae_vit_tiny_patch4",
-        "--input_size",
-        "32",
-        "--epochs",
-        "1000",
-        "--batch_size",
-        "2",
-        "--num_workers",
-        "1",
-        "--device",
-        "cpu",
-        "--output_dir",
-        s(out),
-        "--dist_timeout",
-        timeout,
-    ];
+    let args = common::endless_pretrain("8", s(out), timeout);
     let mut r0 = spawn(h.rank(0, &args, None));
     let mut r1 = h.rank(1, &args, None);
     let r1 = r1
@@ -391,15 +311,7 @@ fn start_long_run(h: &Hosts, out: &Path, timeout: &str, after: &str) -> ([Child;
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out0 = r0.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains(after) {
-        let n = out0.read(&mut buf).unwrap();
-        assert!(n > 0, "rank 0 stopped before '{after}':\n{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    std::thread::spawn(move || std::io::copy(&mut out0, &mut std::io::sink()));
+    let seen = common::read_until(r0.stdout.take().unwrap(), after);
     ([r0, r1], seen)
 }
 

@@ -1,11 +1,11 @@
 //! models_mae.rs vs HuggingFace `ViTMAEForPreTraining` with the official weights mapped in
-//! (tools/make_parity_fixtures.py): same images, same explicit masking noise.
+//! (tools/fixtures/make_parity_fixtures.py): same images, same explicit masking noise.
 
-mod parity_common;
+mod common;
 
+use common::{big_model_lock, check, load_checkpoint, load_io, parity_fixtures};
 use mae::models_mae::{self, MaeConfig};
 use mae::timm::AttentionImpl;
-use parity_common::{big_model_lock, check, fixtures, load_checkpoint, load_io};
 use tch::{nn, Device};
 
 const TOL: f64 = 1e-5;
@@ -13,7 +13,7 @@ const TOL: f64 = 1e-5;
 /// Runs every (tag, mask_ratio) of the fixture with both attention kernels; returns the worst
 /// relative error over latent, pred and the two losses.
 fn check_mae(group: &str, name: &str, runs: &[(&str, f64)]) -> f64 {
-    let dir = fixtures(group);
+    let dir = parity_fixtures(group);
     let io = load_io(&dir, &format!("{name}_io"));
     let mut vs = nn::VarStore::new(Device::Cpu);
     let mut model = models_mae::build(name, &vs.root(), MaeConfig::default()).unwrap();
@@ -100,7 +100,7 @@ fn huge_patch14_224() {
 
 #[test]
 fn unpatchify_inverts_patchify_on_the_fixture() {
-    let dir = fixtures("tiny");
+    let dir = parity_fixtures("tiny");
     let io = load_io(&dir, "mae_vit_tiny_patch4_io");
     let vs = nn::VarStore::new(Device::Cpu);
     let model = models_mae::mae_vit_tiny_patch4(&vs.root(), MaeConfig::default());

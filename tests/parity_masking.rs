@@ -2,15 +2,15 @@
 //! official `torch.manual_seed(s); noise = torch.rand(N, L)` masks (CPU generator). One test
 //! in this binary, so no other test draws from the global generator in between.
 
-mod parity_common;
+mod common;
 
+use common::{load_io, parity_fixtures};
 use mae::models_mae::{self, MaeConfig};
-use parity_common::{fixtures, load_io};
 use tch::{nn, Device, Kind, Tensor};
 
 #[test]
 fn manual_seed_masks_the_same_patches_as_pytorch() {
-    let io = load_io(&fixtures("tiny"), "masking");
+    let io = load_io(&parity_fixtures("tiny"), "masking");
     let vs = nn::VarStore::new(Device::Cpu);
     let model = models_mae::mae_vit_tiny_patch4(&vs.root(), MaeConfig::default());
     let imgs = Tensor::randn([3, 3, 32, 32], (Kind::Float, Device::Cpu));

@@ -1,14 +1,15 @@
-//! util/pos_embed.rs vs the numpy reference `get_2d_sincos_pos_embed` (tools/make_parity_fixtures.py).
+//! util/pos_embed.rs vs the numpy reference `get_2d_sincos_pos_embed`
+//! (tools/fixtures/make_parity_fixtures.py).
 
-mod parity_common;
+mod common;
 
+use common::{load_io, parity_fixtures};
 use mae::util::pos_embed::{get_2d_sincos_pos_embed, get_2d_sincos_pos_embed_f64};
-use parity_common::{fixtures, load_io};
 use tch::{Kind, Tensor};
 
 #[test]
 fn sincos_tables_match_numpy() {
-    let io = load_io(&fixtures("tiny"), "pos_embed");
+    let io = load_io(&parity_fixtures("tiny"), "pos_embed");
     let mut n = 0;
     for (key, want) in &io {
         let parts: Vec<&str> = key.split('_').collect();

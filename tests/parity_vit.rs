@@ -1,13 +1,14 @@
 //! models_vit.rs vs timm `VisionTransformer(global_pool='avg', fc_norm=True)` (the official
 //! global-pool model) and its cls-token variant, on official-key checkpoints written by
-//! tools/make_parity_fixtures.py; ViT-H at 448 from a 224 checkpoint through interpolate_pos_embed.
+//! tools/fixtures/make_parity_fixtures.py; ViT-H at 448 from a 224 checkpoint through
+//! interpolate_pos_embed.
 
-mod parity_common;
+mod common;
 
+use common::{big_model_lock, check, load_checkpoint, load_io, parity_fixtures};
 use mae::models_vit::{self, VitConfig};
 use mae::timm::trunc_normal_;
 use mae::timm::AttentionImpl;
-use parity_common::{big_model_lock, check, fixtures, load_checkpoint, load_io};
 use tch::{nn, Device, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -27,7 +28,7 @@ fn check_vit(
     cfg: VitConfig,
     extra_img: Option<i64>,
 ) -> f64 {
-    let dir = fixtures(group);
+    let dir = parity_fixtures(group);
     let tag = if global_pool {
         name.to_string()
     } else {
@@ -161,7 +162,7 @@ fn huge_patch14_224_and_448() {
 /// the head (and fc_norm) missing, encoder features equal to timm loading the same checkpoint.
 #[test]
 fn finetune_from_pretrained_mae() {
-    let dir = fixtures("tiny");
+    let dir = parity_fixtures("tiny");
     let io = load_io(&dir, "finetune_from_mae_io");
     for global_pool in [true, false] {
         let mut vs = nn::VarStore::new(Device::Cpu);

@@ -15,15 +15,6 @@ use mae::torchvision::datasets::pil_loader;
 use mae::torchvision::pil::{self, Filter, PassOrder};
 use mae::torchvision::transforms::{center_crop, eval_transform_with, resize_with};
 
-const PHOTOS: [&str; 6] = [
-    "astronaut.png",
-    "chelsea.png",
-    "chelsea_q90.jpg",
-    "coffee.png",
-    "coffee_q75_progressive.jpg",
-    "rocket.jpg",
-];
-
 /// Writes DIR/NAME.STAGE.raw for each photo: Pillow's RGB bytes per stage (float32 for `tensor`).
 const REFERENCE: &str = r#"
 import sys, PIL
@@ -113,7 +104,7 @@ fn preprocessing_difference_table() {
     for d in [&ref12, &ref13] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let shared = common::shared_image(PHOTOS[0])
+    let shared = common::shared_image(common::PHOTOS[0])
         .parent()
         .unwrap()
         .to_path_buf();
@@ -121,7 +112,10 @@ fn preprocessing_difference_table() {
         MAKE_ODD_JPEGS,
         &[shared.to_str().unwrap(), dir.to_str().unwrap()],
     );
-    let mut photos: Vec<PathBuf> = PHOTOS.iter().map(|p| common::shared_image(p)).collect();
+    // the shared photos in name order, the table's rows
+    let mut names = common::PHOTOS;
+    names.sort();
+    let mut photos: Vec<PathBuf> = names.iter().map(|p| common::shared_image(p)).collect();
     photos.extend(
         [
             "chelsea_cmyk.jpg",

@@ -1,13 +1,13 @@
-//! `mae pretrain` beyond the step parity (tests/pretrain_parity.rs): the lr schedule over a
+//! `mae pretrain` beyond the step parity (tests/parity_pretrain.rs): the lr schedule over a
 //! run and the weight-decay groups against the official / timm code, exact resume, atomic
 //! checkpoints under a kill, the non-finite loss stop, RandomResizedCrop, Fashion-MNIST.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::s;
 use mae::models_mae::{self, MaeConfig};
 use mae::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
 use mae::torchvision::pil::Filter;
@@ -18,23 +18,13 @@ use mae::util::optim::{add_weight_decay, named_parameters, ParamGroup};
 use mae::util::pickle::Value;
 use tch::{nn, Device, Tensor};
 
+/// `mae pretrain args…` with one thread.
 fn mae_bin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("pretrain")
+    common::mae_command(&["pretrain"])
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .output()
         .expect("running mae pretrain")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "mae pretrain failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// An ImageFolder of `n` small PNGs in two classes, of varied sizes.
@@ -51,10 +41,6 @@ fn image_folder(name: &str, n: usize) -> PathBuf {
         img.save(dir.join(format!("{i:03}.png"))).unwrap();
     }
     root
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Asserts two loaded checkpoints are equal (tensors bit for bit), `skip` keys left out.
@@ -131,8 +117,8 @@ fn lr_schedule_matches_official_over_a_run() {
     // epochs 5, warmup 2, 7 iterations per epoch, accum_iter 2: every value the official sets
     let code = r#"
 import sys
-sys.path.insert(0, "tools")
-from pretrain_reference import adjust_learning_rate
+sys.path.insert(0, "tools/reference")
+from official import adjust_learning_rate
 class A: lr, min_lr, warmup_epochs, epochs = 3e-4, 1e-6, 2, 5
 class O: param_groups = [{}, {"lr_scale": 0.37}]
 for epoch in range(5):
@@ -262,7 +248,7 @@ fn resume_is_exact_and_thread_count_free() {
     };
     let run = |v: Vec<String>| {
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
-        ok(&mae_bin(&v))
+        common::stdout_ok(&mae_bin(&v), "mae pretrain")
     };
     // 2 epochs straight on 2 loader threads; 1 epoch, then resume for the 2nd, on 1 thread
     let out = run(common_args(&a, "2", "2"));
@@ -315,14 +301,8 @@ fn killed_save_leaves_the_previous_checkpoint() {
     checkpoint::save_state_dict(&previous, &[("marker".into(), marker.shallow_clone())]).unwrap();
     let before = std::fs::read(&previous).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args([
-            "pretrain",
-            "--model",
-            "mae_vit_base_patch16",
-            "--input_size",
-            "32",
-        ])
+    let mut child = common::mae_command(&["pretrain", "--model", "mae_vit_base_patch16"])
+        .args(["--input_size", "32"])
         .args([
             "--batch_size",
             "4",

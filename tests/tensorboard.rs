@@ -3,49 +3,23 @@
 //! steps, with the values log.txt and train_steps.csv hold; a run killed mid-epoch leaves a file
 //! the reader opens.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// data/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright. Written once per
-/// test binary, each file through a temporary name and a rename.
+use common::s;
+
+/// data/{train,val}/{a,b}/*.png, 16 images a class in train.
 fn image_folder() -> PathBuf {
-    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let root = common::scratch("tensorboard").join("data");
-        for (split, n) in [("train", 16u32), ("val", 4)] {
-            for (c, base) in [("a", 40u8), ("b", 200)] {
-                let dir = root.join(split).join(c);
-                std::fs::create_dir_all(&dir).unwrap();
-                for i in 0..n {
-                    let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                        let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
-                        image::Rgb([v, v / 2, 255 - v])
-                    });
-                    let tmp = dir.join(format!(".{i}.png.tmp"));
-                    img.save_with_format(&tmp, image::ImageFormat::Png).unwrap();
-                    std::fs::rename(&tmp, dir.join(format!("{i}.png"))).unwrap();
-                }
-            }
-        }
-        root
-    })
-    .clone()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::two_class_folder("tensorboard", 16)
 }
 
 /// `mae <cmd> --device cpu …` into a fresh `out`, events in `out/tb`; returns stdout.
 fn mae(cmd: &str, out: &Path, args: &[&str]) -> String {
     let _ = std::fs::remove_dir_all(out);
     let tb = out.join("tb");
-    let output = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg(cmd)
+    let output = common::mae_command(&[cmd])
         .args([
             "--device",
             "cpu",
@@ -60,12 +34,7 @@ fn mae(cmd: &str, out: &Path, args: &[&str]) -> String {
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "mae {cmd} {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = common::stdout_ok(&output, &format!("mae {cmd} {args:?}"));
     assert!(
         stdout.contains(&format!("log_dir: {}", tb.display())),
         "{stdout}"
@@ -256,8 +225,7 @@ fn run_killed_mid_epoch_leaves_a_readable_file() {
     let tb = out.join("tb");
     // 32 iterations an epoch (batch 1): killed once a few steps are in the file, long before
     // the end of the first epoch's 32
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(["pretrain", "--model", "mae_vit_tiny_patch4"])
+    let mut child = common::mae_command(&["pretrain", "--model", "mae_vit_tiny_patch4"])
         .args(["--input_size", "32", "--batch_size", "1", "--epochs", "100"])
         .args(["--device", "cpu", "--num_workers", "1"])
         .args(["--data_path", s(&image_folder()), "--output_dir", s(&out)])

@@ -1,18 +1,10 @@
 //! Data pipeline parity: `ImageFolder` order, `pil_loader` pixels and the eval transform against
 //! torchvision + Pillow on the sample photos (PNG and JPEG, baseline and progressive).
 mod common;
+use common::PHOTOS;
 use mae::torchvision::datasets::{pil_loader, ImageFolder};
 use mae::torchvision::transforms::eval_transform;
 use std::path::Path;
-
-const PHOTOS: [&str; 6] = [
-    "chelsea.png",
-    "chelsea_q90.jpg",
-    "coffee.png",
-    "coffee_q75_progressive.jpg",
-    "astronaut.png",
-    "rocket.jpg",
-];
 
 /// An ImageFolder laid out to exercise torchvision's ordering rules: nested folders, upper-case
 /// extensions, files that are not images, class names that sort differently by case.

@@ -1,26 +1,16 @@
 //! `mae visualize` against the demo's `run_one_image` on HuggingFace ViTMAE with the same official
-//! weights (tools/visualize_reference.py), same seed: identical inputs and masks, reconstructions
-//! within 1e-5, and the PNG: 4 panels × rows, the demo's pixels in each panel, titles drawn.
-mod parity_common;
-use parity_common::common;
+//! weights (tools/reference/visualize_reference.py), same seed: identical inputs and masks,
+//! reconstructions within 1e-5, and the PNG: 4 panels × rows, the demo's pixels in each panel,
+//! titles drawn.
+mod common;
 
-use std::collections::HashMap;
-use std::path::Path;
-
+use common::{big_model_lock, check, parity_fixtures, read_tensors};
 use mae::mae_visualize::Layout;
-use parity_common::{big_model_lock, check, fixtures};
 use tch::{Kind, Tensor};
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .into_iter()
-        .collect()
-}
 
 /// Runs both on `images` and compares; `group` is the parity fixture group holding `name`.pth.
 fn check_visualize(group: &str, name: &str, images: &[&str], seed: i64, mask_ratio: f64) {
-    let dir = fixtures(group);
+    let dir = parity_fixtures(group);
     let ckpt = dir.join(format!("{name}.pth"));
     let scratch = common::scratch("visualize");
     let tag = format!("{name}_s{seed}_r{mask_ratio}");
@@ -42,7 +32,10 @@ fn check_visualize(group: &str, name: &str, images: &[&str], seed: i64, mask_rat
         want_path.to_str().unwrap(),
     ];
     args.extend(images.iter().map(String::as_str));
-    common::run_python(&common::root().join("tools/visualize_reference.py"), &args);
+    common::run_python(
+        &common::root().join("tools/reference/visualize_reference.py"),
+        &args,
+    );
 
     // --model left out: detected from the checkpoint
     let mut args = vec![
@@ -62,17 +55,9 @@ fn check_visualize(group: &str, name: &str, images: &[&str], seed: i64, mask_rat
         "--image",
     ];
     args.extend(images.iter().map(String::as_str));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mae visualize failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stdout_ok(&common::mae_output(&args), "mae visualize");
 
-    let (ours, want) = (tensors(&ours_path), tensors(&want_path));
+    let (ours, want) = (read_tensors(&ours_path), read_tensors(&want_path));
     assert!(
         ours["imgs"].equal(&want["imgs"]),
         "{tag}: model inputs differ"
@@ -165,8 +150,7 @@ fn large_patch16_one_image() {
 #[test]
 fn missing_checkpoint_says_what_to_download() {
     let dir = common::scratch("visualize_nockpt");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(["visualize", "--image"])
+    let out = common::mae_command(&["visualize", "--image"])
         .arg(common::shared_image("chelsea.png"))
         .current_dir(&dir)
         .output()
@@ -185,8 +169,7 @@ fn missing_checkpoint_says_what_to_download() {
 fn no_arguments_reconstructs_fashion_mnist_test_images() {
     let dir = common::scratch("visualize_default");
     let _ = std::fs::remove_file(dir.join("mae_visualize.png"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("visualize")
+    let out = common::mae_command(&["visualize"])
         .current_dir(&dir)
         .output()
         .unwrap();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the fuzz targets (fuzz/fuzz_targets/*.rs) one after the other with libFuzzer, on the
-# seed corpora of tools/make_fuzz_corpus.py, and prints each one's final stats.
+# seed corpora of tools/fixtures/make_fuzz_corpus.py, and prints each one's final stats.
 #   tools/fuzz.sh                 30 s per target: a cheap check after any change to a parser
 #   tools/fuzz.sh -runs=1000000   the runs docs/RELIABILITY.md reports (one million each)
 #   TARGETS="pth image" tools/fuzz.sh -max_total_time=600
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=${TARGETS:-"pickle pth safetensors idx image"}
 LIMIT=${*:--max_total_time=30}
-[ -d fuzz/corpus/pth ] || .venv/bin/python tools/make_fuzz_corpus.py
+[ -d fuzz/corpus/pth ] || .venv/bin/python tools/fixtures/make_fuzz_corpus.py
 # libtorch's libraries for the fuzz binaries (the crate's own binaries carry an rpath)
 export LD_LIBRARY_PATH="$PWD/.libtorch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo +nightly fuzz build -O

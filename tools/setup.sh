@@ -97,7 +97,7 @@ fi
 mkdir -p "$ROOT/target/fixtures"
 if [ ! -f "$ROOT/target/fixtures/demo_vit_base_patch16.pth" ]; then
   say "writing demo checkpoint target/fixtures/demo_vit_base_patch16.pth (official format, random weights)"
-  "$VENV/bin/python" "$ROOT/tools/make_demo_checkpoint.py" "$ROOT/target/fixtures/demo_vit_base_patch16.pth" \
-    || die "tools/make_demo_checkpoint.py failed"
+  "$VENV/bin/python" "$ROOT/tools/fixtures/make_demo_checkpoint.py" "$ROOT/target/fixtures/demo_vit_base_patch16.pth" \
+    || die "tools/fixtures/make_demo_checkpoint.py failed"
 fi
 say "done"

@@ -1,12 +1,96 @@
-//! Shared by the integration tests: the pinned Python reference environment made by
-//! tools/setup.sh. Tests that need it fail (never skip) when it is missing.
+//! Shared by the integration tests, each of which has `mod common;`: paths and scratch folders,
+//! the pinned Python reference environment made by tools/setup.sh (tests that need it fail, never
+//! skip, when it is missing), the fixtures the scripts of tools/ write, relative errors, and
+//! running the `mae` binary (one process, or ranks of a process group).
 #![allow(dead_code)]
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{ChildStdout, Command, Output};
+use std::sync::Mutex;
+
+use tch::{Kind, Tensor};
+
+// --------------------------------------------------------------------------
+// paths
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A path as the `&str` an argument list takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A scratch directory under target/ for fixtures of one test binary.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target/test-scratch").join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// An empty directory target/tmp/GROUP/NAME (emptied if it exists).
+pub fn tmp_dir(group: &str, name: &str) -> PathBuf {
+    let d = root().join("target/tmp").join(group).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The sample photos in tests/data/images (public domain, see SOURCES.md there).
+pub fn shared_image(name: &str) -> PathBuf {
+    let p = root().join("tests/data/images").join(name);
+    assert!(p.exists(), "{} is missing from the checkout", p.display());
+    p
+}
+
+/// The shared photos of the data pipeline tests: PNG and JPEG, baseline and progressive.
+pub const PHOTOS: [&str; 6] = [
+    "chelsea.png",
+    "chelsea_q90.jpg",
+    "coffee.png",
+    "coffee_q75_progressive.jpg",
+    "astronaut.png",
+    "rocket.jpg",
+];
+
+/// ROOT/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright, with noise;
+/// `n_train` a class in train, 4 in val. Each file goes through a temporary name and a rename,
+/// so a test reading the folder in parallel never sees a half-written PNG.
+pub fn two_class_images(root: &Path, n_train: u32) {
+    for (split, n) in [("train", n_train), ("val", 4)] {
+        for (c, base) in [("a", 40u8), ("b", 200)] {
+            let dir = root.join(split).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
+                    image::Rgb([v, v / 2, 255 - v])
+                });
+                let tmp = dir.join(format!(".{i}.png.tmp"));
+                img.save_with_format(&tmp, image::ImageFormat::Png).unwrap();
+                std::fs::rename(&tmp, dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// target/test-scratch/NAME/data of [`two_class_images`], written once per test binary: the
+/// tests run in parallel and read the same folder.
+pub fn two_class_folder(name: &str, n_train: u32) -> PathBuf {
+    static WRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let root = scratch(name).join("data");
+    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !written.contains(&root) {
+        two_class_images(&root, n_train);
+        written.push(root.clone());
+    }
+    root
+}
+
+// --------------------------------------------------------------------------
+// the Python references
 
 /// `.venv/bin/python`, or a panic saying how to create it.
 pub fn python() -> PathBuf {
@@ -17,6 +101,21 @@ pub fn python() -> PathBuf {
         py.display()
     );
     py
+}
+
+/// `.venv/bin/python`, or `None` after saying that the test is skipped; under CI=true a panic.
+pub fn python_or_skip() -> Option<PathBuf> {
+    let py = root().join(".venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing",
+        py.display()
+    );
+    eprintln!("skipping: {} is missing (run tools/setup.sh)", py.display());
+    None
 }
 
 /// Run `python script args…` from the repository root; panic with its stderr if it fails.
@@ -54,38 +153,73 @@ pub fn run_python_code(code: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A scratch directory under target/ for fixtures of one test binary.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = root().join("target/test-scratch").join(name);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+/// Run the reference `script` (a path under tools/) writing OUT (its last argument), and read
+/// OUT's tensors.
+pub fn reference_tensors(script: &str, args: &[&str], out: &Path) -> HashMap<String, Tensor> {
+    let mut args = args.to_vec();
+    args.push(s(out));
+    run_python(&root().join(script), &args);
+    read_tensors(out)
+}
+
+// --------------------------------------------------------------------------
+// fixtures
+
+/// The parity fixtures of GROUP (tools/fixtures/make_parity_fixtures.py): generated once (the
+/// script skips groups whose stamp matches its hash); returns the fixture directory. A missing
+/// Python reference env fails the test.
+pub fn parity_fixtures(group: &str) -> PathBuf {
+    static GEN: Mutex<()> = Mutex::new(());
+    let _guard = GEN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = root().join("target/fixtures/parity");
+    let script = root().join("tools/fixtures/make_parity_fixtures.py");
+    run_python(&script, &[s(&dir), group]);
     dir
 }
 
-/// The `mae eval` fixture (tools/make_eval_fixture.py, written once: the script keeps a stamp):
-/// the photo folder and its vit_base_patch16 checkpoint. The script runs once per test binary:
-/// tests run in parallel, and a second run on a fresh tree would delete the folder another test
-/// is reading.
+/// Big models run one at a time: memory (ViT-H is 2.5 GB per copy) and 2 cores.
+pub fn big_model_lock() -> std::sync::MutexGuard<'static, ()> {
+    static BIG: Mutex<()> = Mutex::new(());
+    BIG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The state dict of a fixture checkpoint `NAME.pth` (torch.save({'model': sd})).
+pub fn load_checkpoint(dir: &Path, name: &str) -> Vec<(String, Tensor)> {
+    let path = dir.join(format!("{name}.pth"));
+    mae::util::checkpoint::load_state_dict(&path).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The tensors of a safetensors file, by name.
+pub fn read_tensors(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// The inputs and outputs `NAME.safetensors` of a parity fixture.
+pub fn load_io(dir: &Path, name: &str) -> HashMap<String, Tensor> {
+    read_tensors(&dir.join(format!("{name}.safetensors")))
+}
+
+/// The `mae eval` fixture (tools/fixtures/make_eval_fixture.py, written once: the script keeps a
+/// stamp): the photo folder and its vit_base_patch16 checkpoint. The script runs once per test
+/// binary: tests run in parallel, and a second run on a fresh tree would delete the folder another
+/// test is reading.
 pub fn eval_fixture() -> (PathBuf, PathBuf) {
     static FIXTURE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = FIXTURE
         .get_or_init(|| {
             let dir = root().join("target/fixtures/eval");
             run_python(
-                &root().join("tools/make_eval_fixture.py"),
-                &[dir.to_str().unwrap()],
+                &root().join("tools/fixtures/make_eval_fixture.py"),
+                &[s(&dir)],
             );
             dir
         })
         .clone();
     let ckpt = dir.join("vit_base_patch16_eval.pth");
     (dir, ckpt)
-}
-
-/// The sample photos in tests/data/images (public domain, see SOURCES.md there).
-pub fn shared_image(name: &str) -> PathBuf {
-    let p = root().join("tests/data/images").join(name);
-    assert!(p.exists(), "{} is missing from the checkout", p.display());
-    p
 }
 
 /// A state_dict's keys and shapes, in order.
@@ -129,16 +263,110 @@ pub fn official_state_dict(model: &str) -> Shapes {
         .1
 }
 
+/// The tensors of a reference's output named `PREFIX…`, the prefix stripped (copies: a model
+/// loaded with them does not write into the reference's tensors).
+pub fn with_prefix(r: &HashMap<String, Tensor>, prefix: &str) -> Vec<(String, Tensor)> {
+    r.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.copy())))
+        .collect()
+}
+
+/// The end state of [`pretrain_steps`].
+pub struct PretrainRun {
+    pub vs: tch::nn::VarStore,
+    pub optimizer: mae::util::optim::AdamW,
+    pub scaler: mae::util::misc::NativeScalerWithGradNormCount,
+    pub stats: mae::util::misc::TrainStats,
+}
+
+/// The engine's side of the pre-training parity tests (parity_pretrain.rs, amp_train.rs): the
+/// tiny MAE (`cfg`) loaded with `init`, AdamW(0.9, 0.95) over add_weight_decay's groups with the
+/// default `--weight_decay` 0.05 (as main_pretrain), then `engine_pretrain::train_one_epoch`
+/// over `batches` at `epoch`, the masking noise drawn after `tch::manual_seed(seed)`.
+pub fn pretrain_steps(
+    args: &mae::engine_pretrain::Args,
+    cfg: mae::models_mae::MaeConfig,
+    init: &[(String, Tensor)],
+    batches: Vec<Tensor>,
+    epoch: i64,
+    seed: i64,
+) -> PretrainRun {
+    use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+    let device = tch::Device::Cpu;
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = mae::models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
+    let init = init.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+    mae::util::state_dict::load_state_dict(&mut vs, init, true).unwrap();
+    let groups = add_weight_decay(named_parameters(&vs), 0.05, &[]);
+    let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
+    let mut scaler = mae::util::misc::NativeScalerWithGradNormCount::new(false);
+    let data = batches.into_iter().map(Ok);
+    tch::manual_seed(seed);
+    let stats = mae::engine_pretrain::train_one_epoch(
+        &model,
+        data,
+        &mut optimizer,
+        device,
+        epoch,
+        &mut scaler,
+        None,
+        args,
+    )
+    .unwrap();
+    PretrainRun {
+        vs,
+        optimizer,
+        scaler,
+        stats,
+    }
+}
+
+// --------------------------------------------------------------------------
+// comparisons
+
+/// ‖a − b‖ / ‖b‖ in f64: NaN when either holds a NaN, 0 when both are zero.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape");
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    if a.isnan().any().int64_value(&[]) != 0 || b.isnan().any().int64_value(&[]) != 0 {
+        return f64::NAN;
+    }
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
+}
+
+/// Asserts rel_err ≤ tol (NaN fails) and returns it.
+pub fn check(what: &str, a: &Tensor, b: &Tensor, tol: f64) -> f64 {
+    let e = rel_err(a, b);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+    e
+}
+
+/// A tensor's bytes in memory order (bool as one byte each).
+pub fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = if t.kind() == Kind::Bool {
+        t.to_kind(Kind::Uint8)
+    } else {
+        t.shallow_clone()
+    };
+    let t = t.contiguous();
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    let mut v = vec![0u8; n];
+    if n > 0 {
+        t.reshape([-1])
+            .view_dtype(Kind::Uint8)
+            .copy_data_u8(&mut v, n);
+    }
+    v
+}
+
 /// name -> (exp_avg, exp_avg_sq, step) from an AdamW's `optimizer.state_dict()` (the parity
 /// tests of pre-training and of mixed-precision training read the moments this way).
-pub fn adamw_moments(
-    opt: &mae::util::optim::AdamW,
-) -> std::collections::HashMap<String, (tch::Tensor, tch::Tensor, f64)> {
+pub fn adamw_moments(opt: &mae::util::optim::AdamW) -> HashMap<String, (Tensor, Tensor, f64)> {
     use mae::util::pickle::Value;
     let sd = opt.state_dict();
     let state = sd.get("state").and_then(Value::as_dict).unwrap();
     let groups = sd.get("param_groups").and_then(Value::as_list).unwrap();
-    let mut out = std::collections::HashMap::new();
+    let mut out = HashMap::new();
     for (g, group) in groups.iter().zip(&opt.param_groups) {
         let ids = g.get("params").and_then(Value::as_list).unwrap();
         for (id, name) in ids.iter().zip(&group.names) {
@@ -165,7 +393,7 @@ pub fn adamw_moments(
 /// third of `qkv.bias` is left out: softmax ignores it, its gradient is float round-off, which
 /// Adam scales up to full-size steps (in one process as much as in two).
 pub fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
-    let load = |p: &Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+    let load = |p: &Path| -> std::collections::BTreeMap<String, Tensor> {
         mae::util::checkpoint::load_state_dict(p)
             .unwrap_or_else(|e| panic!("{e:#}"))
             .into_iter()
@@ -179,14 +407,11 @@ pub fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
     );
     let mut worst = (0f64, String::new());
     for (k, ta) in &a {
-        let (mut ta, mut tb) = (
-            ta.to_kind(tch::Kind::Double),
-            b[k].to_kind(tch::Kind::Double),
-        );
+        let (mut ta, mut tb) = (ta.to_kind(Kind::Double), b[k].to_kind(Kind::Double));
         if k.ends_with("qkv.bias") {
             let d = ta.size()[0] / 3;
-            ta = tch::Tensor::cat(&[ta.narrow(0, 0, d), ta.narrow(0, 2 * d, d)], 0);
-            tb = tch::Tensor::cat(&[tb.narrow(0, 0, d), tb.narrow(0, 2 * d, d)], 0);
+            ta = Tensor::cat(&[ta.narrow(0, 0, d), ta.narrow(0, 2 * d, d)], 0);
+            tb = Tensor::cat(&[tb.narrow(0, 0, d), tb.narrow(0, 2 * d, d)], 0);
         }
         let den = ta.norm().double_value(&[]).max(1e-12);
         let err = (&ta - &tb).norm().double_value(&[]) / den;
@@ -195,4 +420,152 @@ pub fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
         }
     }
     worst
+}
+
+// --------------------------------------------------------------------------
+// the mae binary
+
+/// `mae args…`: the binary of this build, run from the repository root.
+pub fn mae_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mae"));
+    c.args(args).current_dir(root());
+    c
+}
+
+/// `mae args…` run to its end.
+pub fn mae_output(args: &[&str]) -> Output {
+    mae_command(args).output().expect("running mae")
+}
+
+/// The stdout of a run that must have succeeded; else a panic showing both streams.
+pub fn stdout_ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// stdout followed by stderr.
+pub fn output_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The official summary line `* Acc@1 X Acc@5 Y loss Z` of a run's stdout.
+pub fn acc_line(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("* Acc@1"))
+        .unwrap_or_else(|| panic!("no '* Acc@1' line in:\n{stdout}"))
+        .to_string()
+}
+
+// --------------------------------------------------------------------------
+// ranks of a process group
+
+/// What a launcher (torchrun, SLURM, Open MPI) or the caller's shell may have set that would
+/// make a `mae` child join another group.
+pub const LAUNCHER_VARS: [&str; 9] = [
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+    "OMPI_COMM_WORLD_RANK",
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "GLOO_SOCKET_IFNAME",
+];
+
+/// `c` with one thread and none of [`LAUNCHER_VARS`] from this process's environment.
+pub fn without_launcher(c: &mut Command) -> &mut Command {
+    c.env("OMP_NUM_THREADS", "1");
+    for k in LAUNCHER_VARS {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// `.venv/bin/torchrun`, or a panic saying how to get it.
+pub fn torchrun() -> PathBuf {
+    let torchrun = root().join(".venv/bin/torchrun");
+    assert!(
+        torchrun.exists(),
+        "{} is missing: run tools/setup.sh",
+        torchrun.display()
+    );
+    torchrun
+}
+
+/// Pre-training on 12 Fashion-MNIST images, one epoch: 3 steps of 4 in one process, 3 steps of
+/// 2 on each of 2 ranks (add `--batch_size` and `--output_dir`).
+pub const PRETRAIN_12: [&str; 21] = [
+    "pretrain",
+    "--dataset",
+    "fashion_mnist",
+    "--train_subset",
+    "12",
+    "--model",
+    "mae_vit_tiny_patch4",
+    "--input_size",
+    "32",
+    "--epochs",
+    "1",
+    "--warmup_epochs",
+    "1",
+    "--blr",
+    "1e-1",
+    "--norm_pix_loss",
+    "--num_workers",
+    "1",
+    "--device",
+    "cpu",
+    "--seed=5",
+];
+
+/// A pre-training run of 1000 epochs on `subset` images, batch 2, that the test stops.
+pub fn endless_pretrain<'a>(
+    subset: &'a str,
+    output_dir: &'a str,
+    timeout: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "pretrain",
+        "--dataset",
+        "fashion_mnist",
+        "--train_subset",
+        subset,
+        "--model",
+        "mae_vit_tiny_patch4",
+        "--input_size",
+        "32",
+        "--epochs",
+        "1000",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "1",
+        "--device",
+        "cpu",
+        "--output_dir",
+        output_dir,
+        "--dist_timeout",
+        timeout,
+    ]
+}
+
+/// Reads rank 0's stdout until it prints `needle`, then drains the rest in a thread; returns
+/// what it printed so far.
+pub fn read_until(mut stdout: ChildStdout, needle: &str) -> String {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "rank 0 stopped before '{needle}':\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    seen
 }

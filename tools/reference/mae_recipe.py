@@ -35,7 +35,7 @@ What each part restates (facebookresearch/mae, timm 0.3.2 semantics):
 - engine_pretrain.py train_one_epoch(): per-iteration util/lr_sched.adjust_learning_rate,
   loss / accum_iter backward, step every accum_iter, MetricLogger global averages.
 - models_mae.py MaskedAutoencoderViT: HuggingFace ViTMAEForPreTraining (layer_norm_eps 1e-6),
-  weights mapped to / from the official keys by tools/make_parity_fixtures.py (hf_to_official /
+  weights mapped to / from the official keys by tools/fixtures/make_parity_fixtures.py (hf_to_official /
   official_to_hf, the same mapping the Rust parity tests use); random_masking's noise
   torch.rand(N, L) drawn here and passed as `noise=` (HF's argsort masking = the official one).
   models_mae.initialize_weights() / _init_weights() applied explicitly on the official keys
@@ -94,9 +94,9 @@ import torch.nn as nn
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # tools/
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import MAE, get_2d_sincos_pos_embed, hf_mae, hf_to_official, official_to_hf  # noqa: E402
-from linprobe_reference import LARS  # noqa: E402  (util/lars.py, restated once)
+from official import LARS, adjust_learning_rate, build_eval_transform, param_groups_lrd  # noqa: E402
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 DEFAULT_DATA_PATH = "/datasets01/imagenet_full_size/061417/"
@@ -195,23 +195,10 @@ def train_loader(dataset, args):
     return loader
 
 
-def eval_transform(input_size):
-    """util/datasets.build_transform(is_train=False)."""
-    from torchvision import transforms
-    crop_pct = 224 / 256 if input_size <= 224 else 1.0
-    size = int(input_size / crop_pct)
-    return transforms.Compose([
-        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-    ])
-
-
 def eval_batches(args):
     """The test split through the (deterministic) eval transform, once, as batches of
     args.batch_size in order (SequentialSampler, drop_last=False)."""
-    ds = FashionMNIST(data_root(args), False, eval_transform(args.input_size))
+    ds = FashionMNIST(data_root(args), False, build_eval_transform(args.input_size))
     print(ds)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.from_numpy(ds.targets)
@@ -219,22 +206,7 @@ def eval_batches(args):
 
 
 # --------------------------------------------------------------------------
-# util/lr_sched.py, util/misc.py pieces
-def adjust_learning_rate(optimizer, epoch, args):
-    """Decay the learning rate with half-cycle cosine after warmup"""
-    if epoch < args.warmup_epochs:
-        lr = args.lr * epoch / args.warmup_epochs
-    else:
-        lr = args.min_lr + (args.lr - args.min_lr) * 0.5 * \
-            (1. + math.cos(math.pi * (epoch - args.warmup_epochs) / (args.epochs - args.warmup_epochs)))
-    for param_group in optimizer.param_groups:
-        if "lr_scale" in param_group:
-            param_group["lr"] = lr * param_group["lr_scale"]
-        else:
-            param_group["lr"] = lr
-    return lr
-
-
+# util/misc.py pieces (util/lr_sched.py, util/lr_decay.py, util/lars.py: official.py)
 def timedelta(s):
     import datetime
     return str(datetime.timedelta(seconds=int(s)))
@@ -551,45 +523,6 @@ def load_checkpoint_model(path):
     return checkpoint["model"] if "model" in checkpoint else checkpoint
 
 
-def param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=[], layer_decay=.75):
-    """util/lr_decay.param_groups_lrd"""
-    param_group_names = {}
-    param_groups = {}
-    num_layers = len(model.blocks) + 1
-    layer_scales = list(layer_decay ** (num_layers - i) for i in range(num_layers + 1))
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # no decay: all 1D parameters and model specific ones
-        if p.ndim == 1 or n in no_weight_decay_list:
-            g_decay = "no_decay"
-            this_decay = 0.
-        else:
-            g_decay = "decay"
-            this_decay = weight_decay
-        layer_id = get_layer_id_for_vit(n, num_layers)
-        group_name = "layer_%d_%s" % (layer_id, g_decay)
-        if group_name not in param_group_names:
-            this_scale = layer_scales[layer_id]
-            param_group_names[group_name] = {"lr_scale": this_scale, "weight_decay": this_decay, "params": []}
-            param_groups[group_name] = {"lr_scale": this_scale, "weight_decay": this_decay, "params": []}
-        param_group_names[group_name]["params"].append(n)
-        param_groups[group_name]["params"].append(p)
-    return list(param_groups.values())
-
-
-def get_layer_id_for_vit(name, num_layers):
-    """util/lr_decay.get_layer_id_for_vit"""
-    if name in ["cls_token", "pos_embed"]:
-        return 0
-    elif name.startswith("patch_embed"):
-        return 0
-    elif name.startswith("blocks"):
-        return int(name.split(".")[1]) + 1
-    else:
-        return num_layers
-
-
 class RandomResizedCropOneBox:
     """util/crop.RandomResizedCrop: one box drawn (no ten attempts, no fallback), clipped."""
 
@@ -796,9 +729,9 @@ def finetune(args):
     print("effective batch size: %d" % eff_batch_size)
 
     # build optimizer with layer-wise lr decay (lrd); timm 0.3.2's no_weight_decay()
-    param_groups = param_groups_lrd(model, args.weight_decay,
-                                    no_weight_decay_list={"pos_embed", "cls_token", "dist_token"},
-                                    layer_decay=args.layer_decay)
+    param_groups, _ = param_groups_lrd(model, args.weight_decay,
+                                       no_weight_decay_list={"pos_embed", "cls_token", "dist_token"},
+                                       layer_decay=args.layer_decay)
     optimizer = torch.optim.AdamW(param_groups, lr=args.lr)
     if mixup_fn is not None:
         criterion = SoftTargetCrossEntropy()  # smoothing is handled with mixup label transform

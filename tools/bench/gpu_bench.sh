@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One CUDA run (under 8 minutes on an H100) of the port against PyTorch on the same card (issue 7):
-#  1. parity of the eval forward, same weights and inputs (tools/bench_models.py --parity):
+#  1. parity of the eval forward, same weights and inputs (tools/bench/bench_models.py --parity):
 #     vit_base_patch16 (timm) and mae_vit_base_patch16 (HF ViTMAE, same masking noise), fp32 with
 #     TF32 off (rel. err. <= 1e-5 or the script fails) and bf16 / fp16 autocast (reported);
 #  2. throughput, Rust and PyTorch alternating one step at a time: MAE ViT-L/16 pre-training step
@@ -10,16 +10,16 @@
 #
 # The GPU machine has no Rust and no internet: build here, carry the binary over, run there:
 #   cargo build --release --example bench_step      # target/release/examples/bench_step
-#   tools/gpu_bench.sh                              # there; or --cpu-dry-run here
+#   tools/bench/gpu_bench.sh                        # there; or --cpu-dry-run here
 # Python: .venv/bin/python when present, else python3 (torch 2.11, timm, transformers).
 # libtorch: LD_LIBRARY_PATH gets /opt/torch/.venv/lib/python3.12/site-packages/torch/lib and the
 # torch/lib of that python (the binary's rpath points at this checkout's .venv).
 # Results: $OUT if set, else target/gpu_bench: parity.md, throughput.md, table.md, log.txt.
 #
-# usage: tools/gpu_bench.sh [--cpu-dry-run] [--rounds N]
+# usage: tools/bench/gpu_bench.sh [--cpu-dry-run] [--rounds N]
 #   --cpu-dry-run  the same code paths on the CPU with the tiny test models and 2 rounds
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 DRY=0 ROUNDS=""
 while [ $# -gt 0 ]; do
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
         --cpu-dry-run) DRY=1 ;;
         --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "tools/gpu_bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+        *) echo "tools/bench/gpu_bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -60,16 +60,16 @@ for m in "$VIT_B" "$VIT_L"; do for p in bf16 fp16 fp32; do THROUGHPUT+=("forward
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     $PY -c 'import torch, timm, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "timm", timm.__version__, "transformers", transformers.__version__)'
     echo "## 1. parity"
-    timeout 200 $PY tools/bench_models.py --parity --device "$DEVICE" --rust "$RUST" --out "$OUT" \
+    timeout 200 $PY tools/bench/bench_models.py --parity --device "$DEVICE" --rust "$RUST" --out "$OUT" \
         --table "$OUT/parity.md" "${PARITY[@]}"
     PARITY_RC=$?
     echo "## 2. throughput ($ROUNDS rounds)"
-    timeout 270 $PY tools/bench_models.py --device "$DEVICE" --rounds "$ROUNDS" --peak_tflops "$PEAK" \
+    timeout 270 $PY tools/bench/bench_models.py --device "$DEVICE" --rounds "$ROUNDS" --peak_tflops "$PEAK" \
         --rust "$RUST" --out "$OUT" --table "$OUT/throughput.md" "${THROUGHPUT[@]}"
     BENCH_RC=$?
     {
         GPU=$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-        echo "Device $DEVICE${GPU:+ ($GPU)}, $(date -u '+%Y-%m-%d'), tools/gpu_bench.sh$([ "$DRY" = 1 ] && echo ' --cpu-dry-run'); MFU against $PEAK TFLOP/s."
+        echo "Device $DEVICE${GPU:+ ($GPU)}, $(date -u '+%Y-%m-%d'), tools/bench/gpu_bench.sh$([ "$DRY" = 1 ] && echo ' --cpu-dry-run'); MFU against $PEAK TFLOP/s."
         echo
         cat "$OUT/parity.md" 2>/dev/null || echo "| parity | FAILED (exit $PARITY_RC) |"
         echo

@@ -1,12 +1,10 @@
-//! `mae linprobe` against main_linprobe.py (tools/linprobe_reference.py): the state_dict keys of
-//! the BatchNorm + Linear head model, and linear-probing iterations with util/lars.py's LARS
-//! (frozen encoder, BatchNorm running statistics, momentum buffers, weights).
+//! `mae linprobe` against main_linprobe.py (tools/reference/linprobe_reference.py): the state_dict
+//! keys of the BatchNorm + Linear head model, and linear-probing iterations with util/lars.py's
+//! LARS (frozen encoder, BatchNorm running statistics, momentum buffers, weights).
 
-#[path = "common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
-
+use common::rel_err;
 use mae::engine_finetune::train_one_epoch;
 use mae::main_linprobe::LinProbe;
 use mae::models_vit::VitConfig;
@@ -19,26 +17,16 @@ use mae::util::misc::{NativeScalerWithGradNormCount, Step};
 use mae::util::optim::{named_parameters, Optimizer};
 use mae::util::pickle::Value;
 use mae::util::state_dict::load_state_dict;
-use tch::{nn, Device, Kind, Tensor};
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
-}
+use tch::{nn, Device, Tensor};
 
 #[test]
 fn lars_linear_probe_steps_match_pytorch() {
-    let dir = common::scratch("linprobe");
-    let out = dir.join("reference.safetensors");
-    common::run_python(
-        &common::root().join("tools/linprobe_reference.py"),
-        &[out.to_str().unwrap()],
+    let dir = common::scratch("parity_linprobe");
+    let r = common::reference_tensors(
+        "tools/reference/linprobe_reference.py",
+        &[],
+        &dir.join("reference.safetensors"),
     );
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
     let keys = std::fs::read_to_string(dir.join("reference.safetensors.keys.txt")).unwrap();
     let want_keys: Vec<&str> = keys.lines().collect();
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference for tests/amp_train.rs: MAE pre-training steps under
 `torch.autocast('cpu', dtype=torch.bfloat16)`, and the same steps in float32, as
-tools/pretrain_reference.py runs them (HF ViTMAE under the official keys, torch.optim.AdamW over
+tools/reference/pretrain_reference.py runs them (HF ViTMAE under the official keys, torch.optim.AdamW over
 timm's weight-decay groups, util/lr_sched.py, the same initial weights, batches and seeded
 masking noise). Only the forward (and so the loss) runs under autocast, as in
 engine_pretrain.py; backward and AdamW run outside it, on float32 weights.
@@ -14,21 +14,19 @@ PREC.w.KEY (weights after the steps), PREC.m.KEY / PREC.v.KEY (AdamW moments), a
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_parity_fixtures import MAE, hf_mae, hf_to_official, official_to_hf, randomize, save_io  # noqa: E402
-from pretrain_reference import BATCH, DEC_DEPTH, DEPTH, LR, NAME, SEED, WEIGHT_DECAY, Args, adjust_learning_rate  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
+from make_parity_fixtures import save_io  # noqa: E402
+from official import adamw_state, adjust_learning_rate, state_by_name  # noqa: E402
+from pretrain_reference import SEED, Args, init_and_batches, model_and_optimizer, to_official  # noqa: E402
 
 STEPS, EPOCH = 2, 1  # optimizer steps (accum_iter 1) in the warm-up epoch of the 4-epoch schedule
 
 
 def run(init, batches, dtype):
     import torch
-    from timm.optim import param_groups_weight_decay
 
-    model = hf_mae(NAME, 0.75, False)
-    model.load_state_dict(official_to_hf(init, DEPTH, DEC_DEPTH), strict=True)
-    model.train()
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95))
+    model, optimizer = model_and_optimizer(init, False)
     torch.manual_seed(SEED)
     optimizer.zero_grad()
     losses, fp32 = [], True
@@ -42,16 +40,11 @@ def run(init, batches, dtype):
         fp32 &= all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
         optimizer.step()
         optimizer.zero_grad()
-    named = dict(model.named_parameters())
-    state = {n: optimizer.state[p] for n, p in named.items() if p in optimizer.state}
-    fp32 &= all(p.dtype == torch.float32 for p in named.values())
+    state = state_by_name(model, optimizer)
+    fp32 &= all(p.dtype == torch.float32 for p in model.parameters())
     fp32 &= all(s[k].dtype == torch.float32 for s in state.values() for k in ("exp_avg", "exp_avg_sq"))
     out = {"loss": torch.tensor(losses, dtype=torch.float64), "dtypes": torch.tensor([float(fp32)])}
-    for k, v in hf_to_official(model.state_dict(), DEPTH, DEC_DEPTH).items():
-        out["w." + k] = v
-    for short, key in [("m", "exp_avg"), ("v", "exp_avg_sq")]:
-        for k, v in hf_to_official({n: s[key] for n, s in state.items()}, DEPTH, DEC_DEPTH).items():
-            out[f"{short}.{k}"] = v
+    out.update(adamw_state(model, state, to_official))
     return out
 
 
@@ -60,13 +53,9 @@ def main():
 
     torch.set_num_threads(1)
     out_path = sys.argv[1]
-    # the initial weights and batches of tools/pretrain_reference.py
-    torch.manual_seed(SEED)
-    gen = torch.Generator().manual_seed(SEED + 1)
-    init = hf_to_official(hf_mae(NAME, 0.75, False).state_dict(), DEPTH, DEC_DEPTH)
-    init = randomize(init, gen, keep=("pos_embed", "decoder_pos_embed"))
-    img = MAE[NAME][0]
-    batches = torch.randn(6, BATCH, 3, img, img, generator=gen)[:STEPS]
+    # the initial weights and batches of tools/reference/pretrain_reference.py
+    init, batches = init_and_batches()
+    batches = batches[:STEPS]
     io = {"batches": batches}
     io.update({"init." + k: v for k, v in init.items()})
     for prec, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:

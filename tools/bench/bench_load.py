@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One measurement of tools/bench_load.sh, in a fresh process (the Python side of
+"""One measurement of tools/bench/bench_load.sh, in a fresh process (the Python side of
 examples/bench_load.rs): the time of one checkpoint load and the peak RSS above the process
 baseline (VmRSS once `import torch` is done, before the load).
 
@@ -32,7 +32,7 @@ def main():
     file_mb = os.path.getsize(path) / 2**20
     torch.zeros(1).sum()
     if mode == "model":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures"))
         from make_parity_fixtures import timm_vit  # noqa: E402  (imports timm: before the clock)
     base = status_mb("VmRSS:")
     t0 = time.perf_counter()

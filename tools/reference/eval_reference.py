@@ -22,9 +22,9 @@ from timm.utils import accuracy
 from torchvision import datasets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from make_eval_fixture import official_eval_transform  # noqa: E402
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import timm_vit  # noqa: E402
+from official import build_eval_transform  # noqa: E402
 
 
 def main():
@@ -44,7 +44,7 @@ def main():
     device = torch.device(args.device)
 
     dataset_val = datasets.ImageFolder(os.path.join(args.data_path, "val"),
-                                       transform=official_eval_transform(args.input_size))
+                                       transform=build_eval_transform(args.input_size))
     data_loader_val = torch.utils.data.DataLoader(
         dataset_val, sampler=torch.utils.data.SequentialSampler(dataset_val),
         batch_size=args.batch_size, num_workers=args.num_workers,

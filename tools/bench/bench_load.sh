@@ -8,18 +8,18 @@
 #            mmap=True + clone of every tensor (the data actually read in)
 #   model    load_mapped + build the ViT without random init + adopt its tensors (what `mae eval`
 #            does before its first image) vs timm ViT (random init) + torch.load + load_state_dict
-#   eval     `mae eval` fp32 and bf16 vs tools/eval_reference.py (main_finetune.py --eval),
+#   eval     `mae eval` fp32 and bf16 vs tools/reference/eval_reference.py (main_finetune.py --eval),
 #            process start to the printed `* Acc@1` line, ViT-B/16 on a small image folder
 # Times are seconds; peak RSS is MiB above the process's baseline (runtime loaded, before the
 # load), against the file size. The examples print their own lines (examples/bench_load.rs,
-# tools/bench_load.py).
+# tools/bench/bench_load.py).
 #
-# usage: tools/bench_load.sh [--quick] [ROUNDS]
+# usage: tools/bench/bench_load.sh [--quick] [ROUNDS]
 #   --quick  one round, ViT-B/16 checkpoint only, 8 images (< 1 min on an idle 2-core machine)
 #   full     ROUNDS (default 5) rounds; the load rows also on the ViT-L/16 fp32 fixture
 #            (1.2 GB) when target/fixtures/checkpoint has it (cargo test --test checkpoint)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 QUICK=0
 if [ "${1:-}" = --quick ]; then QUICK=1; shift; fi
 ROUNDS=${1:-$([ $QUICK = 1 ] && echo 1 || echo 5)}
@@ -27,7 +27,7 @@ IMAGES=$([ $QUICK = 1 ] && echo 8 || echo 16)
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "run tools/setup.sh first" >&2; exit 1; }
 cargo build --release --quiet --bin mae --example bench_load
-$PY tools/make_eval_fixture.py target/fixtures/eval >/dev/null   # ViT-B/16 checkpoint, 38 images
+$PY tools/fixtures/make_eval_fixture.py target/fixtures/eval >/dev/null   # ViT-B/16 checkpoint, 38 images
 BASE=target/fixtures/eval/vit_base_patch16_eval.pth
 LARGE=target/fixtures/checkpoint/vit_large_patch16_f32.pth
 CKPTS=("$BASE")
@@ -72,14 +72,14 @@ for r in $(seq "$ROUNDS"); do
         ckname=$(basename "$ck" .pth)
         ck=$ckname measure target/release/examples/bench_load "$ck" load
         ck=$ckname measure target/release/examples/bench_load "$ck" mapped
-        ck=$ckname measure $PY tools/bench_load.py "$ck" load
-        ck=$ckname measure $PY tools/bench_load.py "$ck" mmap
-        ck=$ckname measure $PY tools/bench_load.py "$ck" mmap_touch
+        ck=$ckname measure $PY tools/bench/bench_load.py "$ck" load
+        ck=$ckname measure $PY tools/bench/bench_load.py "$ck" mmap
+        ck=$ckname measure $PY tools/bench/bench_load.py "$ck" mmap_touch
     done
     ck=$(basename "$BASE" .pth) measure target/release/examples/bench_load "$BASE" model
-    ck=$(basename "$BASE" .pth) measure $PY tools/bench_load.py "$BASE" model
+    ck=$(basename "$BASE" .pth) measure $PY tools/bench/bench_load.py "$BASE" model
     eval_run "mae-eval-fp32" target/release/mae eval "${EVAL[@]}"
-    eval_run "reference-fp32" $PY tools/eval_reference.py "${EVAL[@]}"
+    eval_run "reference-fp32" $PY tools/reference/eval_reference.py "${EVAL[@]}"
     eval_run "mae-eval-bf16" target/release/mae eval "${EVAL[@]}" --precision bf16
 done
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The reference for `mae visualize`: demo/mae_visualize.ipynb's `run_one_image` on HuggingFace
-`ViTMAEForPreTraining` with the official checkpoint mapped in (tools/make_parity_fixtures.py).
+`ViTMAEForPreTraining` with the official checkpoint mapped in (tools/fixtures/make_parity_fixtures.py).
 
 Per image, as the demo: `Image.open(p)` (`.convert('RGB')` added for non-RGB files),
 `img.resize((S, S))` (Pillow's default, bicubic), `np.array(img) / 255.`, minus mean, over std
@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import MAE, hf_mae, official_to_hf  # noqa: E402
 
 imagenet_mean = np.array([0.485, 0.456, 0.406])

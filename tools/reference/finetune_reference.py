@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""References for tests/finetune.rs (written from the official main_finetune.py /
+"""References for tests/parity_finetune.rs (written from the official main_finetune.py /
 engine_finetune.py / util/lr_decay.py / util/lr_sched.py semantics, on timm's ViT under the
 official keys).
 
@@ -14,65 +14,13 @@ Usage:
       per case TAG the per-iteration lr and loss and the weights after (TAG.w.KEY).
 """
 import json
-import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import randomize, save_io, timm_vit  # noqa: E402
-
-
-def param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=[], layer_decay=.75):
-    """util/lr_decay.py, as in the official repository."""
-    param_group_names = {}
-    param_groups = {}
-    num_layers = len(model.blocks) + 1
-    layer_scales = list(layer_decay ** (num_layers - i) for i in range(num_layers + 1))
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # no decay: all 1D parameters and model specific ones
-        if p.ndim == 1 or n in no_weight_decay_list:
-            g_decay = "no_decay"
-            this_decay = 0.
-        else:
-            g_decay = "decay"
-            this_decay = weight_decay
-        layer_id = get_layer_id_for_vit(n, num_layers)
-        group_name = "layer_%d_%s" % (layer_id, g_decay)
-        if group_name not in param_group_names:
-            this_scale = layer_scales[layer_id]
-            param_group_names[group_name] = {"lr_scale": this_scale, "weight_decay": this_decay, "params": []}
-            param_groups[group_name] = {"lr_scale": this_scale, "weight_decay": this_decay, "params": []}
-        param_group_names[group_name]["params"].append(n)
-        param_groups[group_name]["params"].append(p)
-    return list(param_groups.values()), param_group_names
-
-
-def get_layer_id_for_vit(name, num_layers):
-    if name in ['cls_token', 'pos_embed']:
-        return 0
-    elif name.startswith('patch_embed'):
-        return 0
-    elif name.startswith('blocks'):
-        return int(name.split('.')[1]) + 1
-    else:
-        return num_layers
-
-
-def adjust_learning_rate(optimizer, epoch, args):
-    """util/lr_sched.py"""
-    if epoch < args.warmup_epochs:
-        lr = args.lr * epoch / args.warmup_epochs
-    else:
-        lr = args.min_lr + (args.lr - args.min_lr) * 0.5 * \
-            (1. + math.cos(math.pi * (epoch - args.warmup_epochs) / (args.epochs - args.warmup_epochs)))
-    for param_group in optimizer.param_groups:
-        if "lr_scale" in param_group:
-            param_group["lr"] = lr * param_group["lr_scale"]
-        else:
-            param_group["lr"] = lr
-    return lr
+from official import adjust_learning_rate, param_groups_lrd  # noqa: E402
 
 
 def lrd(out):

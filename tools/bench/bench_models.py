@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Rust against the PyTorch reference, same machine, same run, alternating one step at a time.
 
-Driven by tools/bench.sh (CPU) and tools/gpu_bench.sh (CUDA). Each ROW is TASK:MODEL:BATCH:PRECISION
+Driven by tools/bench/bench.sh (CPU) and tools/bench/gpu_bench.sh (CUDA). Each ROW is TASK:MODEL:BATCH:PRECISION
 - forward:vit_base_patch16:8:bf16 — models_vit eval forward (no_grad) against timm's
   VisionTransformer(global_pool='avg', fc_norm=True) (the official models_vit), under
   torch.autocast(device, dtype) for bf16/fp16;
 - pretrain:mae_vit_base_patch16:8:fp32 — one pre-training step as engine_pretrain runs it
   (forward under autocast, backward, AdamW(0.9, 0.95) over timm's weight-decay groups, zero_grad;
   fp16 through torch.amp.GradScaler) against HF ViTMAEForPreTraining in the official config
-  (tools/make_parity_fixtures.py: hf_mae).
+  (tools/fixtures/make_parity_fixtures.py: hf_mae).
 The Rust side is target/release/examples/bench_step (a server: one timed step per stdin line).
 Every round runs one step of each, alternating who goes first; the table gives the medians and
 the median over rounds of the per-round speed ratio (PyTorch time / Rust time: > 1 is Rust faster),
@@ -30,9 +30,9 @@ import sys
 import time
 from contextlib import nullcontext
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TOOLS)
+sys.path.insert(0, os.path.join(TOOLS, "fixtures"))
 from make_parity_fixtures import MAE, VIT, hf_mae, hf_to_official, official_to_hf, randomize, timm_vit  # noqa: E402
 
 import torch  # noqa: E402

@@ -1,22 +1,20 @@
-//! `mae pretrain`'s engine step for step against PyTorch (tools/pretrain_reference.py:
+//! `mae pretrain`'s engine step for step against PyTorch (tools/reference/pretrain_reference.py:
 //! HF ViTMAE under the official keys, torch.optim.AdamW over timm's weight-decay groups, the
 //! official lr function): the same initial weights, batches and seeded masking noise; the lr of
 //! every iteration, the losses, the weights and AdamW moments after the epoch.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
 
-use mae::engine_pretrain::train_one_epoch;
+use common::rel_err;
 use mae::engine_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
 use mae::util::amp::Precision;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{self, NativeScalerWithGradNormCount};
 use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
-use mae::util::state_dict::load_state_dict;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 const CASES: [(&str, usize, usize, bool, i64); 5] = [
     ("s1_a1_pix0_e1", 1, 1, false, 1),
@@ -28,34 +26,19 @@ const CASES: [(&str, usize, usize, bool, i64); 5] = [
 const SEED: i64 = 7;
 
 fn reference() -> HashMap<String, Tensor> {
-    let dir = common::scratch("pretrain_parity");
-    let out = dir.join("reference.safetensors");
-    let script = common::root().join("tools/pretrain_reference.py");
-    common::run_python(&script, &[out.to_str().unwrap()]);
-    Tensor::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-300)
+    let out = common::scratch("parity_pretrain").join("reference.safetensors");
+    common::reference_tensors("tools/reference/pretrain_reference.py", &[], &out)
 }
 
 #[test]
 fn steps_match_pytorch() {
     let reference = reference();
-    let init: Vec<(String, Tensor)> = reference
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("init.")?.to_string(), v.shallow_clone())))
-        .collect();
+    let init = common::with_prefix(&reference, "init.");
     let batches = &reference["batches"];
     let mut report = Vec::new();
     for (tag, steps, accum_iter, norm_pix_loss, epoch) in CASES {
         let args = Args {
-            accum_iter,
+            accum_iter: accum_iter,
             mask_ratio: 0.75,
             precision: Precision::Fp32,
             lr: LrArgs {
@@ -65,35 +48,18 @@ fn steps_match_pytorch() {
                 epochs: 4,
             },
         };
-        let mut vs = nn::VarStore::new(Device::Cpu);
         let cfg = MaeConfig {
             norm_pix_loss,
             ..MaeConfig::default()
         };
-        let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
-        load_state_dict(
-            &mut vs,
-            init.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
-            true,
-        )
-        .unwrap();
-        let groups = add_weight_decay(named_parameters(&vs), 0.05, &[]);
-        let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
-        let mut scaler = NativeScalerWithGradNormCount::new(false);
         let n = (steps * accum_iter) as i64;
-        let data: Vec<_> = (0..n).map(|i| Ok(batches.get(i))).collect();
-        tch::manual_seed(SEED);
-        let stats = train_one_epoch(
-            &model,
-            data.into_iter(),
-            &mut optimizer,
-            Device::Cpu,
-            epoch,
-            &mut scaler,
-            None,
-            &args,
-        )
-        .unwrap();
+        let data = (0..n).map(|i| batches.get(i)).collect();
+        let common::PretrainRun {
+            vs,
+            optimizer,
+            scaler,
+            stats,
+        } = common::pretrain_steps(&args, cfg, &init, data, epoch, SEED);
 
         // learning rate and loss of every iteration
         let want_lr = Vec::<f64>::try_from(&reference[&format!("{tag}.lr")]).unwrap();
@@ -143,11 +109,8 @@ fn steps_match_pytorch() {
         // the checkpoint of this state loads in PyTorch (weights_only) into the official
         // model (HF mapped) and torch.optim.AdamW over the official parameter order
         if tag == "s3_a2_pix1_e1" {
-            let dir = common::scratch("pretrain_parity");
-            let flags = ["pretrain", "--lr", "1e-3", "--device", "cpu"];
-            let cli = <mae::main_pretrain::Args as clap::Parser>::parse_from(flags);
-            let args = cli.to_value().unwrap();
-            let path = misc::save_model(&dir, args, epoch, &vs, &optimizer, &scaler).unwrap();
+            let dir = common::scratch("parity_pretrain");
+            let path = misc::save_model(&dir, cli_args(), epoch, &vs, &optimizer, &scaler).unwrap();
             let back = dir.join("from_torch.pth");
             let out =
                 common::run_python_code(PY_LOAD, &[path.to_str().unwrap(), back.to_str().unwrap()]);
@@ -185,7 +148,7 @@ fn steps_match_pytorch() {
 
 const PY_LOAD: &str = r#"
 import sys, torch
-sys.path.insert(0, "tools")
+sys.path.insert(0, "tools/fixtures")
 from make_parity_fixtures import hf_mae, official_to_hf
 ck = torch.load(sys.argv[1], weights_only=True)
 assert set(ck) == {"model", "optimizer", "epoch", "scaler", "args"}, ck.keys()
@@ -210,3 +173,10 @@ import argparse
 torch.save({"model": sd, "optimizer": opt.state_dict(), "epoch": ck["epoch"], "scaler": {},
             "args": argparse.Namespace(**ck["args"])}, sys.argv[2])
 "#;
+
+/// `args` as `mae pretrain` saves them in a checkpoint.
+fn cli_args() -> mae::util::pickle::Value {
+    let flags = ["pretrain", "--lr", "1e-3", "--device", "cpu"];
+    let args = <mae::main_pretrain::Args as clap::Parser>::parse_from(flags);
+    args.to_value().unwrap()
+}

@@ -1,10 +1,10 @@
-"""The reference side of tools/bench_data.sh: torchvision's training data pipeline as
+"""The reference side of tools/bench/bench_data.sh: torchvision's training data pipeline as
 main_pretrain.py builds it (ImageFolder, PIL decode, RandomResizedCrop(224, scale=(0.2, 1.0),
 bicubic), RandomHorizontalFlip, ToTensor, Normalize(ImageNet); DataLoader(shuffle, batch_size,
 num_workers, drop_last=True, persistent_workers)). A warm-up of two batches (worker start-up,
 page cache) is excluded; prints one JSON line with the images/s of the timed epochs.
 
-usage: python tools/bench_data.py DATA_PATH [--batch_size 64] [--num_workers 2] [--epochs 3]
+usage: python tools/bench/bench_data.py DATA_PATH [--batch_size 64] [--num_workers 2] [--epochs 3]
 """
 import argparse
 import json

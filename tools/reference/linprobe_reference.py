@@ -1,56 +1,22 @@
 #!/usr/bin/env python3
-"""Reference for tests/linprobe.rs: linear probing iterations as main_linprobe.py runs them
+"""Reference for tests/parity_linprobe.rs: linear probing iterations as main_linprobe.py runs them
 (timm ViT under the official keys, the head replaced by BatchNorm1d(affine=False, eps=1e-6) +
-Linear, everything but the head frozen, util/lars.py's LARS restated below, the official lr
-function, CrossEntropyLoss), on one process (CPU, GradScaler disabled).
+Linear, everything but the head frozen, util/lars.py's LARS and the official lr function
+(official.py), CrossEntropyLoss), on one process (CPU, GradScaler disabled).
 
 Usage: linprobe_reference.py OUT.safetensors
 Writes init.KEY (the whole state_dict, head.0.* / head.1.* included), the batches, per-iteration
 lr and loss, and the state_dict after (after.KEY), plus the state_dict key order (keys.txt beside).
 """
-import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import randomize, save_io, timm_vit  # noqa: E402
-from finetune_reference import adjust_learning_rate  # noqa: E402
+from official import LARS, adjust_learning_rate  # noqa: E402
 
 import torch  # noqa: E402
-
-
-class LARS(torch.optim.Optimizer):
-    """util/lars.py: LARS optimizer, no rate scaling or weight decay for parameters <= 1D."""
-    def __init__(self, params, lr=0, weight_decay=0, momentum=0.9, trust_coefficient=0.001):
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self):
-        for g in self.param_groups:
-            for p in g['params']:
-                dp = p.grad
-
-                if dp is None:
-                    continue
-
-                if p.ndim > 1:  # if not normalization gamma/beta or bias
-                    dp = dp.add(p, alpha=g['weight_decay'])
-                    param_norm = torch.norm(p)
-                    update_norm = torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.,
-                                    torch.where(update_norm > 0,
-                                                (g['trust_coefficient'] * param_norm / update_norm), one),
-                                    one)
-                    dp = dp.mul(q)
-
-                param_state = self.state[p]
-                if 'mu' not in param_state:
-                    param_state['mu'] = torch.zeros_like(p)
-                mu = param_state['mu']
-                mu.mul_(g['momentum']).add_(dp)
-                p.add_(mu, alpha=-g['lr'])
 
 
 class Args:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch's own CPU mixed precision on a parity-fixture ViT, the reference for tests/amp.rs:
-timm VisionTransformer (tools/make_parity_fixtures.py's `timm_vit`, official keys) loaded from
+timm VisionTransformer (tools/fixtures/make_parity_fixtures.py's `timm_vit`, official keys) loaded from
 DIR/TAG.pth, run on DIR/TAG_io.safetensors' `imgs` under `torch.no_grad()` in float32 and under
 `torch.autocast('cpu', dtype=torch.bfloat16)`; logits written as float32 to OUT.
 
@@ -9,7 +9,8 @@ usage: amp_reference.py DIR NAME TAG IMG NUM_CLASSES GLOBAL_POOL(0|1) OUT
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 
 
 def main():

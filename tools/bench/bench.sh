@@ -3,15 +3,15 @@
 # Rust and PyTorch in the same run, alternating, and reports medians and ratios; the last thing
 # printed is a markdown table to paste into docs/PERFORMANCE.md.
 #
-# Rows measured here (tools/bench_models.py driving examples/bench_step.rs, one step at a time):
+# Rows measured here (tools/bench/bench_models.py driving examples/bench_step.rs, one step at a time):
 #   vit_base_patch16 eval forward, fp32 and bf16 autocast, batch 8 and 32 (timm VisionTransformer)
 #   mae_vit_base_patch16 pre-training step (forward + backward + AdamW), fp32 and bf16 autocast
 #   (HF ViTMAEForPreTraining in the official config + torch.optim.AdamW)
 # Rows of the other drivers, called when present (their output is included as they print it):
-#   tools/bench_data.sh  data pipeline images/s, Rust against torchvision's DataLoader
-#   tools/bench_load.sh  checkpoint load time and RSS, eval end to end, Rust against Python
+#   tools/bench/bench_data.sh  data pipeline images/s, Rust against torchvision's DataLoader
+#   tools/bench/bench_load.sh  checkpoint load time and RSS, eval end to end, Rust against Python
 #
-# usage: tools/bench.sh [--quick] [--rounds N] [--no-build]
+# usage: tools/bench/bench.sh [--quick] [--rounds N] [--no-build]
 #   --quick     tiny models (vit_tiny_patch4 / mae_vit_tiny_patch4 at 32 px), 2 rounds, and the
 #               drivers' own --quick: well under 2 min on 2 busy cores; tests/bench_quick.rs runs it
 #   --rounds N  rounds per row (default 5; quick 2)
@@ -19,7 +19,7 @@
 # Results also go to $OUT (default target/bench): models.md, bench_data.md, bench_load.md, table.md.
 # Threads: both sides use libtorch's default (the physical cores); set OMP_NUM_THREADS to fix it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 QUICK=0 ROUNDS="" BUILD=1
 while [ $# -gt 0 ]; do
@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
         --no-build) BUILD=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "tools/bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+        *) echo "tools/bench/bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -51,21 +51,21 @@ fi
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 HEADER="$(date -u '+%Y-%m-%d %H:%M UTC'), ${CPU:-unknown CPU}, $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-CMD="tools/bench.sh --rounds $ROUNDS"
+CMD="tools/bench/bench.sh --rounds $ROUNDS"
 [ "$QUICK" = 1 ] && CMD+=" --quick"
 HEADER+=", command: $CMD"
 echo "## mae benchmark: $HEADER"
 LOAD_BEFORE=$(loadavg)
 echo "## load average before: $LOAD_BEFORE"
 
-echo "### forward and pre-training step (tools/bench_models.py, $ROUNDS rounds)"
-$PY tools/bench_models.py --rounds "$ROUNDS" --out "$OUT" --table "$OUT/models.md" "${ROWS[@]}"
+echo "### forward and pre-training step (tools/bench/bench_models.py, $ROUNDS rounds)"
+$PY tools/bench/bench_models.py --rounds "$ROUNDS" --out "$OUT" --table "$OUT/models.md" "${ROWS[@]}"
 
 # Hooks: the other drivers print their own medians and ratios; a missing one is marked, a failing
 # one makes this script fail at the end (after everything else ran).
 FAILED=0
 hook() { # NAME WHAT
-    local script=tools/$1.sh md=$OUT/$1.md
+    local script=tools/bench/$1.sh md=$OUT/$1.md
     echo "### $2 ($script)"
     if [ ! -f "$script" ]; then
         echo "| $2 | not measured: hook waiting for $script |" | tee "$md"

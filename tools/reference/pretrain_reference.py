@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Reference for tests/pretrain_parity.rs: MAE pre-training steps in PyTorch, as the official
+"""Reference for tests/parity_pretrain.rs: MAE pre-training steps in PyTorch, as the official
 engine_pretrain.train_one_epoch runs them on one process (CPU, GradScaler disabled).
 
 Model: HuggingFace ViTMAEForPreTraining as the tiny official config, weights mapped to/from the
-official key names (tools/make_parity_fixtures.py). Optimiser: torch.optim.AdamW(betas=(0.9,
+official key names (tools/fixtures/make_parity_fixtures.py). Optimiser: torch.optim.AdamW(betas=(0.9,
 0.95)) over timm's param_groups_weight_decay (the semantics of timm 0.3.2 add_weight_decay for
-these parameters). Learning rate: util/lr_sched.adjust_learning_rate, restated below.
+these parameters). Learning rate: util/lr_sched.adjust_learning_rate (official.py).
 Masking noise: torch.rand(N, L) from the global generator seeded with torch.manual_seed(seed)
 before the epoch, drawn in the forward as the official random_masking does.
 
@@ -14,12 +14,13 @@ Writes the initial weights (init.KEY), the batches, and for each case TAG: per-i
 loss (float64), the weights (TAG.w.KEY), AdamW moments (TAG.m.KEY, TAG.v.KEY) and step count
 after the epoch, all under the official key names.
 """
-import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "fixtures")]  # reference/, fixtures/
 from make_parity_fixtures import MAE, hf_mae, hf_to_official, official_to_hf, randomize, save_io  # noqa: E402
+from official import adamw_state, adjust_learning_rate, state_by_name  # noqa: E402
 
 NAME = "mae_vit_tiny_patch4"
 DEPTH, DEC_DEPTH = MAE[NAME][3], MAE[NAME][6]
@@ -39,22 +40,25 @@ class Args:
     lr, min_lr, warmup_epochs, epochs = LR, MIN_LR, WARMUP_EPOCHS, EPOCHS
 
 
-def adjust_learning_rate(optimizer, epoch, args):
-    """util/lr_sched.py"""
-    if epoch < args.warmup_epochs:
-        lr = args.lr * epoch / args.warmup_epochs
-    else:
-        lr = args.min_lr + (args.lr - args.min_lr) * 0.5 * \
-            (1. + math.cos(math.pi * (epoch - args.warmup_epochs) / (args.epochs - args.warmup_epochs)))
-    for param_group in optimizer.param_groups:
-        if "lr_scale" in param_group:
-            param_group["lr"] = lr * param_group["lr_scale"]
-        else:
-            param_group["lr"] = lr
-    return lr
+def to_official(sd):
+    """The HF model's names -> the official ones."""
+    return hf_to_official(sd, DEPTH, DEC_DEPTH)
 
 
-def run_case(init, batches, accum_iter, norm_pix_loss, epoch):
+def init_and_batches():
+    """The initial weights (official keys; pos embeds the sin-cos tables) and 6 batches of BATCH."""
+    import torch
+
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED + 1)
+    init = to_official(hf_mae(NAME, 0.75, False).state_dict())
+    init = randomize(init, gen, keep=("pos_embed", "decoder_pos_embed"))
+    img = MAE[NAME][0]
+    return init, torch.randn(6, BATCH, 3, img, img, generator=gen)
+
+
+def model_and_optimizer(init, norm_pix_loss):
+    """HF ViTMAE loaded with `init` in train mode, and main_pretrain's AdamW over its groups."""
     import torch
     from timm.optim import param_groups_weight_decay
 
@@ -62,6 +66,13 @@ def run_case(init, batches, accum_iter, norm_pix_loss, epoch):
     model.load_state_dict(official_to_hf(init, DEPTH, DEC_DEPTH), strict=True)
     model.train()
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95))
+    return model, optimizer
+
+
+def run_case(init, batches, accum_iter, norm_pix_loss, epoch):
+    import torch
+
+    model, optimizer = model_and_optimizer(init, norm_pix_loss)
     torch.manual_seed(SEED)
     optimizer.zero_grad()
     lrs, losses = [], []
@@ -76,17 +87,12 @@ def run_case(init, batches, accum_iter, norm_pix_loss, epoch):
             optimizer.step()
             optimizer.zero_grad()
         lrs.append(optimizer.param_groups[0]["lr"])
-    named = dict(model.named_parameters())
-    state = {n: optimizer.state[p] for n, p in named.items() if p in optimizer.state}
+    state = state_by_name(model, optimizer)
     out = {
         "lr": torch.tensor(lrs, dtype=torch.float64),
         "loss": torch.tensor(losses, dtype=torch.float64),
     }
-    for k, v in hf_to_official(model.state_dict(), DEPTH, DEC_DEPTH).items():
-        out["w." + k] = v
-    for short, key in [("m", "exp_avg"), ("v", "exp_avg_sq")]:
-        for k, v in hf_to_official({n: s[key] for n, s in state.items()}, DEPTH, DEC_DEPTH).items():
-            out[f"{short}.{k}"] = v
+    out.update(adamw_state(model, state, to_official))
     out["step"] = next(iter(state.values()))["step"].reshape(1)
     return out
 
@@ -96,12 +102,7 @@ def main():
 
     torch.set_num_threads(1)
     out_path = sys.argv[1]
-    torch.manual_seed(SEED)
-    gen = torch.Generator().manual_seed(SEED + 1)
-    init = hf_to_official(hf_mae(NAME, 0.75, False).state_dict(), DEPTH, DEC_DEPTH)
-    init = randomize(init, gen, keep=("pos_embed", "decoder_pos_embed"))
-    img = MAE[NAME][0]
-    batches = torch.randn(6, BATCH, 3, img, img, generator=gen)
+    init, batches = init_and_batches()
     io = {"batches": batches}
     io.update({"init." + k: v for k, v in init.items()})
     for tag, steps, accum_iter, npl, epoch in CASES:
