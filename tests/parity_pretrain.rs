@@ -38,7 +38,7 @@ fn steps_match_pytorch() {
     let mut report = Vec::new();
     for (tag, steps, accum_iter, norm_pix_loss, epoch) in CASES {
         let args = Args {
-            accum_iter: accum_iter,
+            accum_iter,
             mask_ratio: 0.75,
             precision: Precision::Fp32,
             lr: LrArgs {
