@@ -21,6 +21,7 @@ for t in $TARGETS; do
     status=0
     cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t.work" "fuzz/corpus/$t" -- \
         -rss_limit_mb=2048 -timeout=5 -print_final_stats=1 $LIMIT > "fuzz/logs/$t.log" 2>&1 || status=$?
-    grep -E '^(#[0-9]+ +(INITED|DONE)|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)|SUMMARY|Done )' "fuzz/logs/$t.log" || true
+    # libFuzzer separates '#N' from INITED/DONE with a tab; the DONE line has the final coverage
+    grep -aE '^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)|SUMMARY|Done )' "fuzz/logs/$t.log" || true
     [ "$status" -eq 0 ] || { tail -40 "fuzz/logs/$t.log"; echo "$t: libFuzzer found a failure (fuzz/artifacts/$t)"; exit 1; }
 done
