@@ -1,5 +1,5 @@
-//! Training data pipeline throughput (tools/bench_data.sh compares it with torchvision's
-//! DataLoader, tools/bench_data.py): main_pretrain.py's transform (RandomResizedCrop(224,
+//! Training data pipeline throughput (tools/bench/bench_data.sh compares it with torchvision's
+//! DataLoader, tools/bench/bench_data.py): main_pretrain.py's transform (RandomResizedCrop(224,
 //! scale 0.2–1, bicubic), RandomHorizontalFlip, ToTensor, Normalize) on an ImageFolder, batches of
 //! `--batch_size` from `--num_workers` threads, after a warm-up of two batches. Prints one JSON line.
 //!
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
         ..EpochOptions::default()
     };
     for batch in loader.epoch_with(0, &opts)?.take(2) {
-        let _ = batch?; // warm-up: two batches, as tools/bench_data.py
+        let _ = batch?; // warm-up: two batches, as tools/bench/bench_data.py
     }
     let mut n = 0;
     let t0 = Instant::now();

@@ -1,4 +1,4 @@
-//! One measurement of tools/bench_load.sh, in a fresh process: the time of one checkpoint load
+//! One measurement of tools/bench/bench_load.sh, in a fresh process: the time of one checkpoint load
 //! and the peak RSS above the process baseline (VmRSS once libtorch is up, before the load).
 //!
 //! usage: bench_load CKPT [load | mapped | model]

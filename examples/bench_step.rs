@@ -1,6 +1,6 @@
-//! The Rust side of tools/bench_models.py (driven by tools/bench.sh and tools/gpu_bench.sh): one
-//! model, one measurement, timed one step at a time on request so that the Python driver can
-//! alternate with its PyTorch reference in the same run.
+//! The Rust side of tools/bench/bench_models.py (driven by tools/bench/bench.sh and
+//! tools/bench/gpu_bench.sh): one model, one measurement, timed one step at a time on request so
+//! that the Python driver can alternate with its PyTorch reference in the same run.
 //!
 //! - `--task forward`: models_vit eval forward (`no_grad`, `forward_t(x, false)`), as `mae eval`;
 //! - `--task pretrain`: one step of engine_pretrain's loop on random images: models_mae forward

@@ -1,5 +1,5 @@
 //! CPU forward time of vit_base_patch16 (batch 8, 224², eval, no_grad) with each attention
-//! kernel. Compare with `tools/parity_bench_vit.py` (timm) on the same machine.
+//! kernel (tools/bench/bench_models.py times the forward against timm's).
 //! Usage: cargo run --release --example bench_vit [batch] [iters]
 use std::time::Instant;
 
