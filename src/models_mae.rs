@@ -352,17 +352,25 @@ impl MaskedAutoencoderViT {
     }
 }
 
+/// The decoder of the three official models (`dec512d8b`): 512 dim, 8 blocks, 16 heads; mlp
+/// ratio 4 throughout.
+fn dec512d8b(cfg: MaeConfig) -> MaeConfig {
+    MaeConfig {
+        decoder_embed_dim: 512,
+        decoder_depth: 8,
+        decoder_num_heads: 16,
+        mlp_ratio: 4.,
+        ..cfg
+    }
+}
+
 pub fn mae_vit_base_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
     let cfg = MaeConfig {
         patch_size: 16,
         embed_dim: 768,
         depth: 12,
         num_heads: 12,
-        decoder_embed_dim: 512,
-        decoder_depth: 8,
-        decoder_num_heads: 16,
-        mlp_ratio: 4.,
-        ..cfg
+        ..dec512d8b(cfg)
     };
     MaskedAutoencoderViT::new(vs, &cfg)
 }
@@ -373,11 +381,7 @@ pub fn mae_vit_large_patch16_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedA
         embed_dim: 1024,
         depth: 24,
         num_heads: 16,
-        decoder_embed_dim: 512,
-        decoder_depth: 8,
-        decoder_num_heads: 16,
-        mlp_ratio: 4.,
-        ..cfg
+        ..dec512d8b(cfg)
     };
     MaskedAutoencoderViT::new(vs, &cfg)
 }
@@ -388,11 +392,7 @@ pub fn mae_vit_huge_patch14_dec512d8b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAu
         embed_dim: 1280,
         depth: 32,
         num_heads: 16,
-        decoder_embed_dim: 512,
-        decoder_depth: 8,
-        decoder_num_heads: 16,
-        mlp_ratio: 4.,
-        ..cfg
+        ..dec512d8b(cfg)
     };
     MaskedAutoencoderViT::new(vs, &cfg)
 }
