@@ -19,7 +19,7 @@ use crate::util::amp::Precision;
 use crate::util::arg_check::{self, Schedule};
 use crate::util::checkpoint;
 use crate::util::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions};
-use crate::util::datasets::{build_dataset, TrainTransform, DEFAULT_DATA_PATH};
+use crate::util::datasets::{build_dataset, Split, TrainTransform, DEFAULT_DATA_PATH};
 use crate::util::detect::{self, detect_model};
 use crate::util::distributed::{self, DistArgs};
 use crate::util::hub;
@@ -320,13 +320,7 @@ pub fn main(args: &Args) -> Result<()> {
         .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
     println!("Resume checkpoint {}", resume.display());
 
-    let data_loader_val = DataLoaderVal::new(
-        &dataset_val,
-        args.batch_size,
-        args.num_workers,
-        args.input_size,
-        args.pillow,
-    )?;
+    let data_loader_val = args.data_loader_val(&dataset_val)?;
     let num_images = data_loader_val.num_images();
     let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
     let (test_stats, logits) = evaluate(
@@ -400,6 +394,12 @@ impl Args {
         }
     }
 
+    /// `data_loader_val` over `split` with these flags (evaluation, and after every epoch).
+    fn data_loader_val(&self, split: &Split) -> Result<DataLoaderVal> {
+        let (batch, workers) = (self.batch_size, self.num_workers);
+        DataLoaderVal::new(split, batch, workers, self.input_size, self.pillow)
+    }
+
     /// `args` as saved in checkpoints (util::misc::args_value), with what `main` derives.
     pub fn to_value(&self) -> Result<Value> {
         let global_pool = Value::Bool(!self.cls_token);
@@ -448,13 +448,7 @@ fn finetune(mut args: Args) -> Result<()> {
             args.batch_size
         );
     }
-    let data_loader_val = DataLoaderVal::new(
-        &dataset_val,
-        args.batch_size,
-        args.num_workers,
-        args.input_size,
-        args.pillow,
-    )?;
+    let data_loader_val = args.data_loader_val(&dataset_val)?;
 
     let nb_classes = args.nb_classes.unwrap_or(match args.dataset.as_str() {
         "fashion_mnist" => 10,
