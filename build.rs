@@ -1,7 +1,7 @@
 // Link-time set-up so that `target/*/mae` and the test binaries run without LD_LIBRARY_PATH
 // and see CUDA when the libtorch they are linked against has it; compiles csrc/autocast.cpp
-// (libtorch's autocast state for src/util/amp.rs) and csrc/c10d.cpp (c10d's TCPStore and
-// ProcessGroupGloo / ProcessGroupNCCL for src/util/distributed.rs) against the same libtorch's
+// (libtorch's autocast state for src/torch/amp.rs) and csrc/c10d.cpp (c10d's TCPStore and
+// ProcessGroupGloo / ProcessGroupNCCL for src/torch/distributed/mod.rs) against the same libtorch's
 // headers.
 use std::path::{Path, PathBuf};
 

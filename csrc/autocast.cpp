@@ -1,5 +1,5 @@
-// libtorch's autocast state (ATen/autocast_mode.h) for src/util/amp.rs, and for the optimizers
-// (src/util/optim.rs) setting a gradient to None and AdamW's per-tensor update with the `value=`
+// libtorch's autocast state (ATen/autocast_mode.h) for src/torch/amp.rs, and for the optimizers
+// (src/torch/optim.rs) setting a gradient to None and AdamW's per-tensor update with the `value=`
 // arguments tch lacks. Autocast: what torch.autocast's
 // __enter__/__exit__ call through torch._C, for any device type and dtype. tch 0.24 only wraps
 // the CUDA enabled flag. Device types and dtypes travel as c10's enum values (DeviceType::CPU = 0,

@@ -1,4 +1,4 @@
-// libtorch's own c10d for src/util/distributed.rs (tch has no bindings): the TCPStore rendezvous
+// libtorch's own c10d for src/torch/distributed/mod.rs (tch has no bindings): the TCPStore rendezvous
 // and one ProcessGroupGloo (or ProcessGroupNCCL with the `nccl` feature), set up with the store
 // prefixes of torch.distributed.init_process_group ("default_pg" -> "0/" -> "cpu/" | "cuda/"),
 // so a Rust rank and a Python rank can share a group. Collectives take the `at::Tensor*` that

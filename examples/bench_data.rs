@@ -21,7 +21,8 @@ use mae::torchvision::transforms::{
     crop_flip_normalize_into, pretrain_crop_params, pretrain_transform, to_tensor_normalize_into,
     SampleRng, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
 };
-use mae::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
+use mae::torch::data_loader::{DataLoader, ResizedCrop, Transform};
+use mae::torchvision::datasets::ImageSource;
 
 #[derive(Parser)]
 struct Args {
@@ -50,32 +51,29 @@ fn main() -> Result<()> {
         return profile(&dataset, args.input_size);
     }
     let size = args.input_size;
+    let transform = match args.mode.as_str() {
+        "crop" => Transform::Crop(ResizedCrop {
+            fast_decode: args.fast_decode,
+            ..ResizedCrop::pretrain(size)
+        }),
+        "closure" => Transform::new(move |img, rng| pretrain_transform(img, size, rng)),
+        m => anyhow::bail!("--mode {m}: expected crop or closure"),
+    };
     let loader = DataLoader {
         dataset: dataset.clone(),
-        transform: Arc::new(move |img, rng| pretrain_transform(img, size, rng)),
+        transform,
         batch_size: args.batch_size,
         num_workers: args.num_workers,
         seed: 0,
         prefetch: 2,
     };
-    let opts = EpochOptions {
-        crop: match args.mode.as_str() {
-            "crop" => Some(ResizedCrop {
-                fast_decode: args.fast_decode,
-                ..ResizedCrop::pretrain(size)
-            }),
-            "closure" => None,
-            m => anyhow::bail!("--mode {m}: expected crop or closure"),
-        },
-        ..EpochOptions::default()
-    };
-    for batch in loader.epoch_with(0, &opts)?.take(2) {
+    for batch in loader.epoch(0)?.take(2) {
         let _ = batch?; // warm-up: two batches, as tools/bench/bench_data.py
     }
     let mut n = 0;
     let t0 = Instant::now();
     for epoch in 1..=args.epochs {
-        for batch in loader.epoch_with(epoch, &opts)? {
+        for batch in loader.epoch(epoch)? {
             n += batch?.size()[0];
         }
     }

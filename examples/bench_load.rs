@@ -2,16 +2,16 @@
 //! and the peak RSS above the process baseline (VmRSS once libtorch is up, before the load).
 //!
 //! usage: bench_load CKPT [load | mapped | model]
-//!   load    `checkpoint::load` (owned tensors, CRC-checked), like torch.load(weights_only=True)
-//!   mapped  `checkpoint::load_mapped` (copy-on-write views of the file, CRC-checked), the
+//!   load    `serialization::load` (owned tensors, CRC-checked), like torch.load(weights_only=True)
+//!   mapped  `serialization::load_mapped` (copy-on-write views of the file, CRC-checked), the
 //!           counterpart of torch.load(mmap=True) (which checks nothing and reads nothing)
 //!   model   what `mae eval` does: load_state_dict_mapped, build the detected ViT without
 //!           random init (`init: false`), adopt the tensors (`load_vit_checkpoint`, strict)
 //! prints `rust-<mode> load_s=… base_mb=… peak_above_mb=… file_mb=…`
 use anyhow::{bail, Context, Result};
 use mae::models_vit::{self, VitConfig};
-use mae::util::checkpoint;
-use mae::util::detect::{self, Kind as Det};
+use mae::torch::serialization;
+use mae::interop::detect::{self, Kind as Det};
 use std::path::Path;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -42,10 +42,10 @@ fn main() -> Result<()> {
     let base = status_mb("VmRSS:")?;
     let t0 = Instant::now();
     match mode {
-        "load" => drop(checkpoint::load(path)?),
-        "mapped" => drop(checkpoint::load_mapped(path)?),
+        "load" => drop(serialization::load(path)?),
+        "mapped" => drop(serialization::load_mapped(path)?),
         "model" => {
-            let sd = checkpoint::load_state_dict_mapped(path)?;
+            let sd = serialization::load_state_dict_mapped(path)?;
             let shapes: Vec<(&str, Vec<i64>)> =
                 sd.iter().map(|(k, t)| (k.as_str(), t.size())).collect();
             let det = detect::detect(shapes.iter().map(|(k, s)| (*k, s.as_slice())))?;

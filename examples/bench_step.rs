@@ -4,7 +4,7 @@
 //!
 //! - `--task forward`: models_vit eval forward (`no_grad`, `forward_t(x, false)`), as `mae eval`;
 //! - `--task pretrain`: one step of engine_pretrain's loop on random images: models_mae forward
-//!   under `util::amp::autocast`, backward, AdamW step (`util::optim`, the groups of
+//!   under `torch::amp::autocast`, backward, AdamW step (`torch::optim`, the groups of
 //!   main_pretrain), `zero_grad`; fp16 goes through `NativeScalerWithGradNormCount` enabled
 //!   (GradScaler semantics: scaled backward, unscale, inf check, step).
 //!
@@ -24,11 +24,11 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use mae::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use mae::models_vit::{self, VisionTransformer, VitConfig};
-use mae::util::amp::{self, Precision};
-use mae::util::checkpoint;
+use mae::torch::amp::{self, Precision};
+use mae::torch::serialization;
 use mae::util::misc::NativeScalerWithGradNormCount;
-use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
-use mae::util::state_dict::load_state_dict;
+use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::torch::state_dict::load_state_dict;
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,9 +127,9 @@ fn dump(args: &Args, mut vs: nn::VarStore, model: &Model, device: Device) -> Res
         (Some(w), Some(i), Some(o)) => (w, i, o),
         _ => bail!("--weights, --inputs and --dump go together"),
     };
-    load_state_dict(&mut vs, checkpoint::load_state_dict(weights)?, true)
+    load_state_dict(&mut vs, serialization::load_state_dict(weights)?, true)
         .with_context(|| format!("loading {}", weights.display()))?;
-    let io: Vec<(String, Tensor)> = checkpoint::load_state_dict(inputs)?;
+    let io: Vec<(String, Tensor)> = serialization::load_state_dict(inputs)?;
     let get = |k: &str| -> Result<Tensor> {
         let t = io.iter().find(|(n, _)| n == k);
         let t = t.with_context(|| format!("{} has no tensor {k:?}", inputs.display()))?;
@@ -152,7 +152,7 @@ fn dump(args: &Args, mut vs: nn::VarStore, model: &Model, device: Device) -> Res
             }
         })
     })?;
-    checkpoint::save_safetensors(out, &outputs)
+    serialization::save_safetensors(out, &outputs)
 }
 
 fn main() -> Result<()> {

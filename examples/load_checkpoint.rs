@@ -1,7 +1,7 @@
-//! Loads a checkpoint with `mae::util::checkpoint::load` and prints its outline and the load
+//! Loads a checkpoint with `mae::torch::serialization::load` and prints its outline and the load
 //! time; `--resave OUT` writes it back (`.safetensors` by extension, else torch zip).
 use anyhow::Result;
-use mae::util::checkpoint;
+use mae::torch::serialization;
 use std::path::Path;
 use std::time::Instant;
 
@@ -11,16 +11,16 @@ fn main() -> Result<()> {
         .get(1)
         .ok_or_else(|| anyhow::anyhow!("usage: load_checkpoint PATH [--resave OUT]"))?;
     let t0 = Instant::now();
-    let value = checkpoint::load(Path::new(path))?;
+    let value = serialization::load(Path::new(path))?;
     let secs = t0.elapsed().as_secs_f64();
     println!("{}", value.summary(6));
     println!("loaded {path} in {secs:.3} s");
     if let (Some("--resave"), Some(out)) = (args.get(2).map(String::as_str), args.get(3)) {
         let out = Path::new(out);
         if out.extension().is_some_and(|e| e == "safetensors") {
-            checkpoint::save_safetensors(out, &checkpoint::state_dict(value)?)?;
+            serialization::save_safetensors(out, &serialization::state_dict(value)?)?;
         } else {
-            checkpoint::save(out, &value)?;
+            serialization::save(out, &value)?;
         }
     }
     Ok(())

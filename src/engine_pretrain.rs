@@ -4,15 +4,15 @@ use anyhow::{bail, Result};
 use tch::{Device, Tensor};
 
 use crate::models_mae::MaskedAutoencoderViT;
-use crate::util::amp::{self, Precision};
-use crate::util::distributed;
+use crate::torch::amp::{self, Precision};
+use crate::torch::distributed;
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
     self, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Step, TrainStats,
 };
-use crate::util::optim::AdamW;
-use crate::util::pyfmt::py_float;
-use crate::util::tensorboard::{epoch_1000x, SummaryWriter};
+use crate::torch::optim::AdamW;
+use crate::cli::pyfmt::py_float;
+use crate::torch::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// The `args` fields `train_one_epoch` reads.
 #[derive(Debug, Clone, Copy, PartialEq)]

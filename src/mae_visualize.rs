@@ -2,7 +2,7 @@
 //! patches; each image becomes a row of four panels ("original", "masked", "reconstruction",
 //! "reconstruction + visible") in one PNG, computed with the demo's arithmetic.
 
-mod font;
+use crate::cli::font;
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +13,11 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
 use crate::torchvision::pil::{self, Filter, PassOrder};
-use crate::util::amp::{self, Precision};
-use crate::util::checkpoint;
-use crate::util::detect::{self, detect_model};
-use crate::util::hub;
-use crate::util::misc::device;
+use crate::torch::amp::{self, Precision};
+use crate::torch::serialization;
+use crate::interop::detect::{self, detect_model};
+use crate::interop::hub;
+use crate::cli::device;
 
 /// Where `mae visualize --image …` looks when no `--checkpoint` is given (relative to the working
 /// directory, then to this repository).
@@ -82,11 +82,11 @@ pub const TITLES: [&str; 4] = [
 impl Args {
     /// `--mask_ratio` in [0, 1), before anything is loaded.
     pub fn validate(&self) -> Result<()> {
-        crate::util::arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)
+        crate::cli::arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)
     }
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub fn main(args: Args) -> Result<()> {
     args.validate()?;
     let device = device(args.device.as_deref())?;
     let precision = Precision::for_device(args.precision, device)?;
@@ -151,7 +151,7 @@ pub fn run(args: &Args) -> Result<()> {
             .zip(&saved)
             .map(|(n, v)| (n.to_string(), Tensor::cat(v, 0)))
             .collect();
-        checkpoint::save_safetensors(path, &tensors)?;
+        serialization::save_safetensors(path, &tensors)?;
         println!("saved {}", path.display());
     }
     Ok(())

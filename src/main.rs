@@ -15,9 +15,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the structure, tensors and detected official model of a checkpoint (.pth, .safetensors, Hugging Face folder).
-    Inspect(mae::inspect::Args),
+    Inspect(mae::interop::inspect::Args),
     /// Write a checkpoint (.pth, .safetensors, Hugging Face folder) as the official .pth, a Hugging Face folder, timm safetensors or safetensors.
-    Convert(mae::convert::Args),
+    Convert(mae::interop::convert::Args),
     /// Evaluate a fine-tuned classifier on DATA_PATH/val (main_finetune.py --eval): Acc@1, Acc@5, loss.
     Eval(mae::main_finetune::Args),
     /// Fine-tune a ViT for classification (main_finetune.py): layer-wise lr decay, mixup, evaluation per epoch.
@@ -33,14 +33,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect(args) => mae::inspect::run(&args),
-        Command::Convert(args) => mae::convert::run(&args),
-        Command::Eval(args) => {
-            mae::main_finetune::main(&mae::main_finetune::Args { eval: true, ..args })
-        }
-        Command::Finetune(args) => mae::main_finetune::main(&args),
+        Command::Inspect(args) => mae::interop::inspect::main(args),
+        Command::Convert(args) => mae::interop::convert::main(args),
+        Command::Eval(args) => mae::main_finetune::main(mae::main_finetune::Args { eval: true, ..args }),
+        Command::Finetune(args) => mae::main_finetune::main(args),
         Command::Linprobe(args) => mae::main_linprobe::main(args),
-        Command::Visualize(args) => mae::mae_visualize::run(&args),
+        Command::Visualize(args) => mae::mae_visualize::main(args),
         Command::Pretrain(args) => mae::main_pretrain::main(args),
     };
     if let Err(e) = result {

@@ -3,7 +3,6 @@
 //! checkpoints, `--resume`) and the `--eval` path (`mae eval`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tch::{nn, Kind, Tensor};
@@ -15,22 +14,23 @@ use crate::timm::mixup::Mixup;
 use crate::timm::trunc_normal_;
 use crate::torchvision::datasets::ImageFolder;
 use crate::torchvision::pil::PassOrder;
-use crate::util::amp::Precision;
-use crate::util::arg_check::{self, Schedule};
-use crate::util::checkpoint;
-use crate::util::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions};
+use crate::torch::amp::Precision;
+use crate::cli::arg_check::{self, Schedule};
+use crate::torch::serialization;
+use crate::torch::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions, Transform};
 use crate::util::datasets::{build_dataset, Split, TrainTransform, DEFAULT_DATA_PATH};
-use crate::util::detect::{self, detect_model};
-use crate::util::distributed::{self, DistArgs};
-use crate::util::hub;
+use crate::interop::detect::{self, detect_model};
+use crate::torch::distributed::{self, DistArgs};
+use crate::interop::hub;
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::NativeScalerWithGradNormCount as NativeScaler;
-use crate::util::misc::{self, device};
-use crate::util::optim::{named_parameters, AdamW};
-use crate::util::pickle::Value;
-use crate::util::pyfmt::{json_dumps, py_e2, timedelta, Stat};
-use crate::util::tensorboard;
+use crate::cli::{self, device};
+use crate::util::misc;
+use crate::torch::optim::{named_parameters, AdamW};
+use crate::torch::serialization::pickle::Value;
+use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
+use crate::torch::tensorboard;
 
 /// MAE fine-tuning for image classification (`get_args_parser`).
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
@@ -38,7 +38,7 @@ use crate::util::tensorboard;
 pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
     #[arg(long, default_value_t = 64)]
-    pub batch_size: i64,
+    pub batch_size: usize,
     #[arg(long, default_value_t = 50)]
     pub epochs: i64,
     /// Accumulate gradient iterations (for increasing the effective batch size under memory constraints)
@@ -206,12 +206,12 @@ pub struct Args {
 }
 
 impl Args {
-    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    /// The numeric flags in their ranges (cli::arg_check), before anything is built.
     pub fn validate(&self) -> Result<()> {
         Schedule {
             batch_size: self.batch_size,
             epochs: self.epochs,
-            accum_iter: self.accum_iter as i64,
+            accum_iter: self.accum_iter,
             lr: self.lr,
             blr: self.blr,
             min_lr: self.min_lr,
@@ -249,214 +249,76 @@ impl Args {
     }
 }
 
-/// `main(args)` of main_finetune.py: fine-tuning, or with `--eval` the evaluation of `--resume`.
-pub fn main(args: &Args) -> Result<()> {
+/// `main(args)` of main_finetune.py: fine-tune `--model` (from `--finetune` when given) with
+/// layer-wise lr decay, evaluating on the validation split after every epoch; with `--eval`,
+/// evaluate `--resume` and stop.
+pub fn main(mut args: Args) -> Result<()> {
     args.validate()?;
     misc::init_distributed_mode(&args.dist, device(args.device.as_deref())?)?;
     distributed::set_dist_eval(args.dist_eval);
-    if !args.eval {
-        return finetune(args.clone());
-    }
-    let device = distributed::info().device(device(args.device.as_deref())?);
-    let precision = Precision::for_device(args.precision, device)?;
 
-    // fix the seed for reproducibility
-    tch::manual_seed(args.seed);
-
-    if args.resume.is_empty() {
-        bail!("--resume CHECKPOINT is required to evaluate (a fine-tuned checkpoint such as mae_finetuned_vit_base.pth; see weights/README.md)");
-    }
-    let resume = Path::new(&args.resume);
-    let sd = hub::load(resume, true)?.sd; // the model keeps it: no copy
-    let detected = detect_model(&sd);
-    let (model_name, nb_classes, global_pool) = match (&args.model, &detected) {
-        (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
-        (None, Ok((det, name))) => match det.kind {
-            detect::Kind::Finetuned {
-                global_pool,
-                num_classes,
-            } => (
-                name.clone(),
-                args.nb_classes.unwrap_or(num_classes),
-                if args.cls_token || args.global_pool {
-                    !args.cls_token
-                } else {
-                    global_pool
-                },
-            ),
-            _ => bail!(
-                "{}: {}; evaluation needs a fine-tuned classifier (e.g. mae_finetuned_vit_base.pth)",
-                resume.display(),
-                det.describe()
-            ),
-        },
-        (None, Err(e)) => bail!(
-            "{}: cannot tell the model ({e:#}); pass --model",
-            resume.display()
-        ),
-    };
-
-    // Not in the official: --dataset fashion_mnist evaluates its test split
-    if let (Some(path), false) = (&args.output_json, args.dataset == "imagefolder") {
-        bail!(
-            "--output_json {} lists image paths: it needs --dataset imagefolder",
-            path.display()
-        );
-    }
-    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
-
-    let mut vs = nn::VarStore::new(device);
-    let cfg = VitConfig {
-        img_size: args.input_size,
-        num_classes: nb_classes,
-        drop_path_rate: args.drop_path,
-        global_pool,
-        init: false, // no random init: load_checkpoint (strict) overwrites every parameter
-        ..VitConfig::default()
-    };
-    let model = models_vit::build(&model_name, &vs.root(), cfg)?;
-    model
-        .load_checkpoint(&mut vs, sd)
-        .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
-    println!("Resume checkpoint {}", resume.display());
-
-    let data_loader_val = args.data_loader_val(&dataset_val)?;
-    let num_images = data_loader_val.num_images();
-    let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
-    let (test_stats, logits) = evaluate(
-        &data_loader_val,
-        &|x| model.forward_t(x, false),
-        device,
-        precision,
-        keep_logits,
-    )?;
-    println!(
-        "Accuracy of the network on the {num_images} test images: {:.1}%",
-        test_stats.acc1
-    );
-    if let Some(logits) = logits {
-        if let Some(path) = &args.save_logits {
-            let t = Tensor::from_slice(&dataset_val.targets);
-            checkpoint::save_safetensors(
-                path,
-                &[
-                    ("logits".into(), logits.shallow_clone()),
-                    ("targets".into(), t),
-                ],
-            )?;
-        }
-        if let (Some(path), Some(folder)) = (&args.output_json, &dataset_val.folder) {
-            write_top5(path, folder, &logits)?;
-        }
-    }
-    Ok(())
-}
-
-/// `--output_json`: per image, its path, target and top-5 classes with logit and probability.
-fn write_top5(path: &Path, dataset: &ImageFolder, logits: &Tensor) -> Result<()> {
-    let k = logits.size()[1].min(5);
-    let probs = logits.softmax(1, Kind::Float);
-    let (top_p, top_i) = probs.topk(k, 1, true, true);
-    let top_l = logits.gather(1, &top_i, false);
-    let images: Vec<serde_json::Value> = dataset
-        .samples
-        .iter()
-        .enumerate()
-        .map(|(n, (p, target))| {
-            let n = n as i64;
-            let top5: Vec<serde_json::Value> = (0..k)
-                .map(|j| {
-                    let c = top_i.int64_value(&[n, j]);
-                    serde_json::json!({
-                        "class": c,
-                        "name": dataset.classes.get(c as usize),
-                        "logit": top_l.double_value(&[n, j]),
-                        "prob": top_p.double_value(&[n, j]),
-                    })
-                })
-                .collect();
-            serde_json::json!({"path": p, "target": target, "top5": top5})
-        })
-        .collect();
-    let json = serde_json::json!({"classes": dataset.classes, "images": images});
-    std::fs::write(path, serde_json::to_string_pretty(&json)?)
-        .with_context(|| format!("writing --output_json {}", path.display()))
-}
-
-impl Args {
-    /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
-    pub fn lr_args(&self) -> LrArgs {
-        LrArgs {
-            lr: self.lr.expect("args.lr is set before training"),
-            min_lr: self.min_lr,
-            warmup_epochs: self.warmup_epochs,
-            epochs: self.epochs,
-        }
-    }
-
-    /// `data_loader_val` over `split` with these flags (evaluation, and after every epoch).
-    fn data_loader_val(&self, split: &Split) -> Result<DataLoaderVal> {
-        let (batch, workers) = (self.batch_size, self.num_workers);
-        DataLoaderVal::new(split, batch, workers, self.input_size, self.pillow)
-    }
-
-    /// `args` as saved in checkpoints (util::misc::args_value), with what `main` derives.
-    pub fn to_value(&self) -> Result<Value> {
-        let global_pool = Value::Bool(!self.cls_token);
-        misc::args_value(self, vec![("global_pool", global_pool)])
-    }
-}
-
-/// main_finetune.py without `--eval`: fine-tune `--model` (from `--finetune` when given) with
-/// layer-wise lr decay, evaluating on the validation split after every epoch.
-fn finetune(mut args: Args) -> Result<()> {
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
     let device = distributed::info().device(device(args.device.as_deref())?);
     // --precision checked before the data and the model are built
     let precision = Precision::for_device(args.precision, device)?;
-    if args.accum_iter == 0 || args.batch_size < 1 {
-        bail!("--batch_size and --accum_iter must be at least 1");
-    }
 
     // fix the seed for reproducibility
     tch::manual_seed(args.seed);
 
-    let dataset_train =
-        build_dataset(true, &args.dataset, &args.data_path)?.first(args.train_subset);
-    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
-    let input_size = u32::try_from(args.input_size).context("--input_size")?;
-    let transform = TrainTransform::new(
-        input_size,
-        &args.aa,
-        args.color_jitter,
-        args.reprob,
-        &args.remode,
-        args.recount,
-    )?;
-    let data_loader_train = DataLoader {
-        dataset: dataset_train.dataset.clone(),
-        transform: Arc::new(move |img, rng| transform.apply(img, rng)),
-        batch_size: args.batch_size as usize,
-        num_workers: args.num_workers,
-        seed: args.seed as u64,
-        prefetch: 2,
+    // Not in the official: --eval takes the model, its classes and its pooling from the
+    // --resume checkpoint (given --model, the official flags), and reads no training split
+    let run = match args.eval {
+        true => Run::Eval(eval_checkpoint(&args)?),
+        false => {
+            let split =
+                build_dataset(true, &args.dataset, &args.data_path)?.first(args.train_subset);
+            let input_size = u32::try_from(args.input_size).context("--input_size")?;
+            let transform = TrainTransform::new(
+                input_size,
+                &args.aa,
+                args.color_jitter,
+                args.reprob,
+                &args.remode,
+                args.recount,
+            )?;
+            let loader = DataLoader {
+                dataset: split.dataset.clone(),
+                transform: Transform::new(move |img, rng| transform.apply(img, rng)),
+                batch_size: args.batch_size,
+                num_workers: args.num_workers,
+                seed: args.seed as u64,
+                prefetch: 2,
+            };
+            if loader.is_empty() {
+                bail!(
+                    "{} images make no full batch of {}",
+                    split.dataset.len(),
+                    args.batch_size
+                );
+            }
+            Run::Train(split, loader)
+        }
     };
-    if data_loader_train.is_empty() {
-        bail!(
-            "{} images make no full batch of {}",
-            dataset_train.dataset.len(),
-            args.batch_size
-        );
-    }
-    let data_loader_val = args.data_loader_val(&dataset_val)?;
+    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
+    let data_loader_val = DataLoaderVal::new(
+        dataset_val.dataset.clone(),
+        dataset_val.targets.clone(),
+        args.batch_size,
+        args.num_workers,
+        args.input_size,
+        args.pillow,
+    )?;
 
-    let nb_classes = args.nb_classes.unwrap_or(match args.dataset.as_str() {
-        "fashion_mnist" => 10,
-        _ => 1000,
-    });
+    let nb_classes = match &run {
+        Run::Eval(r) => r.nb_classes,
+        Run::Train(..) => args.nb_classes.unwrap_or(match args.dataset.as_str() {
+            "fashion_mnist" => 10,
+            _ => 1000,
+        }),
+    };
     let cutmix_minmax = args.cutmix_minmax.as_ref().map(|v| (v[0], v[1]));
     let mixup_active = args.mixup > 0. || args.cutmix > 0. || cutmix_minmax.is_some();
-    let mixup_fn = if mixup_active {
+    let mixup_fn = if mixup_active && !args.eval {
         if args.batch_size % 2 != 0 {
             bail!(
                 "--batch_size {} with mixup/cutmix: timm's Mixup mixes sample i with sample B-1-i and needs an even batch size",
@@ -478,16 +340,24 @@ fn finetune(mut args: Args) -> Result<()> {
         None
     };
 
-    let model_name = args
-        .model
-        .clone()
-        .unwrap_or_else(|| "vit_large_patch16".into());
+    let model_name = match &run {
+        Run::Eval(r) => r.model.clone(),
+        Run::Train(..) => args
+            .model
+            .clone()
+            .unwrap_or_else(|| "vit_large_patch16".into()),
+    };
     let mut vs = nn::VarStore::new(device);
     let cfg = VitConfig {
         img_size: args.input_size,
         num_classes: nb_classes,
         drop_path_rate: args.drop_path,
-        global_pool: !args.cls_token,
+        global_pool: match &run {
+            Run::Eval(r) => r.global_pool,
+            Run::Train(..) => !args.cls_token,
+        },
+        // --eval: no random init, load_checkpoint (strict) overwrites every parameter
+        init: !args.eval,
         ..VitConfig::default()
     };
     let mut model = models_vit::build(&model_name, &vs.root(), cfg)?;
@@ -506,6 +376,42 @@ fn finetune(mut args: Args) -> Result<()> {
         }
     }
 
+    let forward_eval = |x: &Tensor| model.forward_t(x, false);
+    let (dataset_train, data_loader_train) = match run {
+        Run::Train(split, loader) => (split, loader),
+        Run::Eval(resumed) => {
+        // the official's misc.load_model(args, ...) with --resume, then evaluate and exit
+        let resume = Path::new(&args.resume);
+        model
+            .load_checkpoint(&mut vs, resumed.sd)
+            .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
+        println!("Resume checkpoint {}", resume.display());
+        let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
+        let (test_stats, logits) =
+            evaluate(&data_loader_val, &forward_eval, device, precision, keep_logits)?;
+        println!(
+            "Accuracy of the network on the {} test images: {:.1}%",
+            data_loader_val.num_images(),
+            test_stats.acc1
+        );
+        if let Some(logits) = logits {
+            if let Some(path) = &args.save_logits {
+                let t = Tensor::from_slice(&dataset_val.targets);
+                serialization::save_safetensors(
+                    path,
+                    &[
+                        ("logits".into(), logits.shallow_clone()),
+                        ("targets".into(), t),
+                    ],
+                )?;
+            }
+            if let (Some(path), Some(folder)) = (&args.output_json, &dataset_val.folder) {
+                write_top5(path, folder, &logits)?;
+            }
+        }
+        return Ok(());
+        }
+    };
     let n_parameters: i64 = vs
         .trainable_variables()
         .iter()
@@ -515,7 +421,7 @@ fn finetune(mut args: Args) -> Result<()> {
     distributed::distributed_data_parallel(&vs)?;
     println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
 
-    let eff_batch_size = args.batch_size as usize * args.accum_iter * misc::get_world_size();
+    let eff_batch_size = args.batch_size * args.accum_iter * misc::get_world_size();
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
@@ -560,7 +466,6 @@ fn finetune(mut args: Args) -> Result<()> {
             .with_context(|| format!("creating --output_dir {}", output_dir.display()))?;
     }
     let forward_train = |x: &Tensor| model.forward_t(x, true);
-    let forward_eval = |x: &Tensor| model.forward_t(x, false);
     let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
     let start_time = std::time::Instant::now();
@@ -627,7 +532,7 @@ fn finetune(mut args: Args) -> Result<()> {
             log_stats.extend(test_stats.log_items("test_"));
             log_stats.push(("epoch".into(), Stat::Int(epoch)));
             log_stats.push(("n_parameters".into(), Stat::Int(n_parameters)));
-            misc::append(
+            cli::append(
                 &output_dir.join("log.txt"),
                 &(json_dumps(&log_stats) + "\n"),
             )?;
@@ -640,3 +545,119 @@ fn finetune(mut args: Args) -> Result<()> {
     println!("Training time {}", timedelta(total_time));
     Ok(())
 }
+
+/// What `main` runs: the evaluation of a checkpoint (`--eval`), or training on a split with
+/// its loader.
+enum Run {
+    Eval(Resumed),
+    Train(Split, DataLoader),
+}
+
+/// The `--resume` checkpoint of `--eval` and the model it holds.
+struct Resumed {
+    model: String,
+    nb_classes: i64,
+    global_pool: bool,
+    sd: Vec<(String, Tensor)>,
+}
+
+/// Not in the official: `--eval` reads the model name, the number of classes and the pooling
+/// from the `--resume` checkpoint; `--model`, `--nb_classes`, `--global_pool` / `--cls_token`
+/// override them.
+fn eval_checkpoint(args: &Args) -> Result<Resumed> {
+    if args.resume.is_empty() {
+        bail!("--resume CHECKPOINT is required to evaluate (a fine-tuned checkpoint such as mae_finetuned_vit_base.pth; see weights/README.md)");
+    }
+    let resume = Path::new(&args.resume);
+    let sd = hub::load(resume, true)?.sd; // the model keeps it: no copy
+    let detected = detect_model(&sd);
+    let (model, nb_classes, global_pool) = match (&args.model, &detected) {
+        (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
+        (None, Ok((det, name))) => match det.kind {
+            detect::Kind::Finetuned {
+                global_pool,
+                num_classes,
+            } => (
+                name.clone(),
+                args.nb_classes.unwrap_or(num_classes),
+                if args.cls_token || args.global_pool {
+                    !args.cls_token
+                } else {
+                    global_pool
+                },
+            ),
+            _ => bail!(
+                "{}: {}; evaluation needs a fine-tuned classifier (e.g. mae_finetuned_vit_base.pth)",
+                resume.display(),
+                det.describe()
+            ),
+        },
+        (None, Err(e)) => bail!(
+            "{}: cannot tell the model ({e:#}); pass --model",
+            resume.display()
+        ),
+    };
+    // --dataset fashion_mnist evaluates its test split, whose images have no paths
+    if let (Some(path), false) = (&args.output_json, args.dataset == "imagefolder") {
+        bail!(
+            "--output_json {} lists image paths: it needs --dataset imagefolder",
+            path.display()
+        );
+    }
+    Ok(Resumed {
+        model,
+        nb_classes,
+        global_pool,
+        sd,
+    })
+}
+
+/// `--output_json`: per image, its path, target and top-5 classes with logit and probability.
+fn write_top5(path: &Path, dataset: &ImageFolder, logits: &Tensor) -> Result<()> {
+    let k = logits.size()[1].min(5);
+    let probs = logits.softmax(1, Kind::Float);
+    let (top_p, top_i) = probs.topk(k, 1, true, true);
+    let top_l = logits.gather(1, &top_i, false);
+    let images: Vec<serde_json::Value> = dataset
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(n, (p, target))| {
+            let n = n as i64;
+            let top5: Vec<serde_json::Value> = (0..k)
+                .map(|j| {
+                    let c = top_i.int64_value(&[n, j]);
+                    serde_json::json!({
+                        "class": c,
+                        "name": dataset.classes.get(c as usize),
+                        "logit": top_l.double_value(&[n, j]),
+                        "prob": top_p.double_value(&[n, j]),
+                    })
+                })
+                .collect();
+            serde_json::json!({"path": p, "target": target, "top5": top5})
+        })
+        .collect();
+    let json = serde_json::json!({"classes": dataset.classes, "images": images});
+    std::fs::write(path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing --output_json {}", path.display()))
+}
+
+impl Args {
+    /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
+    pub fn lr_args(&self) -> LrArgs {
+        LrArgs {
+            lr: self.lr.expect("args.lr is set before training"),
+            min_lr: self.min_lr,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+        }
+    }
+
+    /// `args` as saved in checkpoints (cli::args_value), with what `main` derives.
+    pub fn to_value(&self) -> Result<Value> {
+        let global_pool = Value::Bool(!self.cls_token);
+        cli::args_value(self, vec![("global_pool", global_pool)])
+    }
+}
+

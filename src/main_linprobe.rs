@@ -3,7 +3,7 @@
 //! else is frozen, LARS (util/lars.py) on the head.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 
 use anyhow::{ensure, Context, Result};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
@@ -13,20 +13,23 @@ use crate::models_vit::{self, VisionTransformer, VitConfig};
 use crate::timm::loss::Criterion;
 use crate::timm::{linear, trunc_normal_, LinearInit};
 use crate::torchvision::pil::PassOrder;
-use crate::util::amp::Precision;
-use crate::util::arg_check::{self, Schedule};
-use crate::util::data_loader::ResizedCrop;
-use crate::util::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions};
+use crate::torch::amp::Precision;
+use crate::cli::arg_check::{self, Schedule};
+
+use crate::torch::data_loader::{
+    labelled_batches, DataLoader, DataLoaderVal, EpochOptions, ResizedCrop, Transform,
+};
 use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
-use crate::util::distributed::{self, DistArgs};
-use crate::util::hub;
+use crate::torch::distributed::{self, DistArgs};
+use crate::interop::hub;
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::NativeScalerWithGradNormCount;
-use crate::util::misc::{self, device};
-use crate::util::pickle::Value;
-use crate::util::pyfmt::{json_dumps, py_e2, timedelta, Stat};
-use crate::util::tensorboard;
+use crate::cli::{self, device};
+use crate::util::misc;
+use crate::torch::serialization::pickle::Value;
+use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
+use crate::torch::tensorboard;
 
 /// MAE linear probing for image classification
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
@@ -34,7 +37,7 @@ use crate::util::tensorboard;
 pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
     #[arg(long, default_value_t = 512)]
-    pub batch_size: i64,
+    pub batch_size: usize,
     #[arg(long, default_value_t = 90)]
     pub epochs: i64,
     /// Accumulate gradient iterations (for increasing the effective batch size under memory constraints)
@@ -132,12 +135,12 @@ pub struct Args {
 }
 
 impl Args {
-    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    /// The numeric flags in their ranges (cli::arg_check), before anything is built.
     pub fn validate(&self) -> Result<()> {
         Schedule {
             batch_size: self.batch_size,
             epochs: self.epochs,
-            accum_iter: self.accum_iter as i64,
+            accum_iter: self.accum_iter,
             lr: self.lr,
             blr: self.blr,
             min_lr: self.min_lr,
@@ -152,9 +155,19 @@ impl Args {
         arg_check::dist(&self.dist)
     }
 
-    /// `args` as saved in checkpoints (util::misc::args_value).
+    /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
+    pub fn lr_args(&self) -> LrArgs {
+        LrArgs {
+            lr: self.lr.expect("args.lr is set before training"),
+            min_lr: self.min_lr,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+        }
+    }
+
+    /// `args` as saved in checkpoints (cli::args_value).
     pub fn to_value(&self) -> Result<Value> {
-        misc::args_value(self, vec![])
+        cli::args_value(self, vec![])
     }
 }
 
@@ -233,11 +246,10 @@ pub fn main(mut args: Args) -> Result<()> {
         build_dataset(true, &args.dataset, &args.data_path)?.first(args.train_subset);
     let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
     // transform_train as data: the loader decodes only each box's part of a JPEG
-    let crop = ResizedCrop::linprobe(input_size);
     let data_loader_train = DataLoader {
         dataset: dataset_train.dataset.clone(),
-        transform: Arc::new(move |img, rng| crop.apply(img, rng)),
-        batch_size: args.batch_size as usize,
+        transform: Transform::Crop(ResizedCrop::linprobe(input_size)),
+        batch_size: args.batch_size,
         num_workers: args.num_workers,
         seed: args.seed as u64,
         prefetch: 2,
@@ -250,7 +262,8 @@ pub fn main(mut args: Args) -> Result<()> {
     );
     // transform_val: resize and center crop (torchvision::transforms::eval_transform), Pillow 12
     let data_loader_val = DataLoaderVal::new(
-        &dataset_val,
+        dataset_val.dataset.clone(),
+        dataset_val.targets.clone(),
         args.batch_size,
         args.num_workers,
         args.input_size,
@@ -293,7 +306,7 @@ pub fn main(mut args: Args) -> Result<()> {
     distributed::distributed_data_parallel(&vs)?; // plain BatchNorm, as the official DDP
     println!("number of params (M): {:.2}", n_parameters as f64 / 1.0e6);
 
-    let eff_batch_size = args.batch_size as usize * args.accum_iter * misc::get_world_size();
+    let eff_batch_size = args.batch_size * args.accum_iter * misc::get_world_size();
     let lr = *args
         .lr
         .get_or_insert(args.blr * eff_batch_size as f64 / 256.);
@@ -336,12 +349,6 @@ pub fn main(mut args: Args) -> Result<()> {
         std::fs::create_dir_all(&output_dir)
             .with_context(|| format!("creating --output_dir {}", output_dir.display()))?;
     }
-    let lr_args = LrArgs {
-        lr,
-        min_lr: args.min_lr,
-        warmup_epochs: args.warmup_epochs,
-        epochs: args.epochs,
-    };
     let forward_train = |x: &Tensor| model.forward_t(x, true);
     let mut log_writer = tensorboard::main_process_writer(&args.log_dir)?;
     println!("Start training for {} epochs", args.epochs);
@@ -351,7 +358,6 @@ pub fn main(mut args: Args) -> Result<()> {
         // pin_memory=True: on CUDA the batches arrive on the device (non_blocking copy)
         let opts = EpochOptions {
             device: Some(device),
-            crop: Some(crop),
             ..Default::default()
         };
         let batches = labelled_batches(
@@ -373,7 +379,7 @@ pub fn main(mut args: Args) -> Result<()> {
             None,
             log_writer.as_mut(),
             args.accum_iter,
-            &lr_args,
+            &args.lr_args(),
         )?;
         let save = !args.output_dir.is_empty() && misc::is_main_process(); // save_on_master
         if save {
@@ -403,7 +409,7 @@ pub fn main(mut args: Args) -> Result<()> {
             log_stats.extend(test_stats.log_items("test_"));
             log_stats.push(("epoch".into(), Stat::Int(epoch)));
             log_stats.push(("n_parameters".into(), Stat::Int(n_parameters as i64)));
-            misc::append(
+            cli::append(
                 &output_dir.join("log.txt"),
                 &(json_dumps(&log_stats) + "\n"),
             )?;

@@ -2,38 +2,38 @@
 //! and defaults as the official argparse; one process, or DDP over c10d).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use tch::nn;
 
 use crate::engine_pretrain::{self, train_one_epoch};
 use crate::models_mae::{self, MaeConfig};
-use crate::util::amp::Precision;
-use crate::util::arg_check::{self, Schedule};
-use crate::util::data_loader::{DataLoader, EpochOptions, ResizedCrop};
+use crate::torch::amp::Precision;
+use crate::cli::arg_check::{self, Schedule};
+use crate::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
 use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
-use crate::util::distributed::{self, DistArgs};
+use crate::torch::distributed::{self, DistArgs};
 use crate::util::lr_sched::LrArgs;
+use crate::cli;
 use crate::util::misc::{self, NativeScalerWithGradNormCount as NativeScaler, Step};
-use crate::util::optim::{add_weight_decay, named_parameters, AdamW};
-use crate::util::pickle::Value;
-use crate::util::plot;
-use crate::util::pyfmt::{json_dumps, py_e2, timedelta, Stat};
-use crate::util::tensorboard;
+use crate::torch::optim::{add_weight_decay, named_parameters, AdamW};
+use crate::torch::serialization::pickle::Value;
+use crate::cli::plot;
+use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
+use crate::torch::tensorboard;
 
 /// MAE pre-training
-#[derive(Parser, Debug, Clone, serde::Serialize)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+#[command(rename_all = "snake_case")]
 pub struct Args {
     /// Batch size per GPU (effective batch size is batch_size * accum_iter * # gpus
-    #[arg(long = "batch_size", default_value_t = 64)]
+    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 400)]
     pub epochs: i64,
     /// Accumulate gradient iterations (for increasing the effective batch size under memory constraints)
-    #[arg(long = "accum_iter", default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     pub accum_iter: usize,
 
     // Model parameters
@@ -41,18 +41,18 @@ pub struct Args {
     #[arg(long, default_value = "mae_vit_large_patch16")]
     pub model: String,
     /// images input size
-    #[arg(long = "input_size", default_value_t = 224)]
+    #[arg(long, default_value_t = 224)]
     pub input_size: i64,
     /// Masking ratio (percentage of removed patches).
-    #[arg(long = "mask_ratio", default_value_t = 0.75)]
+    #[arg(long, default_value_t = 0.75)]
     pub mask_ratio: f64,
     /// Use (per-patch) normalized pixels as targets for computing loss
-    #[arg(long = "norm_pix_loss")]
+    #[arg(long)]
     pub norm_pix_loss: bool,
 
     // Optimizer parameters
     /// weight decay (default: 0.05)
-    #[arg(long = "weight_decay", default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
     /// learning rate (absolute lr)
     #[arg(long)]
@@ -61,25 +61,25 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-3)]
     pub blr: f64,
     /// lower lr bound for cyclic schedulers that hit 0
-    #[arg(long = "min_lr", default_value_t = 0.)]
+    #[arg(long, default_value_t = 0.)]
     pub min_lr: f64,
     /// epochs to warmup LR
-    #[arg(long = "warmup_epochs", default_value_t = 40)]
+    #[arg(long, default_value_t = 40)]
     pub warmup_epochs: i64,
 
     // Dataset parameters
     /// dataset path (ImageFolder: its `train` sub-directory is used; fashion_mnist: the IDX
     /// files, /usr/share/datasets/fashion-mnist when left at the default)
-    #[arg(long = "data_path", default_value = DEFAULT_DATA_PATH)]
+    #[arg(long, default_value = DEFAULT_DATA_PATH)]
     pub data_path: PathBuf,
     /// Not in the official script: `imagefolder` (data_path/train) or `fashion_mnist` (train split)
     #[arg(long, default_value = "imagefolder")]
     pub dataset: String,
     /// path where to save, empty for no saving
-    #[arg(long = "output_dir", default_value = "./output_dir")]
+    #[arg(long, default_value = "./output_dir")]
     pub output_dir: String,
     /// path where to tensorboard log (events.out.tfevents.*; empty: none)
-    #[arg(long = "log_dir", default_value = "./output_dir")]
+    #[arg(long, default_value = "./output_dir")]
     pub log_dir: String,
     /// device to use for training / testing: cpu, cuda, cuda:N [default: cuda when available]
     #[arg(long)]
@@ -90,14 +90,14 @@ pub struct Args {
     #[arg(long, default_value = "")]
     pub resume: String,
     /// start epoch
-    #[arg(long = "start_epoch", default_value_t = 0)]
+    #[arg(long, default_value_t = 0)]
     pub start_epoch: i64,
-    #[arg(long = "num_workers", default_value_t = 10)]
+    #[arg(long, default_value_t = 10)]
     pub num_workers: usize,
     /// Pin CPU memory in DataLoader (accepted for compatibility)
-    #[arg(long = "pin_mem", overrides_with = "no_pin_mem")]
+    #[arg(long, overrides_with = "no_pin_mem")]
     pub pin_mem: bool,
-    #[arg(long = "no_pin_mem")]
+    #[arg(long)]
     pub no_pin_mem: bool,
 
     // distributed training parameters
@@ -106,11 +106,11 @@ pub struct Args {
 
     // Not in the official parser
     /// Train on the first N training images only (short runs, tests)
-    #[arg(long = "train_subset")]
+    #[arg(long)]
     pub train_subset: Option<usize>,
     /// Save output_dir/checkpoint-N.pth every this many epochs and after the last (the official
     /// saves every 20)
-    #[arg(long = "save_freq", default_value_t = 20)]
+    #[arg(long, default_value_t = 20)]
     pub save_freq: i64,
     /// Autocast dtype of the training forward: fp32, bf16 or fp16 (CUDA only, with dynamic loss
     /// scaling); weights, gradients and AdamW state stay float32 [default: fp32 on the CPU, fp16
@@ -120,12 +120,12 @@ pub struct Args {
 }
 
 impl Args {
-    /// The numeric flags in their ranges (util/arg_check.rs), before anything is built.
+    /// The numeric flags in their ranges (cli::arg_check), before anything is built.
     pub fn validate(&self) -> Result<()> {
         Schedule {
-            batch_size: self.batch_size as i64,
+            batch_size: self.batch_size,
             epochs: self.epochs,
-            accum_iter: self.accum_iter as i64,
+            accum_iter: self.accum_iter,
             lr: self.lr,
             blr: self.blr,
             min_lr: self.min_lr,
@@ -144,17 +144,17 @@ impl Args {
     /// The fields `lr_sched.adjust_learning_rate` reads (`lr` must be resolved first).
     pub fn lr_args(&self) -> LrArgs {
         LrArgs {
-            lr: self.lr.expect("args.lr is set in main before training"),
+            lr: self.lr.expect("args.lr is set before training"),
             min_lr: self.min_lr,
             warmup_epochs: self.warmup_epochs,
             epochs: self.epochs,
         }
     }
 
-    /// `args` as saved in checkpoints (util::misc::args_value), with what `main` derives.
+    /// `args` as saved in checkpoints (cli::args_value), with what `main` derives.
     pub fn to_value(&self) -> Result<Value> {
         let dist = distributed::info();
-        misc::args_value(
+        cli::args_value(
             self,
             vec![
                 ("pin_mem", Value::Bool(!self.no_pin_mem)),
@@ -169,7 +169,7 @@ impl Args {
 pub fn main(mut args: Args) -> Result<()> {
     args.validate()?;
     println!("{}", format!("{args:?}").replace(", ", ",\n"));
-    let device = misc::device(args.device.as_deref())?;
+    let device = cli::device(args.device.as_deref())?;
     let device = misc::init_distributed_mode(&args.dist, device)?.device(device);
     // --precision checked before the data and the model are built
     let precision = Precision::for_device(args.precision, device)?;
@@ -184,10 +184,9 @@ pub fn main(mut args: Args) -> Result<()> {
         .first(args.train_subset)
         .dataset;
     // transform_train as data: the loader decodes only each box's part of a JPEG
-    let crop = ResizedCrop::pretrain(input_size);
     let data_loader_train = DataLoader {
         dataset: dataset_train,
-        transform: Arc::new(move |img, rng| crop.apply(img, rng)),
+        transform: Transform::Crop(ResizedCrop::pretrain(input_size)),
         batch_size: args.batch_size,
         num_workers: args.num_workers,
         seed: args.seed as u64,
@@ -272,7 +271,6 @@ pub fn main(mut args: Args) -> Result<()> {
         // pin_memory=True: on CUDA the batches arrive on the device (non_blocking copy)
         let opts = EpochOptions {
             device: Some(device),
-            crop: Some(crop),
             ..Default::default()
         };
         let batches = data_loader_train.epoch_with(epoch as u64, &opts)?;
@@ -301,7 +299,7 @@ pub fn main(mut args: Args) -> Result<()> {
         if save {
             let mut log_stats = train_stats.log_items("train_");
             log_stats.push(("epoch".into(), Stat::Int(epoch)));
-            misc::append(
+            cli::append(
                 &output_dir.join("log.txt"),
                 &(json_dumps(&log_stats) + "\n"),
             )?;
@@ -310,7 +308,7 @@ pub fn main(mut args: Args) -> Result<()> {
                 .iter()
                 .map(|Step { epoch, loss, lr }| format!("{epoch},{loss},{lr}\n"))
                 .collect();
-            misc::append(&output_dir.join("train_steps.csv"), &steps)?;
+            cli::append(&output_dir.join("train_steps.csv"), &steps)?;
         }
         if let Some(w) = log_writer.as_mut() {
             w.flush()?;

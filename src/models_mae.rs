@@ -8,7 +8,7 @@ use crate::timm::{
     layer_norm, linear, xavier_uniform_, AttentionImpl, Block, LinearInit, PatchEmbed,
 };
 use crate::util::pos_embed::{get_2d_sincos_pos_embed, interpolate_pos_embed};
-use crate::util::state_dict::{adopt_state_dict, LoadReport};
+use crate::torch::state_dict::{adopt_state_dict, LoadReport};
 
 /// `MaskedAutoencoderViT.__init__` keyword arguments, with its defaults.
 #[derive(Debug, Clone, PartialEq)]

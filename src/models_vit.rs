@@ -8,7 +8,7 @@ use crate::timm::{
     layer_norm, linear, trunc_normal_, AttentionImpl, Block, LinearInit, PatchEmbed,
 };
 use crate::util::pos_embed::interpolate_pos_embed;
-use crate::util::state_dict::{adopt_state_dict, load_state_dict, LoadReport};
+use crate::torch::state_dict::{adopt_state_dict, load_state_dict, LoadReport};
 
 /// The keyword arguments of timm 0.3.2 `VisionTransformer.__init__` that MAE uses, with the
 /// defaults of `main_finetune.py` where it passes them. `drop_rate` / `attn_drop_rate` are left
@@ -53,10 +53,17 @@ pub struct VisionTransformer {
     pub cls_token: Tensor,
     pub pos_embed: Tensor,
     pub blocks: Vec<Block>,
-    pub norm: Option<nn::LayerNorm>, // cls-token pooling only (`del self.norm` with global_pool)
-    pub fc_norm: Option<nn::LayerNorm>, // global_pool only
-    pub head: Option<nn::Linear>,    // None is nn.Identity (num_classes == 0)
-    pub global_pool: bool,
+    pub pool: Pool,
+    pub head: Option<nn::Linear>, // None is nn.Identity (num_classes == 0)
+}
+
+/// How the features the head sees are pooled and normalised: `norm` on the class token, or
+/// with `global_pool` `fc_norm` on the mean of the patch tokens (models_vit.py then deletes
+/// `norm`, so a model holds one of the two).
+#[derive(Debug)]
+pub enum Pool {
+    Cls { norm: nn::LayerNorm },
+    Global { fc_norm: nn::LayerNorm },
 }
 
 impl VisionTransformer {
@@ -94,10 +101,13 @@ impl VisionTransformer {
                 )
             })
             .collect();
-        let (norm, fc_norm) = if cfg.global_pool {
-            (None, Some(layer_norm(vs / "fc_norm", cfg.embed_dim)))
-        } else {
-            (Some(layer_norm(vs / "norm", cfg.embed_dim)), None)
+        let pool = match cfg.global_pool {
+            true => Pool::Global {
+                fc_norm: layer_norm(vs / "fc_norm", cfg.embed_dim),
+            },
+            false => Pool::Cls {
+                norm: layer_norm(vs / "norm", cfg.embed_dim),
+            },
         };
         let head = (cfg.num_classes > 0)
             .then(|| linear(vs / "head", cfg.embed_dim, cfg.num_classes, init));
@@ -106,10 +116,8 @@ impl VisionTransformer {
             cls_token,
             pos_embed,
             blocks,
-            norm,
-            fc_norm,
+            pool,
             head,
-            global_pool: cfg.global_pool,
         }
     }
 
@@ -132,13 +140,12 @@ impl VisionTransformer {
             x = blk.forward_t(&x, train);
         }
 
-        Ok(match (&self.fc_norm, &self.norm) {
-            (Some(fc_norm), _) => {
+        Ok(match &self.pool {
+            Pool::Global { fc_norm } => {
                 let x = x.i((.., 1.., ..)).mean_dim(1, false, None::<Kind>); // global pool without cls token
                 x.apply(fc_norm)
             }
-            (None, Some(norm)) => x.apply(norm).select(1, 0),
-            (None, None) => unreachable!("VisionTransformer has either norm or fc_norm"),
+            Pool::Cls { norm } => x.apply(norm).select(1, 0),
         })
     }
 
@@ -213,7 +220,7 @@ impl VisionTransformer {
             "pre-trained checkpoint does not fit the model: {msg}"
         );
         let mut want = vec![format!("{head}.bias"), format!("{head}.weight")];
-        if self.global_pool {
+        if let Pool::Global { .. } = self.pool {
             want.extend(["fc_norm.bias".into(), "fc_norm.weight".into()]);
         }
         want.sort();
@@ -233,66 +240,40 @@ impl VisionTransformer {
     }
 }
 
-pub fn vit_base_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+/// A preset: `VisionTransformer(patch_size, embed_dim, depth, num_heads, mlp_ratio=4,
+/// qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)`.
+fn vit(vs: &nn::Path, cfg: VitConfig, [patch_size, embed_dim, depth, num_heads]: [i64; 4]) -> VisionTransformer {
     let cfg = VitConfig {
-        patch_size: 16,
-        embed_dim: 768,
-        depth: 12,
-        num_heads: 12,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
         mlp_ratio: 4.,
         ..cfg
     };
     VisionTransformer::new(vs, &cfg)
+}
+
+pub fn vit_base_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
+    vit(vs, cfg, [16, 768, 12, 12])
 }
 
 pub fn vit_large_patch16(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    let cfg = VitConfig {
-        patch_size: 16,
-        embed_dim: 1024,
-        depth: 24,
-        num_heads: 16,
-        mlp_ratio: 4.,
-        ..cfg
-    };
-    VisionTransformer::new(vs, &cfg)
+    vit(vs, cfg, [16, 1024, 24, 16])
 }
 
 pub fn vit_huge_patch14(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    let cfg = VitConfig {
-        patch_size: 14,
-        embed_dim: 1280,
-        depth: 32,
-        num_heads: 16,
-        mlp_ratio: 4.,
-        ..cfg
-    };
-    VisionTransformer::new(vs, &cfg)
+    vit(vs, cfg, [14, 1280, 32, 16])
 }
 
 /// Not in the reference: the encoder of `mae_vit_tiny_patch4`, for tests (pass `img_size: 32`).
 pub fn vit_tiny_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    let cfg = VitConfig {
-        patch_size: 4,
-        embed_dim: 64,
-        depth: 2,
-        num_heads: 4,
-        mlp_ratio: 4.,
-        ..cfg
-    };
-    VisionTransformer::new(vs, &cfg)
+    vit(vs, cfg, [4, 64, 2, 4])
 }
 
 /// Not in the reference: the encoder of `mae_vit_mini_patch4` (Fashion-MNIST, `img_size: 32`).
 pub fn vit_mini_patch4(vs: &nn::Path, cfg: VitConfig) -> VisionTransformer {
-    let cfg = VitConfig {
-        patch_size: 4,
-        embed_dim: 128,
-        depth: 6,
-        num_heads: 4,
-        mlp_ratio: 4.,
-        ..cfg
-    };
-    VisionTransformer::new(vs, &cfg)
+    vit(vs, cfg, [4, 128, 6, 4])
 }
 
 /// A `--model` name and the function it builds.

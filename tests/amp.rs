@@ -1,4 +1,4 @@
-//! Mixed precision (src/util/amp.rs over libtorch's autocast): the guard turns CPU bf16 autocast on
+//! Mixed precision (src/torch/amp.rs over libtorch's autocast): the guard turns CPU bf16 autocast on
 //! and restores the previous state; ViT logits in bf16 against our fp32 and against PyTorch's own
 //! `torch.autocast('cpu', dtype=torch.bfloat16)` on the same timm model, weights and input
 //! (tools/reference/amp_reference.py on the parity fixtures); `mae eval` /
@@ -8,7 +8,7 @@ mod common;
 
 use common::{big_model_lock, check, load_checkpoint, load_io, parity_fixtures, rel_err};
 use mae::models_vit::{self, VitConfig};
-use mae::util::amp::{self, Precision};
+use mae::torch::amp::{self, Precision};
 use tch::{nn, Device, Kind, Tensor};
 
 const CPU: Device = Device::Cpu;

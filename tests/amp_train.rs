@@ -13,9 +13,9 @@ use clap::ValueEnum;
 use common::rel_err;
 use mae::engine_pretrain::Args;
 use mae::models_mae::MaeConfig;
-use mae::util::amp::Precision;
+use mae::torch::amp::Precision;
 use mae::util::lr_sched::LrArgs;
-use mae::util::optim::named_parameters;
+use mae::torch::optim::named_parameters;
 use tch::{Kind, Tensor};
 
 /// Two AdamW steps of the tiny MAE under `--precision fp32` and `bf16`, each against PyTorch at
@@ -244,7 +244,7 @@ fn bf16_eval_acc1_matches_fp32() {
     );
 }
 
-/// `--precision` is one flag with one parser (`util::amp::Precision`) on every subcommand that
+/// `--precision` is one flag with one parser (`torch::amp::Precision`) on every subcommand that
 /// runs a model, and fp16 on the CPU is refused with the same message by each training command.
 #[test]
 fn precision_flag_on_every_subcommand() {

@@ -1,11 +1,11 @@
-//! `util::checkpoint` against files written by PyTorch
+//! `torch::serialization` against files written by PyTorch
 //! (tools/fixtures/make_official_checkpoints.py), files PyTorch must read back, and hostile or
 //! broken files.
 //!
 //! Fixtures go to target/fixtures/checkpoint (about 7.5 GB, generated once, ~40 s). Without the
 //! Python env (.venv) the Python-backed tests are skipped, unless CI=true, where they fail.
 mod common;
-use mae::util::checkpoint::{self, Value};
+use mae::torch::serialization::{self, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,7 +156,7 @@ fn base_checkpoints_from_python_are_bit_exact() {
     for (model, fine) in [("mae_vit_base_patch16", false), ("vit_base_patch16", true)] {
         for d in ["f32", "f16", "bf16"] {
             let name = format!("{model}_{d}");
-            let root = checkpoint::load(&dir.join(format!("{name}.pth"))).unwrap();
+            let root = serialization::load(&dir.join(format!("{name}.pth"))).unwrap();
             check_against_manifest(&name, &root);
             if !fine {
                 // What the official training checkpoints carry besides the model.
@@ -198,9 +198,9 @@ fn base_checkpoints_from_python_are_bit_exact() {
                 );
             }
             // The Python-written safetensors of the contiguous state dict holds the same bits.
-            let sd = checkpoint::state_dict(root).unwrap();
+            let sd = serialization::state_dict(root).unwrap();
             check_official_keys(model, &sd);
-            let st = checkpoint::load_state_dict(&dir.join(format!("{name}.contig.safetensors")))
+            let st = serialization::load_state_dict(&dir.join(format!("{name}.contig.safetensors")))
                 .unwrap();
             let st: HashMap<String, Tensor> = st.into_iter().collect();
             for (k, t) in &sd {
@@ -220,9 +220,9 @@ fn large_and_huge_checkpoints_from_python_are_bit_exact() {
         ("vit_huge_patch14", "bf16"),
     ] {
         let name = format!("{model}_{d}");
-        let root = checkpoint::load(&dir.join(format!("{name}.pth"))).unwrap();
+        let root = serialization::load(&dir.join(format!("{name}.pth"))).unwrap();
         check_against_manifest(&name, &root);
-        check_official_keys(model, &checkpoint::state_dict(root).unwrap());
+        check_official_keys(model, &serialization::state_dict(root).unwrap());
     }
 }
 
@@ -237,12 +237,12 @@ fn python_to_rust_to_python_round_trip() {
     ] {
         let src = dir.join(format!("{name}.pth"));
         let out = tmp.join(format!("{name}.pth"));
-        checkpoint::save(&out, &checkpoint::load(&src).unwrap()).unwrap();
+        serialization::save(&out, &serialization::load(&src).unwrap()).unwrap();
         let text =
             make_official_checkpoints(&["compare", src.to_str().unwrap(), out.to_str().unwrap()]);
         assert!(text.contains("bit-identical"), "{text}");
         // And Rust reads its own file back identically.
-        check_against_manifest(name, &checkpoint::load(&out).unwrap());
+        check_against_manifest(name, &serialization::load(&out).unwrap());
     }
 }
 
@@ -285,7 +285,7 @@ fn rust_to_python_round_trip() {
         .enumerate()
         .map(|(i, &k)| {
             (
-                format!("pattern.{}", mae::util::pickle::kind_name(k)),
+                format!("pattern.{}", mae::torch::serialization::pickle::kind_name(k)),
                 pattern(k, &[3 + i as i64, 5, 2]),
             )
         })
@@ -298,14 +298,14 @@ fn rust_to_python_round_trip() {
     sd.push(("views.base".into(), base));
     let pth = tmp.join("rust.pth");
     let st = tmp.join("rust.safetensors");
-    checkpoint::save_state_dict(&pth, &sd).unwrap();
-    checkpoint::save_safetensors(&st, &sd).unwrap();
+    serialization::save_state_dict(&pth, &sd).unwrap();
+    serialization::save_safetensors(&st, &sd).unwrap();
     let text =
         make_official_checkpoints(&["check-rust", pth.to_str().unwrap(), st.to_str().unwrap()]);
     assert!(text.contains("bit-identical"), "{text}");
     // Rust reads both back bit-exactly too.
     for path in [&pth, &st] {
-        let back: HashMap<String, Tensor> = checkpoint::load_state_dict(path)
+        let back: HashMap<String, Tensor> = serialization::load_state_dict(path)
             .unwrap()
             .into_iter()
             .collect();
@@ -321,8 +321,8 @@ fn rust_to_python_round_trip() {
         .into_iter()
         .map(|(k, shape)| (k, pattern(Kind::Float, &shape)))
         .collect();
-    checkpoint::save_state_dict(&pth, &sd).unwrap();
-    checkpoint::save_safetensors(&st, &sd).unwrap();
+    serialization::save_state_dict(&pth, &sd).unwrap();
+    serialization::save_safetensors(&st, &sd).unwrap();
     let text = make_official_checkpoints(&[
         "check-rust",
         pth.to_str().unwrap(),
@@ -392,7 +392,7 @@ fn expect_error(name: &str, bytes: &[u8], wanted: &[&str]) {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
-    let err = match checkpoint::load(&path) {
+    let err = match serialization::load(&path) {
         Ok(v) => panic!("{name}: loaded {v}"),
         Err(e) => format!("{e:#}"),
     };
@@ -422,7 +422,7 @@ fn valid_hand_made_zip_loads() {
     );
     let dir = common::tmp_dir("checkpoint", "hand_made");
     std::fs::write(dir.join("ok.pth"), &bytes).unwrap();
-    let sd = checkpoint::load_state_dict(&dir.join("ok.pth")).unwrap();
+    let sd = serialization::load_state_dict(&dir.join("ok.pth")).unwrap();
     assert_eq!(sd[0].0, "w");
     assert_eq!(
         Vec::<f32>::try_from(&sd[0].1).unwrap(),
@@ -438,7 +438,7 @@ fn truncated_files_are_refused() {
         Tensor::arange(1000, (Kind::Float, tch::Device::Cpu)),
     )];
     let path = dir.join("full.pth");
-    checkpoint::save_state_dict(&path, &sd).unwrap();
+    serialization::save_state_dict(&path, &sd).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     for cut in [
         1,
@@ -470,7 +470,7 @@ fn flipped_pickle_byte_is_refused() {
             p[i] ^= x;
             let path = common::tmp_dir("checkpoint", "flip_each").join("f.pth");
             std::fs::write(&path, zip(&[("a/data.pkl", &p), ("a/data/0", &data)], None)).unwrap();
-            let _ = checkpoint::load(&path);
+            let _ = serialization::load(&path);
         }
     }
 }
@@ -534,11 +534,11 @@ fn unknown_globals_stay_opaque() {
     let p = b"\x80\x02}X\x01\x00\x00\x00acmymodule\nThing\n)\x81}X\x01\x00\x00\x00xK\x05sbs.";
     let dir = common::tmp_dir("checkpoint", "opaque");
     std::fs::write(dir.join("o.pth"), zip(&[("a/data.pkl", p)], None)).unwrap();
-    let v = checkpoint::load(&dir.join("o.pth")).unwrap();
+    let v = serialization::load(&dir.join("o.pth")).unwrap();
     assert_eq!(v.to_string(), "{'a': mymodule.Thing(x=5)}");
     let err = format!(
         "{:#}",
-        checkpoint::load_state_dict(&dir.join("o.pth")).unwrap_err()
+        serialization::load_state_dict(&dir.join("o.pth")).unwrap_err()
     );
     assert!(
         err.contains("'a'") && err.contains("mymodule.Thing"),
@@ -792,7 +792,7 @@ fn inspect_verifies_official_md5_prefixes() {
         stderr.contains("md5 900150983cd24fb0d6963f7d28e17f72 does not start with 8cad7c"),
         "{stderr}"
     );
-    let check = mae::util::detect::verify_md5(&fake).unwrap();
+    let check = mae::interop::detect::verify_md5(&fake).unwrap();
     assert!(check.mismatch);
     assert!(
         check.line.contains("mae_pretrain_vit_base.pth") && check.line.contains("8cad7c"),
@@ -801,7 +801,7 @@ fn inspect_verifies_official_md5_prefixes() {
     );
     let other = d.join("other.bin");
     std::fs::write(&other, b"abc").unwrap();
-    let check = mae::util::detect::verify_md5(&other).unwrap();
+    let check = mae::interop::detect::verify_md5(&other).unwrap();
     assert!(!check.mismatch);
     assert!(check.line.contains("not one of the official checkpoints"));
 }

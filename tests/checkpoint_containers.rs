@@ -101,9 +101,9 @@ fn inspect_reports_the_entry_and_the_stripped_prefixes() {
 fn every_container_gives_the_original_tensors() {
     let dir = write_containers();
     let original =
-        mae::util::checkpoint::load_state_dict(&common::root().join(PRETRAINED)).unwrap();
+        mae::torch::serialization::load_state_dict(&common::root().join(PRETRAINED)).unwrap();
     for (stem, ..) in CONTAINERS {
-        let sd = mae::util::checkpoint::load_state_dict(&dir.join(format!("{stem}.pth"))).unwrap();
+        let sd = mae::torch::serialization::load_state_dict(&dir.join(format!("{stem}.pth"))).unwrap();
         assert_eq!(sd.len(), original.len(), "{stem}");
         for ((k, t), (k0, t0)) in sd.iter().zip(&original) {
             assert_eq!(k, k0, "{stem}");
@@ -121,7 +121,7 @@ fn no_state_dict_names_the_entries_looked_for() {
         "import sys, torch; torch.save({'optimizer': {'lr': 0.1}, 'epoch': torch.tensor(1)}, sys.argv[1])",
         &[path.to_str().unwrap()],
     );
-    let err = mae::util::checkpoint::load_state_dict(&path).unwrap_err();
+    let err = mae::torch::serialization::load_state_dict(&path).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("no 'state_dict_ema', 'model_ema', 'state_dict', 'model' entry holds one"),
@@ -138,7 +138,7 @@ fn keys_colliding_after_stripping_are_refused() {
         "import sys, torch; torch.save({'module.w': torch.ones(1), 'w': torch.zeros(1)}, sys.argv[1])",
         &[path.to_str().unwrap()],
     );
-    let err = mae::util::checkpoint::load_state_dict(&path).unwrap_err();
+    let err = mae::torch::serialization::load_state_dict(&path).unwrap_err();
     assert!(
         format!("{err:#}").contains("key w appears twice"),
         "{err:#}"

@@ -6,7 +6,7 @@
 mod common;
 use std::path::PathBuf;
 
-use mae::util::checkpoint::{self, Value};
+use mae::torch::serialization::{self, Value};
 
 const WRITE: &str = r#"
 import sys, torch
@@ -43,8 +43,8 @@ fn files() -> PathBuf {
 #[test]
 fn legacy_gives_the_zip_formats_tensors() {
     let dir = files();
-    let legacy = checkpoint::load(&dir.join("legacy.pth")).unwrap();
-    let zip = checkpoint::load(&dir.join("zip.pth")).unwrap();
+    let legacy = serialization::load(&dir.join("legacy.pth")).unwrap();
+    let zip = serialization::load(&dir.join("zip.pth")).unwrap();
     assert_eq!(legacy.get("epoch").and_then(Value::as_int), Some(4));
     assert_eq!(
         legacy
@@ -53,8 +53,8 @@ fn legacy_gives_the_zip_formats_tensors() {
             .and_then(Value::as_str),
         Some("x")
     );
-    let a = checkpoint::state_dict(legacy).unwrap();
-    let b = checkpoint::state_dict(zip).unwrap();
+    let a = serialization::state_dict(legacy).unwrap();
+    let b = serialization::state_dict(zip).unwrap();
     assert_eq!(a.len(), 10);
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
@@ -91,13 +91,13 @@ fn legacy_cut_short_is_an_error() {
     let cut = dir.join("cut.pth");
     for n in (1..bytes.len()).step_by(7) {
         std::fs::write(&cut, &bytes[..n]).unwrap();
-        let err = checkpoint::load(&cut).expect_err(&format!("{n} bytes load"));
+        let err = serialization::load(&cut).expect_err(&format!("{n} bytes load"));
         let msg = format!("{err:#}");
         assert!(msg.contains("cut.pth"), "{n} bytes: {msg}");
     }
     let mut bad = bytes.clone();
     bad[5] ^= 0xff; // inside the magic number
     std::fs::write(&cut, &bad).unwrap();
-    let msg = format!("{:#}", checkpoint::load(&cut).unwrap_err());
+    let msg = format!("{:#}", serialization::load(&cut).unwrap_err());
     assert!(msg.contains("invalid magic number"), "{msg}");
 }

@@ -13,7 +13,8 @@ use image::RgbImage;
 use mae::torchvision::datasets::{pil_loader, Jpeg};
 use mae::torchvision::transforms::{pretrain_crop_params, SampleRng};
 use mae::util::crop::get_params;
-use mae::util::data_loader::{DataLoader, EpochOptions, ImageSource, ResizedCrop};
+use mae::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
+use mae::torchvision::datasets::ImageSource;
 use turbojpeg::Subsamp;
 
 /// The shared JPEGs as they are, and every shared photo re-encoded with each chroma subsampling
@@ -118,7 +119,7 @@ fn loader(dataset: Arc<dyn ImageSource>, batch_size: usize, workers: usize) -> D
     let crop = ResizedCrop::pretrain(64);
     DataLoader {
         dataset,
-        transform: Arc::new(move |img, rng| crop.apply(img, rng)),
+        transform: Transform::new(move |img, rng| crop.apply(img, rng)),
         batch_size,
         num_workers: workers,
         seed: 7,
@@ -141,20 +142,18 @@ fn crop_loader_gives_the_closure_loaders_batches() {
     ] {
         for workers in [1, 3] {
             let mut l = loader(ds.clone(), 5, workers);
-            l.transform = Arc::new(move |img, rng| crop.apply(img, rng));
+            l.transform = Transform::new(move |img, rng| crop.apply(img, rng));
+            let mut data = loader(ds.clone(), 5, workers);
+            data.transform = Transform::Crop(crop);
             for epoch in [0, 1] {
                 let plain = collect(&l, epoch, &EpochOptions::default());
-                let opts = EpochOptions {
-                    crop: Some(crop),
-                    ..EpochOptions::default()
-                };
-                let fast = collect(&l, epoch, &opts);
+                let fast = collect(&data, epoch, &EpochOptions::default());
                 // with a device (CPU here: on CUDA the same path pins and copies non-blocking)
                 let opts = EpochOptions {
                     device: Some(tch::Device::Cpu),
-                    ..opts
+                    ..EpochOptions::default()
                 };
-                let on_device = collect(&l, epoch, &opts);
+                let on_device = collect(&data, epoch, &opts);
                 assert!(plain.iter().zip(&on_device).all(|(a, b)| a.equal(b)));
                 assert_eq!(plain.len(), 2); // 12 images, drop_last
                 for (a, b) in plain.iter().zip(&fast) {
@@ -190,6 +189,9 @@ fn counting(n: usize) -> Arc<Counting> {
 fn prefetch_is_bounded_and_keeps_the_order() {
     let ds = counting(40);
     let l = loader(ds.clone(), 4, 2);
+    let Transform::Fn(transform) = l.transform.clone() else {
+        panic!("loader() gives a function transform");
+    };
     let expected: Vec<tch::Tensor> = {
         // the same batches built one sample at a time, in the sampler's order
         let order = l.sampler_indices(3);
@@ -198,7 +200,7 @@ fn prefetch_is_bounded_and_keeps_the_order() {
             .map(|c| {
                 let s: Vec<tch::Tensor> = c
                     .iter()
-                    .map(|&i| (l.transform)(&ds.0[i], &mut SampleRng::new(7, 3, i as u64)))
+                    .map(|&i| transform(&ds.0[i], &mut SampleRng::new(7, 3, i as u64)))
                     .collect();
                 tch::Tensor::stack(&s, 0)
             })
@@ -221,7 +223,7 @@ fn prefetch_is_bounded_and_keeps_the_order() {
 fn sequential_mode_keeps_the_order_and_the_last_short_batch() {
     let ds = counting(11);
     let mut l = loader(ds.clone(), 4, 2);
-    l.transform = Arc::new(|img, _| mae::torchvision::transforms::eval_transform(img, 32));
+    l.transform = Transform::new(|img, _| mae::torchvision::transforms::eval_transform(img, 32));
     let opts = EpochOptions {
         sequential: true,
         ..EpochOptions::default()
@@ -269,18 +271,15 @@ fn resized_crop_without_copy_equals_crop_then_resize() {
 #[test]
 fn fast_decode_is_close_and_opt_in() {
     let ds = Arc::new(mae::torchvision::datasets::ImageFolder::new(&folder()).expect("folder"));
-    let l = loader(ds, 6, 2);
     let exact = ResizedCrop::pretrain(64);
     let fast = ResizedCrop {
         fast_decode: true,
         ..exact
     };
     let run = |crop| {
-        let opts = EpochOptions {
-            crop: Some(crop),
-            ..EpochOptions::default()
-        };
-        tch::Tensor::cat(&collect(&l, 0, &opts), 0)
+        let mut l = loader(ds.clone(), 6, 2);
+        l.transform = Transform::Crop(crop);
+        tch::Tensor::cat(&collect(&l, 0, &EpochOptions::default()), 0)
     };
     let (a, b) = (run(exact), run(fast));
     // boxes of 128+ px a side decode at 1/2 or less: not the same pixels, but close

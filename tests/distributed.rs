@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{s, stdout_ok};
-use mae::util::distributed::{DistributedSampler, ProcessGroup};
+use mae::torch::distributed::{DistributedSampler, ProcessGroup};
 use tch::{Kind, Tensor};
 
 /// A port nobody listens on now (the OS picks it), so parallel tests do not collide.

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mae::util::data_loader::decode_box;
+use mae::torchvision::datasets::decode_box;
 
 /// A small good JPEG and PNG (48×40) to fill a class folder.
 fn good_images() -> (Vec<u8>, Vec<u8>) {

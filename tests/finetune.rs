@@ -50,7 +50,7 @@ fn finetune(data: &Path, out: &Path, extra: &[&str]) -> String {
 }
 
 fn model_of(path: &Path) -> Vec<(String, Tensor)> {
-    mae::util::checkpoint::load_state_dict(path).unwrap()
+    mae::torch::serialization::load_state_dict(path).unwrap()
 }
 
 #[test]
@@ -127,10 +127,10 @@ fn pretrained_checkpoint_of_another_architecture_is_refused() {
             ..Default::default()
         };
         let _m = mae::models_vit::VisionTransformer::new(&vs.root(), &cfg);
-        mae::util::optim::named_parameters(&vs)
+        mae::torch::optim::named_parameters(&vs)
     };
     let path = dir.join("wrong.pth");
-    mae::util::checkpoint::save_state_dict(&path, &sd).unwrap();
+    mae::torch::serialization::save_state_dict(&path, &sd).unwrap();
     let args = [
         "finetune",
         "--model",
@@ -174,7 +174,7 @@ fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
             mae::models_mae::MaeConfig::default(),
         )
         .unwrap();
-        mae::util::checkpoint::save_state_dict(&path, &mae::util::optim::named_parameters(&vs))
+        mae::torch::serialization::save_state_dict(&path, &mae::torch::optim::named_parameters(&vs))
             .unwrap();
     }
     for pool in ["--cls_token", "--global_pool"] {

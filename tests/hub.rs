@@ -1,4 +1,4 @@
-//! Hugging Face and timm weights in and out (src/util/hub.rs, `mae convert`), checked with the
+//! Hugging Face and timm weights in and out (src/interop/hub.rs, `mae convert`), checked with the
 //! pinned transformers and timm: official .pth → hf → official is bit-identical; transformers'
 //! `from_pretrained` and timm's `create_model(pretrained_cfg_overlay=dict(file=…))` load the
 //! converted files with no missing or unexpected keys and give the port's outputs within 1e-5;
@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use common::s;
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
-use mae::util::checkpoint;
-use mae::util::hub::{self, Format};
-use mae::util::optim::named_parameters;
+use mae::torch::serialization;
+use mae::interop::hub::{self, Format};
+use mae::torch::optim::named_parameters;
 use tch::{nn, Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -57,8 +57,8 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
 /// A freshly initialised port model's state_dict, saved as the official .pth.
 fn save_official(path: &Path, vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let sd = named_parameters(vs);
-    checkpoint::save_state_dict(path, &sd).unwrap();
-    checkpoint::load_state_dict(path).unwrap()
+    serialization::save_state_dict(path, &sd).unwrap();
+    serialization::load_state_dict(path).unwrap()
 }
 
 /// transformers' `ViTMAEForPreTraining` on the folder `hf`: loads it (no missing/unexpected
@@ -108,7 +108,7 @@ fn mae_round_trip(name: &str, img: i64, n: i64, resave: bool) {
     let back = dir.join("back.pth");
     mae(&["convert", s(&hf), s(&back), "--to", "official"], true);
     assert_identical(
-        &checkpoint::load_state_dict(&back).unwrap(),
+        &serialization::load_state_dict(&back).unwrap(),
         &sd,
         "hf → official",
     );
@@ -119,7 +119,7 @@ fn mae_round_trip(name: &str, img: i64, n: i64, resave: bool) {
         (Kind::Float, Device::Cpu),
     );
     let io = dir.join("io.safetensors");
-    checkpoint::save_safetensors(
+    serialization::save_safetensors(
         &io,
         &[("imgs".into(), imgs.copy()), ("noise".into(), noise.copy())],
     )
@@ -128,7 +128,7 @@ fn mae_round_trip(name: &str, img: i64, n: i64, resave: bool) {
     let resaved = dir.join("hf_resaved");
     let resave_arg = if resave { s(&resaved) } else { "-" };
     common::run_python_code(HF_MAE, &[s(&hf), s(&io), s(&out), resave_arg]);
-    let want: std::collections::HashMap<String, Tensor> = checkpoint::load_state_dict(&out)
+    let want: std::collections::HashMap<String, Tensor> = serialization::load_state_dict(&out)
         .unwrap()
         .into_iter()
         .collect();
@@ -142,7 +142,7 @@ fn mae_round_trip(name: &str, img: i64, n: i64, resave: bool) {
         return;
     }
     // save_pretrained writes decoder.decoder_encoder.layer.{i}, the hub files decoder_layers
-    let keys: Vec<String> = checkpoint::load_state_dict(&resaved.join("model.safetensors"))
+    let keys: Vec<String> = serialization::load_state_dict(&resaved.join("model.safetensors"))
         .unwrap()
         .into_iter()
         .map(|p| p.0)
@@ -196,7 +196,7 @@ with torch.no_grad():
 "#;
 
 fn output_of(path: &Path) -> Tensor {
-    checkpoint::load_state_dict(path).unwrap().remove(0).1
+    serialization::load_state_dict(path).unwrap().remove(0).1
 }
 
 /// A tiny ViT (`global_pool`, `num_classes`) as .pth, its images, and the port's outputs.
@@ -223,7 +223,7 @@ fn tiny_vit(dir: &Path, global_pool: bool, num_classes: i64) -> (PathBuf, PathBu
     save_official(&pth, &vs);
     let imgs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     let io = dir.join("vit_io.safetensors");
-    checkpoint::save_safetensors(&io, &[("imgs".into(), imgs.copy())]).unwrap();
+    serialization::save_safetensors(&io, &[("imgs".into(), imgs.copy())]).unwrap();
     let out = tch::no_grad(|| model.forward_t(&imgs, false)).unwrap();
     (pth, io, out)
 }
@@ -244,7 +244,7 @@ fn vit_classifiers_load_in_transformers_and_timm_with_the_ports_logits() {
     mae(&["convert", s(&pth), s(&hf), "--to", "hf"], true);
     assert_identical(
         &read(&hf).0,
-        &checkpoint::load_state_dict(&pth).unwrap(),
+        &serialization::load_state_dict(&pth).unwrap(),
         "vit hf",
     );
     assert_eq!(read(&hf).1, Format::HfViT);
@@ -326,11 +326,11 @@ fn mae_encoder_for_timm_is_the_ports_vit() {
         ..VitConfig::default()
     };
     let vit = models_vit::build("vit_base_patch16", &vit_vs.root(), cfg).unwrap();
-    let report = mae::util::state_dict::load_state_dict(&mut vit_vs, sd, true).unwrap();
+    let report = mae::torch::state_dict::load_state_dict(&mut vit_vs, sd, true).unwrap();
     assert!(report.is_clean(), "{report}");
     let imgs = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
     let io = dir.join("io.safetensors");
-    checkpoint::save_safetensors(&io, &[("imgs".into(), imgs.copy())]).unwrap();
+    serialization::save_safetensors(&io, &[("imgs".into(), imgs.copy())]).unwrap();
     let out = dir.join("out.safetensors");
     common::run_python_code(
         TIMM,
@@ -393,7 +393,7 @@ fn hub_cache_folder_inspects_and_visualizes_like_the_pth() {
             ],
             true,
         );
-        outs.push(checkpoint::load_state_dict(&tensors).unwrap());
+        outs.push(serialization::load_state_dict(&tensors).unwrap());
     }
     assert!(!outs[0].is_empty());
     assert_identical(&outs[1], &outs[0], "visualize tensors");

@@ -1,13 +1,13 @@
 //! Model detection against the official key/shape lists (tests/data/reference, taken from the
 //! reference code by instantiating its models).
 mod common;
-use mae::util::detect::{detect, Kind};
+use mae::interop::detect::{detect, Kind};
 
-fn detect_shapes(shapes: &[(String, Vec<i64>)]) -> mae::util::detect::Detected {
+fn detect_shapes(shapes: &[(String, Vec<i64>)]) -> mae::interop::detect::Detected {
     detect(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap()
 }
 
-fn detect_official(model: &str) -> mae::util::detect::Detected {
+fn detect_official(model: &str) -> mae::interop::detect::Detected {
     detect_shapes(&common::official_state_dict(model))
 }
 

@@ -1,5 +1,5 @@
 //! The fast load path: memory-mapped checkpoints copied into their tensors in parallel chunks
-//! (src/util/checkpoint.rs), and models built without random init for a full checkpoint
+//! (src/torch/serialization), and models built without random init for a full checkpoint
 //! (`init: false`). No Python needed: the files are written by the crate's own writer, whose
 //! output PyTorch reads back in tests/checkpoint.rs.
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use common::bytes_of;
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
-use mae::util::checkpoint;
+use mae::torch::serialization;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Storages of several chunks (the copy works in 4 MiB pieces) and odd sizes, every dtype
@@ -51,37 +51,37 @@ fn multi_chunk_storages_load_bit_exact() {
     let dir = common::tmp_dir("load", "bit_exact");
     let sd = state_dict();
     let pth = dir.join("sd.pth");
-    checkpoint::save_state_dict(&pth, &sd).unwrap();
-    assert_same(&sd, &checkpoint::load_state_dict(&pth).unwrap(), "pth");
+    serialization::save_state_dict(&pth, &sd).unwrap();
+    assert_same(&sd, &serialization::load_state_dict(&pth).unwrap(), "pth");
     let st = dir.join("sd.safetensors");
     let contiguous: Vec<_> = sd.iter().map(|(k, t)| (k.clone(), t.copy())).collect();
-    checkpoint::save_safetensors(&st, &contiguous).unwrap();
+    serialization::save_safetensors(&st, &contiguous).unwrap();
     assert_same(
         &contiguous,
-        &checkpoint::load_state_dict(&st).unwrap(),
+        &serialization::load_state_dict(&st).unwrap(),
         "safetensors",
     );
     // Copy-on-write views of the file, bit for bit the same.
-    let mapped = checkpoint::load_state_dict_mapped(&pth).unwrap();
+    let mapped = serialization::load_state_dict_mapped(&pth).unwrap();
     assert_same(&sd, &mapped, "mapped");
     assert_same(
         &contiguous,
-        &checkpoint::load_state_dict_mapped(&st).unwrap(),
+        &serialization::load_state_dict_mapped(&st).unwrap(),
         "mapped safetensors",
     );
     // Neither owned nor mapped tensors write back: the file is unchanged after writing to them.
-    let loaded = checkpoint::load_state_dict(&pth).unwrap();
+    let loaded = serialization::load_state_dict(&pth).unwrap();
     let _ = loaded[0].1.shallow_clone().fill_(0.);
     let _ = mapped[0].1.shallow_clone().fill_(0.);
     let _ = mapped[1].1.shallow_clone().fill_(1.);
-    assert_same(&sd, &checkpoint::load_state_dict(&pth).unwrap(), "reload");
+    assert_same(&sd, &serialization::load_state_dict(&pth).unwrap(), "reload");
 }
 
 #[test]
 fn corrupt_and_truncated_storages_are_refused() {
     let dir = common::tmp_dir("load", "corrupt");
     let pth = dir.join("sd.pth");
-    checkpoint::save_state_dict(&pth, &state_dict()).unwrap();
+    serialization::save_state_dict(&pth, &state_dict()).unwrap();
     let good = std::fs::read(&pth).unwrap();
     // One flipped bit in the first, a middle and the last chunk of the 12 MiB storage (it
     // starts in the first KiB of the file), and one near the end of the last storage.
@@ -90,7 +90,7 @@ fn corrupt_and_truncated_storages_are_refused() {
         bad[at] ^= 0x10;
         let path = dir.join(format!("flipped_{at}.pth"));
         std::fs::write(&path, &bad).unwrap();
-        for load in [checkpoint::load, checkpoint::load_mapped] {
+        for load in [serialization::load, serialization::load_mapped] {
             let err = format!("{:#}", load(&path).unwrap_err());
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert!(err.contains("CRC-32 mismatch"), "{err}");
@@ -99,7 +99,7 @@ fn corrupt_and_truncated_storages_are_refused() {
     for cut in [good.len() / 3, good.len() - 100] {
         let path = dir.join(format!("cut_{cut}.pth"));
         std::fs::write(&path, &good[..cut]).unwrap();
-        for load in [checkpoint::load, checkpoint::load_mapped] {
+        for load in [serialization::load, serialization::load_mapped] {
             let err = format!("{:#}", load(&path).unwrap_err());
             assert!(err.contains(&path.display().to_string()), "{err}");
         }
@@ -124,14 +124,14 @@ fn no_init_build_then_load_equals_init_then_load() {
     models_vit::build("vit_tiny_patch4", &src.root(), vit(true)).unwrap();
     let pth = dir.join("vit.pth");
     let sd: Vec<(String, Tensor)> = src.variables().into_iter().collect();
-    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    serialization::save_state_dict(&pth, &sd).unwrap();
     let mut outs = vec![];
     for init in [true, false] {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = models_vit::build("vit_tiny_patch4", &vs.root(), vit(init)).unwrap();
         let sd = match init {
-            true => checkpoint::load_state_dict(&pth).unwrap(),
-            false => checkpoint::load_state_dict_mapped(&pth).unwrap(), // as mae eval
+            true => serialization::load_state_dict(&pth).unwrap(),
+            false => serialization::load_state_dict_mapped(&pth).unwrap(), // as mae eval
         };
         model.load_checkpoint(&mut vs, sd).unwrap();
         let mut vars: Vec<_> = vs.variables().into_iter().collect();
@@ -153,15 +153,15 @@ fn no_init_build_then_load_equals_init_then_load() {
     models_mae::build("mae_vit_tiny_patch4", &src.root(), mae(true)).unwrap();
     let pth = dir.join("mae.pth");
     let sd: Vec<(String, Tensor)> = src.variables().into_iter().collect();
-    checkpoint::save_state_dict(&pth, &sd).unwrap();
+    serialization::save_state_dict(&pth, &sd).unwrap();
     let noise = Tensor::rand([2, 64], (Kind::Float, Device::Cpu));
     let mut outs = vec![];
     for init in [true, false] {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = models_mae::build("mae_vit_tiny_patch4", &vs.root(), mae(init)).unwrap();
         let sd = match init {
-            true => checkpoint::load_state_dict(&pth).unwrap(),
-            false => checkpoint::load_state_dict_mapped(&pth).unwrap(), // as mae visualize
+            true => serialization::load_state_dict(&pth).unwrap(),
+            false => serialization::load_state_dict_mapped(&pth).unwrap(), // as mae visualize
         };
         model.load_checkpoint(&mut vs, sd).unwrap();
         let (loss, pred, _) = model.forward_with_noise(&x, 0.75, Some(&noise)).unwrap();

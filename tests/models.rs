@@ -9,7 +9,7 @@ use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
 use mae::timm::DropPath;
 use mae::util::pos_embed::get_2d_sincos_pos_embed;
-use mae::util::state_dict::load_state_dict;
+use mae::torch::state_dict::load_state_dict;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 fn shapes(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {

@@ -360,7 +360,7 @@ fn a_host_that_disappears_stops_the_survivor_naming_the_lost_rank() {
     assert!(secs < 60., "rank 0 took {secs:.1} s");
     // the checkpoint of epoch 0 is whole: it loads, and no temporary file is left beside it
     let ckpt = out.join("checkpoint-0.pth");
-    let sd = mae::util::checkpoint::load_state_dict(&ckpt).unwrap_or_else(|e| panic!("{e:#}"));
+    let sd = mae::torch::serialization::load_state_dict(&ckpt).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         sd.iter().any(|(k, _)| k == "mask_token"),
         "{}",

@@ -9,14 +9,14 @@ use mae::engine_finetune::train_one_epoch;
 use mae::main_linprobe::LinProbe;
 use mae::models_vit::VitConfig;
 use mae::timm::loss::Criterion;
-use mae::util::amp::Precision;
-use mae::util::data_loader::Batch;
+use mae::torch::amp::Precision;
+use mae::torch::data_loader::Batch;
 use mae::util::lars::Lars;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{NativeScalerWithGradNormCount, Step};
-use mae::util::optim::{named_parameters, Optimizer};
-use mae::util::pickle::Value;
-use mae::util::state_dict::load_state_dict;
+use mae::torch::optim::{named_parameters, Optimizer};
+use mae::torch::serialization::pickle::Value;
+use mae::torch::state_dict::load_state_dict;
 use tch::{nn, Device, Tensor};
 
 #[test]

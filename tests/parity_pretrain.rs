@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use common::rel_err;
 use mae::engine_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
-use mae::util::amp::Precision;
+use mae::torch::amp::Precision;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{self, NativeScalerWithGradNormCount};
-use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
 use tch::{nn, Device, Tensor};
 
 const CASES: [(&str, usize, usize, bool, i64); 5] = [
@@ -175,7 +175,7 @@ torch.save({"model": sd, "optimizer": opt.state_dict(), "epoch": ck["epoch"], "s
 "#;
 
 /// `args` as `mae pretrain` saves them in a checkpoint.
-fn cli_args() -> mae::util::pickle::Value {
+fn cli_args() -> mae::torch::serialization::pickle::Value {
     let flags = ["pretrain", "--lr", "1e-3", "--device", "cpu"];
     let args = <mae::main_pretrain::Args as clap::Parser>::parse_from(flags);
     args.to_value().unwrap()

@@ -12,10 +12,10 @@ use mae::models_mae::{self, MaeConfig};
 use mae::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
 use mae::torchvision::pil::Filter;
 use mae::torchvision::transforms::{random_resized_crop_params, resized_crop, SampleRng};
-use mae::util::checkpoint;
+use mae::torch::serialization;
 use mae::util::lr_sched::{adjust_learning_rate, LrArgs};
-use mae::util::optim::{add_weight_decay, named_parameters, ParamGroup};
-use mae::util::pickle::Value;
+use mae::torch::optim::{add_weight_decay, named_parameters, ParamGroup};
+use mae::torch::serialization::pickle::Value;
 use tch::{nn, Device, Tensor};
 
 /// `mae pretrain args…` with one thread.
@@ -263,7 +263,7 @@ fn resume_is_exact_and_thread_count_free() {
     let out = run(resume);
     assert!(out.contains("With optim & sched!"), "{out}");
 
-    let load = |p: PathBuf| checkpoint::load(&p).unwrap();
+    let load = |p: PathBuf| serialization::load(&p).unwrap();
     let (ca, cb) = (
         load(a.join("checkpoint-1.pth")),
         load(b.join("checkpoint-1.pth")),
@@ -298,7 +298,7 @@ fn killed_save_leaves_the_previous_checkpoint() {
     std::fs::create_dir_all(&out).unwrap();
     let previous = out.join("checkpoint-0.pth");
     let marker = Tensor::from_slice(&[1f32, 2., 3.]);
-    checkpoint::save_state_dict(&previous, &[("marker".into(), marker.shallow_clone())]).unwrap();
+    serialization::save_state_dict(&previous, &[("marker".into(), marker.shallow_clone())]).unwrap();
     let before = std::fs::read(&previous).unwrap();
 
     let mut child = common::mae_command(&["pretrain", "--model", "mae_vit_base_patch16"])
@@ -343,7 +343,7 @@ fn killed_save_leaves_the_previous_checkpoint() {
         before,
         "previous checkpoint changed"
     );
-    let sd = checkpoint::load_state_dict(&previous).unwrap();
+    let sd = serialization::load_state_dict(&previous).unwrap();
     assert!(sd[0].1.equal(&marker));
     let _ = std::fs::remove_dir_all(&out); // the partial temp file is over a GB
 }
@@ -362,7 +362,7 @@ fn non_finite_loss_stops_training() {
         }
     }
     let ckpt = dir.join("nan.pth");
-    checkpoint::save_state_dict(&ckpt, &sd).unwrap();
+    serialization::save_state_dict(&ckpt, &sd).unwrap();
     let out = mae_bin(&[
         "--model",
         "mae_vit_tiny_patch4",
@@ -559,7 +559,7 @@ fn shipped_fashion_mnist_checkpoint_reconstructs_test_images() {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = models_mae::build("mae_vit_mini_patch4", &vs.root(), MaeConfig::default()).unwrap();
     let init_loss = mean_loss(&model);
-    let sd = checkpoint::load_state_dict(&path).unwrap();
+    let sd = serialization::load_state_dict(&path).unwrap();
     model.load_checkpoint(&mut vs, sd).unwrap();
     let loss = mean_loss(&model);
     println!(
@@ -577,7 +577,7 @@ fn shipped_fashion_mnist_checkpoint_reconstructs_test_images() {
 #[test]
 fn grad_scaler_semantics() {
     use mae::util::misc::NativeScalerWithGradNormCount as Scaler;
-    use mae::util::optim::AdamW;
+    use mae::torch::optim::AdamW;
     let make = || {
         let p = Tensor::from_slice(&[1f32, -2., 3.]).set_requires_grad(true);
         let group = ParamGroup {

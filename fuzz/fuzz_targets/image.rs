@@ -4,7 +4,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use mae::torchvision::transforms::{crop_flip_normalize_into, SampleRng};
-use mae::util::data_loader::{decode_box, ResizedCrop};
+use mae::torch::data_loader::ResizedCrop;
+use mae::torchvision::datasets::decode_box;
 
 fuzz_target!(|data: &[u8]| {
     let _ = mae::torchvision::datasets::decode(data);

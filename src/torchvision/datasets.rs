@@ -1,5 +1,7 @@
-//! torchvision.datasets.folder: `ImageFolder` (same class order, same sample order) and
-//! `pil_loader` (`Image.open(f).convert('RGB')`, with the same pixels as Pillow).
+//! torchvision.datasets: `ImageFolder` (datasets/folder.py: same class order, same sample
+//! order), `pil_loader` (`Image.open(f).convert('RGB')`, with the same pixels as Pillow) and
+//! `FashionMNIST` (datasets/mnist.py, from the IDX files); and [`ImageSource`], the dataset
+//! the data loaders read, which they implement.
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -446,4 +448,107 @@ pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u8>)> {
         );
     }
     Ok((dims, data.to_vec()))
+}
+
+// ------------------------------------------------------------------------------------------
+// The datasets as the data loaders see them (torch.utils.data.Dataset before its transform)
+// ------------------------------------------------------------------------------------------
+
+/// A crop box as torchvision's `get_params` return it: (top, left, height, width).
+pub type CropBox = (i64, i64, i64, i64);
+
+/// A dataset before its transform: `len` images, loaded by index.
+pub trait ImageSource: Send + Sync {
+    fn len(&self) -> usize;
+    fn load(&self, index: usize) -> Result<RgbImage>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Image `index` for a crop whose box `params(width, height)` draws from its size: the
+    /// image, or an area of it holding the box with the same pixels, and the box in the
+    /// returned image's coordinates. By default the whole image.
+    ///
+    /// `fast: Some(size)` allows a smaller image (JPEG DCT-domain scaling) as long as the box
+    /// keeps at least `size` pixels a side: not Pillow's pixels.
+    fn load_box(
+        &self,
+        index: usize,
+        params: &mut dyn FnMut(u32, u32) -> CropBox,
+        fast: Option<u32>,
+    ) -> Result<(RgbImage, CropBox)> {
+        let _ = fast;
+        let img = self.load(index)?;
+        let bx = params(img.width(), img.height());
+        Ok((img, bx))
+    }
+}
+
+impl ImageSource for ImageFolder {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+    fn load(&self, index: usize) -> Result<RgbImage> {
+        pil_loader(&self.samples[index].0)
+    }
+    /// JPEGs: the box is drawn from the header's size and only the area around it is decoded.
+    fn load_box(
+        &self,
+        index: usize,
+        params: &mut dyn FnMut(u32, u32) -> CropBox,
+        fast: Option<u32>,
+    ) -> Result<(RgbImage, CropBox)> {
+        let path = &self.samples[index].0;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+        decode_box(&bytes, params, fast)
+            .with_context(|| format!("decoding image {}", path.display()))
+    }
+}
+
+/// [`ImageSource::load_box`] of an image file's bytes: a JPEG's box is drawn from the header's
+/// size and only the area around it is decoded (at 1/2, 1/4 or 1/8 with `fast`); other formats
+/// are decoded whole.
+pub fn decode_box(
+    bytes: &[u8],
+    params: &mut dyn FnMut(u32, u32) -> CropBox,
+    fast: Option<u32>,
+) -> Result<(RgbImage, CropBox)> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let img = decode(bytes)?;
+        let bx = params(img.width(), img.height());
+        return Ok((img, bx));
+    }
+    let jpeg = Jpeg::open(bytes)?;
+    let (i, j, h, w) = params(jpeg.width, jpeg.height);
+    let area = [j, i, w, h].map(|v| u32::try_from(v).ok());
+    let area = match area {
+        [Some(x), Some(y), Some(w), Some(h)] => Some((x, y, w, h)),
+        _ => None, // not inside the image: decode it whole
+    };
+    let short = h.min(w);
+    let denom = match fast {
+        Some(size) if area.is_some() => [8, 4, 2]
+            .into_iter()
+            .find(|&d| short / d >= size as i64)
+            .unwrap_or(1),
+        _ => 1,
+    };
+    let (img, (x0, y0)) = jpeg.decode_scaled(area, denom as u32)?;
+    if denom == 1 {
+        return Ok((img, (i - y0 as i64, j - x0 as i64, h, w)));
+    }
+    // the box in the scaled area, its size rounded and kept inside
+    let (top, left) = (i / denom - y0 as i64, j / denom - x0 as i64);
+    let bh = ((h as f64 / denom as f64).round() as i64).clamp(1, img.height() as i64 - top);
+    let bw = ((w as f64 / denom as f64).round() as i64).clamp(1, img.width() as i64 - left);
+    Ok((img, (top, left, bh, bw)))
+}
+
+impl ImageSource for FashionMNIST {
+    fn len(&self) -> usize {
+        self.targets.len()
+    }
+    fn load(&self, index: usize) -> Result<RgbImage> {
+        Ok(self.rgb(index))
+    }
 }

@@ -11,13 +11,14 @@ use tch::Tensor;
 
 use crate::timm::auto_augment::RandAugment;
 use crate::timm::random_erasing::RandomErasing;
-use crate::torchvision::datasets::{FashionMNIST, ImageFolder, FASHION_MNIST_ROOT};
+use crate::torchvision::datasets::{
+    CropBox, FashionMNIST, ImageFolder, ImageSource, FASHION_MNIST_ROOT,
+};
 use crate::torchvision::pil::Filter;
 use crate::torchvision::transforms::{
     hflip, random_resized_crop_params, resized_crop, to_tensor_normalize, SampleRng,
     IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
 };
-use crate::util::data_loader::{CropBox, ImageSource};
 
 /// A split: its images and their class indices.
 pub struct Split {

@@ -3,8 +3,8 @@
 use anyhow::{ensure, Context, Result};
 use tch::Tensor;
 
-use crate::util::optim::{Optimizer, ParamGroup};
-use crate::util::pickle::Value;
+use crate::torch::optim::{Optimizer, ParamGroup};
+use crate::torch::serialization::pickle::Value;
 
 /// `LARS(params, lr=0, weight_decay=0, momentum=0.9, trust_coefficient=0.001)`, one group.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use crate::util::optim::ParamGroup;
+use crate::torch::optim::ParamGroup;
 
 /// `param_groups_lrd(model, weight_decay, no_weight_decay_list, layer_decay)`: one group per
 /// (layer id, decay or not), named `layer_{id}_{decay|no_decay}`, in order of first appearance in

@@ -1,6 +1,6 @@
 //! Port of util/lr_sched.py: the per-iteration learning rate, linear warmup then half-cycle cosine.
 
-use crate::util::optim::ParamGroup;
+use crate::torch::optim::ParamGroup;
 
 /// The `args` fields `adjust_learning_rate` reads.
 #[derive(Debug, Clone, Copy, PartialEq)]

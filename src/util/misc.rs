@@ -1,5 +1,5 @@
 //! Port of util/misc.py: `SmoothedValue` and `MetricLogger` (with `log_every`, the loop both
-//! engines run), the distributed helpers (torch.distributed's part is src/util/distributed.rs),
+//! engines run), the distributed helpers (torch.distributed's part is src/torch/distributed/mod.rs),
 //! `NativeScalerWithGradNormCount`, `save_model` / `load_model`, `all_reduce_mean`; then, not in
 //! misc.py, what main_*.py write inline and every entry point shares (`torch.device`, appending
 //! to `log.txt`, `args` as saved in checkpoints). Python's number formatting is util/pyfmt.rs.
@@ -13,15 +13,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Tensor};
 
-use crate::util::checkpoint;
-use crate::util::distributed;
-pub use crate::util::distributed::{
+use crate::torch::serialization;
+use crate::torch::distributed;
+pub use crate::torch::distributed::{
     get_rank, get_world_size, init_distributed_mode, is_main_process,
 };
-use crate::util::optim::{Optimizer, ParamGroup};
-use crate::util::pickle::Value;
-use crate::util::pyfmt::{timedelta, Stat};
-use crate::util::state_dict::{load_state_dict, state_dict};
+use crate::torch::optim::{Optimizer, ParamGroup};
+use crate::torch::serialization::pickle::Value;
+use crate::cli::pyfmt::{timedelta, Stat};
+use crate::torch::state_dict::{load_state_dict, state_dict};
 
 /// Track a series of values and provide access to smoothed values over a window or the global
 /// series average.
@@ -279,7 +279,7 @@ impl TrainStats {
 }
 
 // init_distributed_mode, is_main_process, get_rank, get_world_size: torch.distributed's role,
-// on c10d (src/util/distributed.rs), re-exported above.
+// on c10d (src/torch/distributed/mod.rs), re-exported above.
 
 /// `NativeScalerWithGradNormCount`: backward, then (every `update_grad`) the optimizer step,
 /// through `torch.cuda.amp.GradScaler` semantics when enabled (CUDA): the loss is multiplied by
@@ -456,7 +456,7 @@ pub fn save_model(
         (s("scaler"), loss_scaler.state_dict()),
         (s("args"), args),
     ]);
-    checkpoint::save(&checkpoint_path, &to_save)?;
+    serialization::save(&checkpoint_path, &to_save)?;
     Ok(checkpoint_path)
 }
 
@@ -468,14 +468,14 @@ pub fn load_model(
     optimizer: &mut impl Optimizer,
     loss_scaler: &mut NativeScalerWithGradNormCount,
 ) -> Result<Option<i64>> {
-    let checkpoint = checkpoint::load(resume)?;
+    let checkpoint = serialization::load(resume)?;
     // the official reads checkpoint['model']; other containers (timm's, a bare state dict) as
     // timm's load_checkpoint finds them, with no optimizer state to resume
     let model = match checkpoint.get("model") {
         Some(m) => Value::Dict(vec![(Value::Str("model".into()), m.clone())]),
         None => checkpoint.clone(),
     };
-    let (sd, source) = checkpoint::state_dict_from(model)
+    let (sd, source) = serialization::state_dict_from(model)
         .with_context(|| format!("{}: no state dict", resume.display()))?;
     if source.entry != Some("model") || !source.stripped.is_empty() {
         println!("Resume: state dict read from {source}");
@@ -503,75 +503,6 @@ pub fn load_model(
 /// `all_reduce_mean(x)`: the mean of `x` over the ranks (a collective: every rank calls it).
 pub fn all_reduce_mean(x: f64) -> Result<f64> {
     Ok(distributed::all_reduce_sum(&[x])?[0] / get_world_size() as f64)
-}
-
-// --------------------------------------------------------
-// Not in misc.py: what the entry points of the reference write inline, shared here.
-
-/// `torch.device(args.device)`: `cpu`, `cuda` or `cuda:N`; no flag means CUDA when available,
-/// else the CPU. A CUDA device that is not there is an error, not a silent fallback.
-pub fn device(arg: Option<&str>) -> Result<Device> {
-    let dev = match arg {
-        None => return Ok(Device::cuda_if_available()),
-        Some("cpu") => Device::Cpu,
-        Some("cuda") => Device::Cuda(0),
-        Some(s) => match s.strip_prefix("cuda:").map(str::parse) {
-            Some(Ok(i)) => Device::Cuda(i),
-            _ => bail!("--device {s}: expected cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(i) = dev {
-        let n = tch::Cuda::device_count() as usize;
-        if i >= n {
-            bail!("--device cuda:{i}: {n} CUDA device(s) available");
-        }
-    }
-    Ok(dev)
-}
-
-/// `with open(path, mode="a") as f: f.write(text)`.
-pub fn append(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// `args` as saved in checkpoints: the flags by their names (the official pickles the
-/// `argparse.Namespace`; a plain dict lets `torch.load(weights_only=True)` read the file), then
-/// `set`, the values `main` derives (`world_size`, `distributed`, ...), replacing or appended.
-pub fn args_value(args: &impl serde::Serialize, set: Vec<(&str, Value)>) -> Result<Value> {
-    fn value(v: serde_json::Value) -> Value {
-        use serde_json::Value as J;
-        match v {
-            J::Null => Value::None,
-            J::Bool(b) => Value::Bool(b),
-            J::Number(n) => n
-                .as_i64()
-                .map_or(Value::Float(n.as_f64().unwrap_or(f64::NAN)), Value::Int),
-            J::String(s) => Value::Str(s),
-            J::Array(a) => Value::List(a.into_iter().map(value).collect()),
-            J::Object(o) => Value::Dict(
-                o.into_iter()
-                    .map(|(k, v)| (Value::Str(k), value(v)))
-                    .collect(),
-            ),
-        }
-    }
-    let json = serde_json::to_value(args).context("args as a dict")?;
-    let Value::Dict(mut items) = value(json) else {
-        bail!("args are not a struct");
-    };
-    for (k, v) in set {
-        match items.iter_mut().find(|(key, _)| key.as_str() == Some(k)) {
-            Some(item) => item.1 = v,
-            None => items.push((Value::Str(k.into()), v)),
-        }
-    }
-    Ok(Value::Dict(items))
 }
 
 #[cfg(test)]

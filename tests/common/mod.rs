@@ -186,7 +186,7 @@ pub fn big_model_lock() -> std::sync::MutexGuard<'static, ()> {
 /// The state dict of a fixture checkpoint `NAME.pth` (torch.save({'model': sd})).
 pub fn load_checkpoint(dir: &Path, name: &str) -> Vec<(String, Tensor)> {
     let path = dir.join(format!("{name}.pth"));
-    mae::util::checkpoint::load_state_dict(&path).unwrap_or_else(|e| panic!("{e:#}"))
+    mae::torch::serialization::load_state_dict(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The tensors of a safetensors file, by name.
@@ -274,7 +274,7 @@ pub fn with_prefix(r: &HashMap<String, Tensor>, prefix: &str) -> Vec<(String, Te
 /// The end state of [`pretrain_steps`].
 pub struct PretrainRun {
     pub vs: tch::nn::VarStore,
-    pub optimizer: mae::util::optim::AdamW,
+    pub optimizer: mae::torch::optim::AdamW,
     pub scaler: mae::util::misc::NativeScalerWithGradNormCount,
     pub stats: mae::util::misc::TrainStats,
 }
@@ -291,12 +291,12 @@ pub fn pretrain_steps(
     epoch: i64,
     seed: i64,
 ) -> PretrainRun {
-    use mae::util::optim::{add_weight_decay, named_parameters, AdamW};
+    use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
     let device = tch::Device::Cpu;
     let mut vs = tch::nn::VarStore::new(device);
     let model = mae::models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
     let init = init.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
-    mae::util::state_dict::load_state_dict(&mut vs, init, true).unwrap();
+    mae::torch::state_dict::load_state_dict(&mut vs, init, true).unwrap();
     let groups = add_weight_decay(named_parameters(&vs), 0.05, &[]);
     let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
     let mut scaler = mae::util::misc::NativeScalerWithGradNormCount::new(false);
@@ -361,8 +361,8 @@ pub fn bytes_of(t: &Tensor) -> Vec<u8> {
 
 /// name -> (exp_avg, exp_avg_sq, step) from an AdamW's `optimizer.state_dict()` (the parity
 /// tests of pre-training and of mixed-precision training read the moments this way).
-pub fn adamw_moments(opt: &mae::util::optim::AdamW) -> HashMap<String, (Tensor, Tensor, f64)> {
-    use mae::util::pickle::Value;
+pub fn adamw_moments(opt: &mae::torch::optim::AdamW) -> HashMap<String, (Tensor, Tensor, f64)> {
+    use mae::torch::serialization::pickle::Value;
     let sd = opt.state_dict();
     let state = sd.get("state").and_then(Value::as_dict).unwrap();
     let groups = sd.get("param_groups").and_then(Value::as_list).unwrap();
@@ -394,7 +394,7 @@ pub fn adamw_moments(opt: &mae::util::optim::AdamW) -> HashMap<String, (Tensor, 
 /// Adam scales up to full-size steps (in one process as much as in two).
 pub fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
     let load = |p: &Path| -> std::collections::BTreeMap<String, Tensor> {
-        mae::util::checkpoint::load_state_dict(p)
+        mae::torch::serialization::load_state_dict(p)
             .unwrap_or_else(|e| panic!("{e:#}"))
             .into_iter()
             .collect()

@@ -1,11 +1,13 @@
 //! The loss curve PNG `mae pretrain` writes at the end (the official logs to tensorboard):
 //! per-iteration loss (grey) and its moving average over ~1/50 of the run (blue) against the
-//! fractional epoch, drawn with the image crate and a 3×5 pixel font for the tick labels.
+//! fractional epoch, drawn with the image crate and the bitmap font of `cli::font` for the labels.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
+
+use crate::cli::font;
 
 const W: u32 = 800;
 const H: u32 = 480;
@@ -14,47 +16,13 @@ const R: i64 = 20;
 const T: i64 = 30;
 const B: i64 = 50;
 
-/// 3×5 glyphs, rows top to bottom, 3 bits each (MSB left).
-fn glyph(c: char) -> [u8; 5] {
-    match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 2, 2],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        'e' => [0, 7, 7, 4, 7],
-        'p' => [0, 7, 5, 7, 4],
-        'o' => [0, 7, 5, 5, 7],
-        'c' => [0, 7, 4, 4, 7],
-        'h' => [4, 4, 7, 5, 5],
-        'l' => [6, 2, 2, 2, 7],
-        's' => [0, 7, 6, 3, 7],
-        _ => [0; 5],
-    }
-}
+/// Each font pixel of the labels is a SCALE×SCALE square.
+const SCALE: u32 = 2;
 
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: i64) {
-    for (k, c) in s.chars().enumerate() {
-        for (row, bits) in glyph(c).iter().enumerate() {
-            for col in 0..3 {
-                if bits >> (2 - col) & 1 == 1 {
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            let px = x + (k as i64 * 4 + col) * scale + dx;
-                            put(img, px, y + row as i64 * scale + dy, Rgb([0, 0, 0]));
-                        }
-                    }
-                }
-            }
-        }
-    }
+/// `s` in black with its top-left corner at (x, y); pixels outside the image are dropped.
+fn text(img: &mut RgbImage, x: i64, y: i64, s: &str) {
+    let (x, y) = (x.max(0) as u32, y.max(0) as u32);
+    font::draw_text(img, s, x, y, SCALE, Rgb([0, 0, 0]));
 }
 
 fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
@@ -102,24 +70,21 @@ pub fn draw(points: &[(f64, f64)], png: &Path) -> Result<()> {
         let y = y_max * k as f64 / 5.;
         let (_, py) = to_px((0., y));
         line(&mut img, (L as f64, py), ((W as i64 - R) as f64, py), grey);
-        text(&mut img, 8, py as i64 - 5, &format!("{y:.3}"), 2);
+        text(&mut img, 8, py as i64 - 8, &format!("{y:.3}"));
     }
     let xt = (x_max / 8.).ceil().max(1.);
     let mut x = 0.;
     while x <= x_max {
         let (px, _) = to_px((x, 0.));
         line(&mut img, (px, T as f64), (px, (H as i64 - B) as f64), grey);
-        text(
-            &mut img,
-            px as i64 - 4,
-            H as i64 - B + 8,
-            &format!("{x}"),
-            2,
-        );
+        let label = format!("{x}");
+        let half = font::text_width(&label, SCALE) as i64 / 2;
+        text(&mut img, px as i64 - half, H as i64 - B + 8, &label);
         x += xt;
     }
-    text(&mut img, W as i64 / 2 - 20, H as i64 - 18, "epoch", 2);
-    text(&mut img, 8, 8, "loss", 2);
+    let half = font::text_width("epoch", SCALE) as i64 / 2;
+    text(&mut img, W as i64 / 2 - half, H as i64 - 20, "epoch");
+    text(&mut img, 8, 8, "loss");
     let black = Rgb([0, 0, 0]);
     line(
         &mut img,

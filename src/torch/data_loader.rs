@@ -5,10 +5,12 @@
 //! from (seed, e, i), and the order is shuffled from (seed, e): a run is the same whatever the
 //! number of threads.
 //!
-//! The RandomResizedCrop transforms can also be given as data ([`ResizedCrop`]): the box is
-//! drawn from the JPEG header's size, only the part of the JPEG around it is decoded, and the
+//! A RandomResizedCrop transform can be given as data ([`Transform::Crop`]): the box is drawn
+//! from the JPEG header's size, only the part of the JPEG around it is decoded, and the
 //! resized, flipped, normalised pixels are written straight into the batch (pinned when the
-//! batches go to CUDA, then copied with `non_blocking`) — the same values as the closure.
+//! batches go to CUDA, then copied with `non_blocking`), the same values as
+//! [`ResizedCrop::apply`] on the decoded image. The datasets are
+//! [`crate::torchvision::datasets::ImageSource`]s.
 
 use std::sync::{mpsc, Arc};
 
@@ -17,114 +19,31 @@ use image::RgbImage;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::torchvision::datasets::{decode, FashionMNIST, ImageFolder, Jpeg};
+use crate::torchvision::datasets::{CropBox, ImageSource};
 use crate::torchvision::pil::PassOrder;
 use crate::torchvision::transforms::{
     crop_flip_normalize, crop_flip_normalize_into, eval_transform_with, pretrain_crop_params,
     SampleRng,
 };
-use crate::util::datasets::Split;
 
-/// A crop box as torchvision's `get_params` return it: (top, left, height, width).
-pub type CropBox = (i64, i64, i64, i64);
+/// A training transform: the sample's tensor from its decoded image and its generator.
+pub type TransformFn = dyn Fn(&RgbImage, &mut SampleRng) -> Tensor + Send + Sync;
 
-/// A dataset before its transform: `len` images, loaded by index.
-pub trait ImageSource: Send + Sync {
-    fn len(&self) -> usize;
-    fn load(&self, index: usize) -> Result<RgbImage>;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Image `index` for a crop whose box `params(width, height)` draws from its size: the
-    /// image, or an area of it holding the box with the same pixels, and the box in the
-    /// returned image's coordinates. By default the whole image.
-    ///
-    /// `fast: Some(size)` allows a smaller image (JPEG DCT-domain scaling) as long as the box
-    /// keeps at least `size` pixels a side: not Pillow's pixels.
-    fn load_box(
-        &self,
-        index: usize,
-        params: &mut dyn FnMut(u32, u32) -> CropBox,
-        fast: Option<u32>,
-    ) -> Result<(RgbImage, CropBox)> {
-        let _ = fast;
-        let img = self.load(index)?;
-        let bx = params(img.width(), img.height());
-        Ok((img, bx))
-    }
+/// What a [`DataLoader`] does to each sample.
+#[derive(Clone)]
+pub enum Transform {
+    /// Any function of the decoded image.
+    Fn(Arc<TransformFn>),
+    /// A RandomResizedCrop given as data: the same pixels as its [`ResizedCrop::apply`], with
+    /// only the box's part of a JPEG decoded and the result written straight into the batch.
+    Crop(ResizedCrop),
 }
 
-impl ImageSource for ImageFolder {
-    fn len(&self) -> usize {
-        self.samples.len()
-    }
-    fn load(&self, index: usize) -> Result<RgbImage> {
-        crate::torchvision::datasets::pil_loader(&self.samples[index].0)
-    }
-    /// JPEGs: the box is drawn from the header's size and only the area around it is decoded.
-    fn load_box(
-        &self,
-        index: usize,
-        params: &mut dyn FnMut(u32, u32) -> CropBox,
-        fast: Option<u32>,
-    ) -> Result<(RgbImage, CropBox)> {
-        let path = &self.samples[index].0;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-        decode_box(&bytes, params, fast)
-            .with_context(|| format!("decoding image {}", path.display()))
+impl Transform {
+    pub fn new(f: impl Fn(&RgbImage, &mut SampleRng) -> Tensor + Send + Sync + 'static) -> Self {
+        Transform::Fn(Arc::new(f))
     }
 }
-
-/// [`ImageSource::load_box`] of an image file's bytes: a JPEG's box is drawn from the header's
-/// size and only the area around it is decoded (at 1/2, 1/4 or 1/8 with `fast`); other formats
-/// are decoded whole.
-pub fn decode_box(
-    bytes: &[u8],
-    params: &mut dyn FnMut(u32, u32) -> CropBox,
-    fast: Option<u32>,
-) -> Result<(RgbImage, CropBox)> {
-    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        let img = decode(bytes)?;
-        let bx = params(img.width(), img.height());
-        return Ok((img, bx));
-    }
-    let jpeg = Jpeg::open(bytes)?;
-    let (i, j, h, w) = params(jpeg.width, jpeg.height);
-    let area = [j, i, w, h].map(|v| u32::try_from(v).ok());
-    let area = match area {
-        [Some(x), Some(y), Some(w), Some(h)] => Some((x, y, w, h)),
-        _ => None, // not inside the image: decode it whole
-    };
-    let short = h.min(w);
-    let denom = match fast {
-        Some(size) if area.is_some() => [8, 4, 2]
-            .into_iter()
-            .find(|&d| short / d >= size as i64)
-            .unwrap_or(1),
-        _ => 1,
-    };
-    let (img, (x0, y0)) = jpeg.decode_scaled(area, denom as u32)?;
-    if denom == 1 {
-        return Ok((img, (i - y0 as i64, j - x0 as i64, h, w)));
-    }
-    // the box in the scaled area, its size rounded and kept inside
-    let (top, left) = (i / denom - y0 as i64, j / denom - x0 as i64);
-    let bh = ((h as f64 / denom as f64).round() as i64).clamp(1, img.height() as i64 - top);
-    let bw = ((w as f64 / denom as f64).round() as i64).clamp(1, img.width() as i64 - left);
-    Ok((img, (top, left, bh, bw)))
-}
-
-impl ImageSource for FashionMNIST {
-    fn len(&self) -> usize {
-        self.targets.len()
-    }
-    fn load(&self, index: usize) -> Result<RgbImage> {
-        Ok(self.rgb(index))
-    }
-}
-
-pub type Transform = dyn Fn(&RgbImage, &mut SampleRng) -> Tensor + Send + Sync;
 
 /// A RandomResizedCrop training transform as data: the box `params(width, height, rng)`, resized
 /// to `size`×`size` (bicubic), RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet)
@@ -164,7 +83,7 @@ impl ResizedCrop {
         }
     }
 
-    /// The same transform on a decoded image, as a [`Transform`].
+    /// The same transform on a decoded image.
     pub fn apply(&self, img: &RgbImage, rng: &mut SampleRng) -> Tensor {
         let bx = (self.params)(img.width(), img.height(), rng);
         crop_flip_normalize(img, bx, self.size, rng)
@@ -178,9 +97,6 @@ pub struct EpochOptions {
     /// iterator hands it over with a `non_blocking` copy (`pin_memory=True`, then
     /// `samples.to(device, non_blocking=True)` in the engines).
     pub device: Option<Device>,
-    /// Run this crop instead of `transform` (it must be the transform `transform` is): the
-    /// same pixels, decoding only each box's part of a JPEG.
-    pub crop: Option<ResizedCrop>,
     /// `SequentialSampler` with `drop_last=False` (evaluation): the indices in order, the last
     /// batch possibly short. Otherwise shuffled from (seed, epoch), full batches only.
     pub sequential: bool,
@@ -188,7 +104,7 @@ pub struct EpochOptions {
 
 pub struct DataLoader {
     pub dataset: Arc<dyn ImageSource>,
-    pub transform: Arc<Transform>,
+    pub transform: Transform,
     pub batch_size: usize,
     pub num_workers: usize,
     pub seed: u64,
@@ -199,7 +115,7 @@ pub struct DataLoader {
 impl DataLoader {
     /// `len(data_loader)`: full batches of this rank's share only (drop_last).
     pub fn len(&self) -> usize {
-        let sampler = crate::util::distributed::DistributedSampler::current();
+        let sampler = crate::torch::distributed::DistributedSampler::current();
         sampler.num_samples(self.dataset.len()) / self.batch_size
     }
 
@@ -209,7 +125,7 @@ impl DataLoader {
 
     /// `DistributedSampler.set_epoch(epoch); iter(sampler)`: a permutation of the indices
     /// (Fisher-Yates from the (seed, epoch) generator), the same on every rank, of which
-    /// this rank takes its share (util::distributed::DistributedSampler; all of it in one process).
+    /// this rank takes its share (torch::distributed::DistributedSampler; all of it in one process).
     pub fn sampler_indices(&self, epoch: u64) -> Vec<usize> {
         let mut rng = SampleRng::new(self.seed, epoch, u64::MAX);
         let mut idx: Vec<usize> = (0..self.dataset.len()).collect();
@@ -217,7 +133,7 @@ impl DataLoader {
             let j = rng.randint(0, i as i64 + 1) as usize;
             idx.swap(i, j);
         }
-        crate::util::distributed::DistributedSampler::current().subsample(idx)
+        crate::torch::distributed::DistributedSampler::current().subsample(idx)
     }
 
     /// The batches of `epoch` ([batch_size, 3, H, W] each) on the CPU, produced in the
@@ -226,7 +142,7 @@ impl DataLoader {
         self.epoch_with(epoch, &EpochOptions::default())
     }
 
-    /// [`epoch`](Self::epoch) with the batches' device, the crop as data, or sequential order.
+    /// [`epoch`](Self::epoch) with the batches' device, or in sequential order.
     pub fn epoch_with(&self, epoch: u64, opts: &EpochOptions) -> Result<Batches> {
         if self.batch_size == 0 {
             anyhow::bail!("--batch_size must be at least 1");
@@ -254,7 +170,6 @@ impl DataLoader {
         let work = Work {
             dataset: self.dataset.clone(),
             transform: self.transform.clone(),
-            crop: opts.crop,
             seed: self.seed,
             epoch,
             pin,
@@ -279,8 +194,7 @@ impl DataLoader {
 /// What the loader thread needs to build a batch.
 struct Work {
     dataset: Arc<dyn ImageSource>,
-    transform: Arc<Transform>,
-    crop: Option<ResizedCrop>,
+    transform: Transform,
     seed: u64,
     epoch: u64,
     pin: Option<Device>,
@@ -292,12 +206,14 @@ impl Work {
         use rayon::prelude::*;
         let rng = |i: usize| SampleRng::new(self.seed, self.epoch, i as u64);
         let context = |i: usize| format!("dataset sample {i}");
-        let Some(crop) = self.crop else {
+        let crop = match &self.transform {
+            Transform::Crop(crop) => *crop,
+            Transform::Fn(transform) => {
             let samples: Vec<Tensor> = indices
                 .par_iter()
                 .map(|&i| {
                     let img = self.dataset.load(i).with_context(|| context(i))?;
-                    Ok((self.transform)(&img, &mut rng(i)))
+                    Ok(transform(&img, &mut rng(i)))
                 })
                 .collect::<Result<_>>()?;
             let batch = Tensor::stack(&samples, 0);
@@ -305,6 +221,7 @@ impl Work {
                 Some(d) => batch.f_pin_memory(d).context("pinning a batch"),
                 None => Ok(batch),
             };
+            }
         };
         let s = crop.size as i64;
         let per = (3 * s * s) as usize;
@@ -413,8 +330,9 @@ pub struct DataLoaderVal {
 
 impl DataLoaderVal {
     pub fn new(
-        split: &Split,
-        batch_size: i64,
+        dataset: Arc<dyn ImageSource>,
+        targets: Arc<Vec<i64>>,
+        batch_size: usize,
         num_workers: usize,
         input_size: i64,
         order: PassOrder,
@@ -423,9 +341,9 @@ impl DataLoaderVal {
             anyhow::bail!("--batch_size must be at least 1, got {batch_size}");
         }
         Ok(DataLoaderVal {
-            dataset: split.dataset.clone(),
-            targets: split.targets.clone(),
-            batch_size: batch_size as usize,
+            dataset,
+            targets,
+            batch_size,
             num_workers,
             input_size: u32::try_from(input_size).context("--input_size")?,
             order,
@@ -450,7 +368,7 @@ impl DataLoaderVal {
         let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(2);
         std::thread::spawn(move || {
             // SequentialSampler, or with --dist_eval DistributedSampler(shuffle=False)
-            let indices = crate::util::distributed::eval_indices(dataset.len());
+            let indices = crate::torch::distributed::eval_indices(dataset.len());
             for chunk in indices.chunks(batch_size) {
                 let images: Result<Vec<Tensor>> = pool.install(|| {
                     chunk

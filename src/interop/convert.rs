@@ -1,5 +1,5 @@
 //! `mae convert IN OUT --to official|hf|timm|safetensors`: a checkpoint in any format
-//! [`crate::util::hub::load`] reads, written as the official `.pth`, a Hugging Face folder that
+//! [`crate::interop::hub::load`] reads, written as the official `.pth`, a Hugging Face folder that
 //! transformers' `from_pretrained` loads, a timm safetensors file, or safetensors with the
 //! official keys. Not in the reference.
 
@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Tensor};
 
-use crate::util::checkpoint;
-use crate::util::detect::{self, Detected, Kind};
-use crate::util::hub::{self, Format};
-use crate::util::state_dict;
+use crate::torch::serialization;
+use crate::interop::detect::{self, Detected, Kind};
+use crate::interop::hub::{self, Format};
+use crate::torch::state_dict;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum To {
@@ -37,11 +37,11 @@ pub struct Args {
     pub to: To,
     /// --to hf with an MAE: config.json's norm_pix_loss (the loss ViTMAEForPreTraining computes);
     /// a Hugging Face input's own value is kept otherwise
-    #[arg(long = "norm_pix_loss")]
+    #[arg(long)]
     pub norm_pix_loss: bool,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub fn main(args: Args) -> Result<()> {
     let loaded = hub::load(&args.input, false)?;
     println!("{}: {}", loaded.file.display(), loaded.format);
     let shapes: Vec<(String, Vec<i64>)> = loaded
@@ -55,13 +55,13 @@ pub fn run(args: &Args) -> Result<()> {
     let sd = loaded.sd;
     let out = &args.output;
     match args.to {
-        To::Official => checkpoint::save_state_dict(out, &sd)?,
-        To::Safetensors => checkpoint::save_safetensors(out, &sd)?,
+        To::Official => serialization::save_state_dict(out, &sd)?,
+        To::Safetensors => serialization::save_safetensors(out, &sd)?,
         To::Timm => {
             let hint = timm_hint(&det, out)?;
             let encoder: Vec<(String, Tensor)> =
                 sd.into_iter().filter(|(k, _)| !is_decoder(k)).collect();
-            checkpoint::save_safetensors(out, &encoder)?;
+            serialization::save_safetensors(out, &encoder)?;
             println!("{hint}");
         }
         To::Hf => {
@@ -73,13 +73,13 @@ pub fn run(args: &Args) -> Result<()> {
                     .unwrap_or(false);
             let (format, config) = hf_config(&det, &sd, norm_pix_loss)?;
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-            checkpoint::save_safetensors(
+            serialization::save_safetensors(
                 &out.join("model.safetensors"),
                 &hub::official_to_hf(&sd, format)?,
             )?;
             let json = serde_json::to_string_pretty(&config)? + "\n";
             let path = out.join("config.json");
-            checkpoint::atomic_write(&path, |w| Ok(w.write_all(json.as_bytes())?))
+            serialization::atomic_write(&path, |w| Ok(w.write_all(json.as_bytes())?))
                 .with_context(|| format!("writing {}", path.display()))?;
             println!(
                 "load with transformers: {}.from_pretrained({:?})",

@@ -3,7 +3,10 @@
 //! `init_distributed_mode`, the `DistributedDataParallel` wrapper (parameters broadcast from
 //! rank 0, gradients averaged in buckets), `DistributedSampler`, and the metric all-reduce of
 //! `MetricLogger.synchronize_between_processes`. One process without a launcher is world 1,
-//! where every function here is the identity.
+//! where every function here is the identity. Which network interface routes to the master
+//! (for Gloo and NCCL) is `netif`.
+
+pub mod netif;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -12,8 +15,6 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-
-use crate::util::netif;
 use tch::{nn, Device, Kind, Tensor};
 
 extern "C" {
@@ -67,25 +68,26 @@ pub fn has_nccl() -> bool {
 /// The distributed flags of main_pretrain.py / main_finetune.py / main_linprobe.py, plus the
 /// backend and timeout that the official code hard-codes (nccl, torch's 30 min default).
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
+#[command(rename_all = "snake_case")]
 pub struct DistArgs {
     /// number of distributed processes
-    #[arg(long = "world_size", default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     pub world_size: i64,
-    #[arg(long = "local_rank", default_value_t = -1)]
+    #[arg(long, default_value_t = -1)]
     pub local_rank: i64,
     /// read the rank from mpirun's OMPI_COMM_WORLD_* (also done without this flag when neither
     /// torchrun's nor SLURM's variables are set)
-    #[arg(long = "dist_on_itp")]
+    #[arg(long)]
     pub dist_on_itp: bool,
     /// url used to set up distributed training
-    #[arg(long = "dist_url", default_value = "env://")]
+    #[arg(long, default_value = "env://")]
     pub dist_url: String,
     /// Not in the official scripts: gloo or nccl (default: nccl on CUDA, gloo on the CPU)
-    #[arg(long = "dist_backend")]
+    #[arg(long)]
     pub dist_backend: Option<String>,
     /// Not in the official scripts: seconds a collective or the rendezvous may wait for the
     /// other ranks before this rank stops with an error (torch's default: 1800)
-    #[arg(long = "dist_timeout", default_value_t = 1800.)]
+    #[arg(long, default_value_t = 1800.)]
     pub dist_timeout: f64,
 }
 

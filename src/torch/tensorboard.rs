@@ -16,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use prost::Message;
 
+use crate::torch::distributed::netif;
+
 // --------------------------------------------------------
 // event.proto / summary.proto, the fields a scalar uses
 
@@ -89,14 +91,6 @@ fn wall_time() -> f64 {
         .map_or(0., |d| d.as_secs_f64())
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
 
 /// `SummaryWriter(log_dir=...)`. Each record reaches the file in one `write` as it is added
 /// (torch queues up to 10 and writes them every 120 s), so a run killed mid-epoch leaves every
@@ -117,7 +111,7 @@ impl SummaryWriter {
         let name = format!(
             "events.out.tfevents.{:010}.{}.{}.0",
             now as u64,
-            hostname(),
+            netif::hostname(),
             std::process::id()
         );
         let path = log_dir.join(name);
@@ -174,7 +168,7 @@ impl SummaryWriter {
 /// `None` on the other ranks and (not in the official, which has no way to turn it off) when
 /// `--log_dir` is empty.
 pub fn main_process_writer(log_dir: &str) -> Result<Option<SummaryWriter>> {
-    if log_dir.is_empty() || crate::util::distributed::get_rank() != 0 {
+    if log_dir.is_empty() || crate::torch::distributed::get_rank() != 0 {
         return Ok(None);
     }
     SummaryWriter::new(Path::new(log_dir)).map(Some)

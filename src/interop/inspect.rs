@@ -1,9 +1,9 @@
 //! `mae inspect`: what a checkpoint holds and which official model it matches (util/detect.rs).
 //! Not in the reference.
-use crate::util::checkpoint;
-use crate::util::detect::{detect, has_official_name, verify_md5, Detected, Kind};
-use crate::util::hub;
-use crate::util::pickle::kind_name;
+use crate::torch::serialization;
+use crate::interop::detect::{detect, has_official_name, verify_md5, Detected, Kind};
+use crate::interop::hub;
+use crate::torch::serialization::pickle::kind_name;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub struct Args {
     pub verify: bool,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub fn main(args: Args) -> anyhow::Result<()> {
     let path = &args.checkpoint;
     let (file, config) = hub::weights_file(path)?;
     let bytes = std::fs::metadata(&file)
@@ -70,7 +70,7 @@ fn outline(
     bytes: u64,
     start: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let root = checkpoint::load(file)?;
+    let root = serialization::load(file)?;
     println!(
         "checkpoint: {} ({:.1} MB, loaded in {:.2} s)",
         file.display(),
@@ -149,7 +149,7 @@ fn check_against(
             .with_context(|| format!("--model {name}"))?;
     }
     let n = sd.len();
-    let report = crate::util::state_dict::load_state_dict(&mut vs, sd, false)?;
+    let report = crate::torch::state_dict::load_state_dict(&mut vs, sd, false)?;
     if report.is_clean() {
         println!("check: all {n} keys load into {name} (names and shapes match)");
     } else {

@@ -62,11 +62,17 @@ pub fn interface_of(addr: IpAddr) -> Option<String> {
         .map(|(name, _)| name)
 }
 
-/// This machine's host name (gethostname(2)).
+/// This machine's host name, as Python's `socket.gethostname()` (gethostname(2)), for the
+/// rendezvous messages and TensorBoard's file names; `localhost` when it has none.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length, which is what gethostname is told.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match String::from_utf8_lossy(&buf[..end]).trim() {
+        name if r == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".into(),
+    }
 }
 
 /// The address Gloo's default device binds (ProcessGroupGloo::createDefaultDevice): the first

@@ -1,5 +1,6 @@
-//! A 5×7 bitmap font (with one row of descenders) (lower case, digits, `+-.:`) for the panel titles, so that the PNG needs
-//! no font file. Upper case is drawn as lower case; other characters as blanks.
+//! The one bitmap font of the PNGs `mae` draws (the panel titles of `mae visualize`, the labels
+//! of the loss curve), so that no font file is needed: 5×7 pixels with one row of descenders,
+//! lower case, digits and `+-.:`. Upper case is drawn as lower case; other characters as blanks.
 
 use image::{Rgb, RgbImage};
 

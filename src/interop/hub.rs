@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use tch::Tensor;
 
-use crate::util::checkpoint;
+use crate::torch::serialization;
 
 /// Where a state_dict came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub struct Loaded {
     pub sd: Vec<(String, Tensor)>,
     pub format: Format,
     /// Which entry of the file held the state dict, and the wrapper prefixes stripped.
-    pub source: checkpoint::Source,
+    pub source: serialization::Source,
     /// The weights file read (inside the folder when a folder was given).
     pub file: PathBuf,
     /// The folder's (or the file's sibling) `config.json`, for the Hugging Face formats.
@@ -62,15 +62,15 @@ pub struct Loaded {
 
 /// Reads a checkpoint anywhere one is taken: a `.pth`, a `.safetensors`, a Hugging Face folder
 /// (or its hub cache folder), with the keys mapped to the official ones. `mapped`: the tensors
-/// of a `.pth` are views of the file ([`checkpoint::load_mapped`]).
+/// of a `.pth` are views of the file ([`serialization::load_mapped`]).
 pub fn load(path: &Path, mapped: bool) -> Result<Loaded> {
     let (file, config) = weights_file(path)?;
     // a file under an official name with another md5: a warning, not a refusal
-    crate::util::detect::warn_on_md5_mismatch(&file);
+    crate::interop::detect::warn_on_md5_mismatch(&file);
     let root = if mapped {
-        checkpoint::load_mapped(&file)?
+        serialization::load_mapped(&file)?
     } else {
-        checkpoint::load(&file)?
+        serialization::load(&file)?
     };
     to_official(file, config, root)
 }
@@ -79,10 +79,10 @@ pub fn load(path: &Path, mapped: bool) -> Result<Loaded> {
 pub fn to_official(
     file: PathBuf,
     config_path: Option<PathBuf>,
-    root: checkpoint::Value,
+    root: serialization::Value,
 ) -> Result<Loaded> {
     let safetensors = root.get("model").is_none() && is_safetensors(&file);
-    let (sd, source) = checkpoint::state_dict_from(root)
+    let (sd, source) = serialization::state_dict_from(root)
         .with_context(|| format!("checkpoint {}", file.display()))?;
     let config = match &config_path {
         Some(c) => Some(read_config(c)?),

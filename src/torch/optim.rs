@@ -10,7 +10,7 @@ use std::os::raw::c_int;
 use anyhow::{bail, ensure, Context, Result};
 use tch::{nn, Kind, Tensor};
 
-use crate::util::pickle::Value;
+use crate::torch::serialization::pickle::Value;
 
 /// One entry of `optimizer.param_groups`; `names` are the `named_parameters` names of `params`.
 #[derive(Debug)]

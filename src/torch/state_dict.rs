@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use tch::{nn, Tensor};
 
-use crate::util::optim::named_parameters;
-use crate::util::pickle::Value;
+use crate::torch::optim::named_parameters;
+use crate::torch::serialization::pickle::Value;
 
 /// `model_without_ddp.state_dict()`: every variable, in PyTorch's `named_parameters` order.
 pub fn state_dict(vs: &nn::VarStore) -> Value {

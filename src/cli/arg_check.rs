@@ -64,9 +64,9 @@ pub fn input_size(v: i64, model: Option<&str>) -> Result<()> {
 /// Learning-rate flags shared by the three training entry points: rates and decay at least 0,
 /// warmup and start epochs at least 0, epochs, batch size and accumulation at least 1.
 pub struct Schedule {
-    pub batch_size: i64,
+    pub batch_size: usize,
     pub epochs: i64,
-    pub accum_iter: i64,
+    pub accum_iter: usize,
     pub lr: Option<f64>,
     pub blr: f64,
     pub min_lr: f64,
@@ -92,7 +92,7 @@ impl Schedule {
 }
 
 /// The distributed flags: `--world_size` at least 1, `--dist_timeout` a positive number of seconds.
-pub fn dist(d: &crate::util::distributed::DistArgs) -> Result<()> {
+pub fn dist(d: &crate::torch::distributed::DistArgs) -> Result<()> {
     at_least("world_size", d.world_size, 1)?;
     at_least("local_rank", d.local_rank, -1)?;
     if !(d.dist_timeout > 0. && d.dist_timeout.is_finite()) {
