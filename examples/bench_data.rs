@@ -15,14 +15,14 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
+use mae::torch::data_loader::{DataLoader, ResizedCrop, Transform};
+use mae::torchvision::datasets::ImageSource;
 use mae::torchvision::datasets::{pil_loader, ImageFolder};
 use mae::torchvision::pil::{self, Filter, PassOrder};
 use mae::torchvision::transforms::{
     crop_flip_normalize_into, pretrain_crop_params, pretrain_transform, to_tensor_normalize_into,
     SampleRng, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
 };
-use mae::torch::data_loader::{DataLoader, ResizedCrop, Transform};
-use mae::torchvision::datasets::ImageSource;
 
 #[derive(Parser)]
 struct Args {

@@ -9,9 +9,9 @@
 //!           random init (`init: false`), adopt the tensors (`load_vit_checkpoint`, strict)
 //! prints `rust-<mode> load_s=… base_mb=… peak_above_mb=… file_mb=…`
 use anyhow::{bail, Context, Result};
+use mae::interop::detect::{self, Kind as Det};
 use mae::models_vit::{self, VitConfig};
 use mae::torch::serialization;
-use mae::interop::detect::{self, Kind as Det};
 use std::path::Path;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};

@@ -25,10 +25,10 @@ use clap::{Parser, ValueEnum};
 use mae::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use mae::models_vit::{self, VisionTransformer, VitConfig};
 use mae::torch::amp::{self, Precision};
-use mae::torch::serialization;
-use mae::util::misc::NativeScalerWithGradNormCount;
 use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::torch::serialization;
 use mae::torch::state_dict::load_state_dict;
+use mae::util::misc::NativeScalerWithGradNormCount;
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

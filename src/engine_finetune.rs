@@ -7,18 +7,18 @@ use anyhow::{bail, ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
+use crate::cli::pyfmt::{py_float, timedelta, Stat};
 use crate::timm::loss::Criterion;
 use crate::timm::mixup::Mixup;
 use crate::torch::amp::{self, Precision};
 use crate::torch::data_loader::{Batch, DataLoaderVal};
 use crate::torch::distributed;
+use crate::torch::optim::Optimizer;
+use crate::torch::tensorboard::{epoch_1000x, SummaryWriter};
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
     self, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Step, TrainStats,
 };
-use crate::torch::optim::Optimizer;
-use crate::cli::pyfmt::{py_float, timedelta, Stat};
-use crate::torch::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// `train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler,
 /// max_norm, mixup_fn, log_writer, args=args)`. `forward(samples, train)` is `model(samples)` in

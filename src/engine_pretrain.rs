@@ -3,16 +3,16 @@
 use anyhow::{bail, Result};
 use tch::{Device, Tensor};
 
+use crate::cli::pyfmt::py_float;
 use crate::models_mae::MaskedAutoencoderViT;
 use crate::torch::amp::{self, Precision};
 use crate::torch::distributed;
+use crate::torch::optim::AdamW;
+use crate::torch::tensorboard::{epoch_1000x, SummaryWriter};
 use crate::util::lr_sched::{self, LrArgs};
 use crate::util::misc::{
     self, MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, Step, TrainStats,
 };
-use crate::torch::optim::AdamW;
-use crate::cli::pyfmt::py_float;
-use crate::torch::tensorboard::{epoch_1000x, SummaryWriter};
 
 /// The `args` fields `train_one_epoch` reads.
 #[derive(Debug, Clone, Copy, PartialEq)]

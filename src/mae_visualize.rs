@@ -10,14 +10,14 @@ use anyhow::{bail, ensure, Context, Result};
 use image::{Rgb, RgbImage};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
-use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
-use crate::torchvision::pil::{self, Filter, PassOrder};
-use crate::torch::amp::{self, Precision};
-use crate::torch::serialization;
+use crate::cli::device;
 use crate::interop::detect::{self, detect_model};
 use crate::interop::hub;
-use crate::cli::device;
+use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
+use crate::torch::amp::{self, Precision};
+use crate::torch::serialization;
+use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
+use crate::torchvision::pil::{self, Filter, PassOrder};
 
 /// Where `mae visualize --image …` looks when no `--checkpoint` is given (relative to the working
 /// directory, then to this repository).

@@ -35,7 +35,9 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(args) => mae::interop::inspect::main(args),
         Command::Convert(args) => mae::interop::convert::main(args),
-        Command::Eval(args) => mae::main_finetune::main(mae::main_finetune::Args { eval: true, ..args }),
+        Command::Eval(args) => {
+            mae::main_finetune::main(mae::main_finetune::Args { eval: true, ..args })
+        }
         Command::Finetune(args) => mae::main_finetune::main(args),
         Command::Linprobe(args) => mae::main_linprobe::main(args),
         Command::Visualize(args) => mae::mae_visualize::main(args),

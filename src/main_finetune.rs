@@ -7,30 +7,32 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Kind, Tensor};
 
+use crate::cli::arg_check::{self, Schedule};
+use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
+use crate::cli::{self, device};
 use crate::engine_finetune::{evaluate, train_one_epoch};
+use crate::interop::detect::{self, detect_model};
+use crate::interop::hub;
 use crate::models_vit::{self, VitConfig};
 use crate::timm::loss::Criterion;
 use crate::timm::mixup::Mixup;
 use crate::timm::trunc_normal_;
+use crate::torch::amp::Precision;
+use crate::torch::data_loader::{
+    labelled_batches, DataLoader, DataLoaderVal, EpochOptions, Transform,
+};
+use crate::torch::distributed::{self, DistArgs};
+use crate::torch::optim::{named_parameters, AdamW};
+use crate::torch::serialization;
+use crate::torch::serialization::pickle::Value;
+use crate::torch::tensorboard;
 use crate::torchvision::datasets::ImageFolder;
 use crate::torchvision::pil::PassOrder;
-use crate::torch::amp::Precision;
-use crate::cli::arg_check::{self, Schedule};
-use crate::torch::serialization;
-use crate::torch::data_loader::{labelled_batches, DataLoader, DataLoaderVal, EpochOptions, Transform};
 use crate::util::datasets::{build_dataset, Split, TrainTransform, DEFAULT_DATA_PATH};
-use crate::interop::detect::{self, detect_model};
-use crate::torch::distributed::{self, DistArgs};
-use crate::interop::hub;
 use crate::util::lr_decay::param_groups_lrd;
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::NativeScalerWithGradNormCount as NativeScaler;
-use crate::cli::{self, device};
 use crate::util::misc;
-use crate::torch::optim::{named_parameters, AdamW};
-use crate::torch::serialization::pickle::Value;
-use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
-use crate::torch::tensorboard;
+use crate::util::misc::NativeScalerWithGradNormCount as NativeScaler;
 
 /// MAE fine-tuning for image classification (`get_args_parser`).
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
@@ -319,7 +321,7 @@ pub fn main(mut args: Args) -> Result<()> {
     let cutmix_minmax = args.cutmix_minmax.as_ref().map(|v| (v[0], v[1]));
     let mixup_active = args.mixup > 0. || args.cutmix > 0. || cutmix_minmax.is_some();
     let mixup_fn = if mixup_active && !args.eval {
-        if args.batch_size % 2 != 0 {
+        if !args.batch_size.is_multiple_of(2) {
             bail!(
                 "--batch_size {} with mixup/cutmix: timm's Mixup mixes sample i with sample B-1-i and needs an even batch size",
                 args.batch_size
@@ -380,36 +382,41 @@ pub fn main(mut args: Args) -> Result<()> {
     let (dataset_train, data_loader_train) = match run {
         Run::Train(split, loader) => (split, loader),
         Run::Eval(resumed) => {
-        // the official's misc.load_model(args, ...) with --resume, then evaluate and exit
-        let resume = Path::new(&args.resume);
-        model
-            .load_checkpoint(&mut vs, resumed.sd)
-            .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
-        println!("Resume checkpoint {}", resume.display());
-        let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
-        let (test_stats, logits) =
-            evaluate(&data_loader_val, &forward_eval, device, precision, keep_logits)?;
-        println!(
-            "Accuracy of the network on the {} test images: {:.1}%",
-            data_loader_val.num_images(),
-            test_stats.acc1
-        );
-        if let Some(logits) = logits {
-            if let Some(path) = &args.save_logits {
-                let t = Tensor::from_slice(&dataset_val.targets);
-                serialization::save_safetensors(
-                    path,
-                    &[
-                        ("logits".into(), logits.shallow_clone()),
-                        ("targets".into(), t),
-                    ],
-                )?;
+            // the official's misc.load_model(args, ...) with --resume, then evaluate and exit
+            let resume = Path::new(&args.resume);
+            model
+                .load_checkpoint(&mut vs, resumed.sd)
+                .with_context(|| format!("loading {} into {model_name}", resume.display()))?;
+            println!("Resume checkpoint {}", resume.display());
+            let keep_logits = args.output_json.is_some() || args.save_logits.is_some();
+            let (test_stats, logits) = evaluate(
+                &data_loader_val,
+                &forward_eval,
+                device,
+                precision,
+                keep_logits,
+            )?;
+            println!(
+                "Accuracy of the network on the {} test images: {:.1}%",
+                data_loader_val.num_images(),
+                test_stats.acc1
+            );
+            if let Some(logits) = logits {
+                if let Some(path) = &args.save_logits {
+                    let t = Tensor::from_slice(&dataset_val.targets);
+                    serialization::save_safetensors(
+                        path,
+                        &[
+                            ("logits".into(), logits.shallow_clone()),
+                            ("targets".into(), t),
+                        ],
+                    )?;
+                }
+                if let (Some(path), Some(folder)) = (&args.output_json, &dataset_val.folder) {
+                    write_top5(path, folder, &logits)?;
+                }
             }
-            if let (Some(path), Some(folder)) = (&args.output_json, &dataset_val.folder) {
-                write_top5(path, folder, &logits)?;
-            }
-        }
-        return Ok(());
+            return Ok(());
         }
     };
     let n_parameters: i64 = vs
@@ -660,4 +667,3 @@ impl Args {
         cli::args_value(self, vec![("global_pool", global_pool)])
     }
 }
-

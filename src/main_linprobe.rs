@@ -4,32 +4,31 @@
 
 use std::path::{Path, PathBuf};
 
-
 use anyhow::{ensure, Context, Result};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
+use crate::cli::arg_check::{self, Schedule};
 use crate::engine_finetune::{evaluate, train_one_epoch};
 use crate::models_vit::{self, VisionTransformer, VitConfig};
 use crate::timm::loss::Criterion;
 use crate::timm::{linear, trunc_normal_, LinearInit};
-use crate::torchvision::pil::PassOrder;
 use crate::torch::amp::Precision;
-use crate::cli::arg_check::{self, Schedule};
+use crate::torchvision::pil::PassOrder;
 
+use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
+use crate::cli::{self, device};
+use crate::interop::hub;
 use crate::torch::data_loader::{
     labelled_batches, DataLoader, DataLoaderVal, EpochOptions, ResizedCrop, Transform,
 };
-use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::torch::distributed::{self, DistArgs};
-use crate::interop::hub;
+use crate::torch::serialization::pickle::Value;
+use crate::torch::tensorboard;
+use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::util::lars::Lars;
 use crate::util::lr_sched::LrArgs;
-use crate::util::misc::NativeScalerWithGradNormCount;
-use crate::cli::{self, device};
 use crate::util::misc;
-use crate::torch::serialization::pickle::Value;
-use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
-use crate::torch::tensorboard;
+use crate::util::misc::NativeScalerWithGradNormCount;
 
 /// MAE linear probing for image classification
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]

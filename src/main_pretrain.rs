@@ -7,21 +7,21 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use tch::nn;
 
+use crate::cli;
+use crate::cli::arg_check::{self, Schedule};
+use crate::cli::plot;
+use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::engine_pretrain::{self, train_one_epoch};
 use crate::models_mae::{self, MaeConfig};
 use crate::torch::amp::Precision;
-use crate::cli::arg_check::{self, Schedule};
 use crate::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
-use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::torch::distributed::{self, DistArgs};
-use crate::util::lr_sched::LrArgs;
-use crate::cli;
-use crate::util::misc::{self, NativeScalerWithGradNormCount as NativeScaler, Step};
 use crate::torch::optim::{add_weight_decay, named_parameters, AdamW};
 use crate::torch::serialization::pickle::Value;
-use crate::cli::plot;
-use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::torch::tensorboard;
+use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
+use crate::util::lr_sched::LrArgs;
+use crate::util::misc::{self, NativeScalerWithGradNormCount as NativeScaler, Step};
 
 /// MAE pre-training
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]

@@ -7,8 +7,8 @@ use tch::{nn, nn::Module, nn::ModuleT, IndexOp, Kind, Tensor};
 use crate::timm::{
     layer_norm, linear, xavier_uniform_, AttentionImpl, Block, LinearInit, PatchEmbed,
 };
-use crate::util::pos_embed::{get_2d_sincos_pos_embed, interpolate_pos_embed};
 use crate::torch::state_dict::{adopt_state_dict, LoadReport};
+use crate::util::pos_embed::{get_2d_sincos_pos_embed, interpolate_pos_embed};
 
 /// `MaskedAutoencoderViT.__init__` keyword arguments, with its defaults.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use tch::{nn, nn::ModuleT, IndexOp, Kind, Tensor};
 use crate::timm::{
     layer_norm, linear, trunc_normal_, AttentionImpl, Block, LinearInit, PatchEmbed,
 };
-use crate::util::pos_embed::interpolate_pos_embed;
 use crate::torch::state_dict::{adopt_state_dict, load_state_dict, LoadReport};
+use crate::util::pos_embed::interpolate_pos_embed;
 
 /// The keyword arguments of timm 0.3.2 `VisionTransformer.__init__` that MAE uses, with the
 /// defaults of `main_finetune.py` where it passes them. `drop_rate` / `attn_drop_rate` are left
@@ -242,7 +242,11 @@ impl VisionTransformer {
 
 /// A preset: `VisionTransformer(patch_size, embed_dim, depth, num_heads, mlp_ratio=4,
 /// qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)`.
-fn vit(vs: &nn::Path, cfg: VitConfig, [patch_size, embed_dim, depth, num_heads]: [i64; 4]) -> VisionTransformer {
+fn vit(
+    vs: &nn::Path,
+    cfg: VitConfig,
+    [patch_size, embed_dim, depth, num_heads]: [i64; 4],
+) -> VisionTransformer {
     let cfg = VitConfig {
         patch_size,
         embed_dim,

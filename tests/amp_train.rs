@@ -14,8 +14,8 @@ use common::rel_err;
 use mae::engine_pretrain::Args;
 use mae::models_mae::MaeConfig;
 use mae::torch::amp::Precision;
-use mae::util::lr_sched::LrArgs;
 use mae::torch::optim::named_parameters;
+use mae::util::lr_sched::LrArgs;
 use tch::{Kind, Tensor};
 
 /// Two AdamW steps of the tiny MAE under `--precision fp32` and `bf16`, each against PyTorch at

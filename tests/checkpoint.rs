@@ -200,8 +200,9 @@ fn base_checkpoints_from_python_are_bit_exact() {
             // The Python-written safetensors of the contiguous state dict holds the same bits.
             let sd = serialization::state_dict(root).unwrap();
             check_official_keys(model, &sd);
-            let st = serialization::load_state_dict(&dir.join(format!("{name}.contig.safetensors")))
-                .unwrap();
+            let st =
+                serialization::load_state_dict(&dir.join(format!("{name}.contig.safetensors")))
+                    .unwrap();
             let st: HashMap<String, Tensor> = st.into_iter().collect();
             for (k, t) in &sd {
                 assert_eq!(common::bytes_of(t), common::bytes_of(&st[k]), "{name}: {k}");
@@ -285,7 +286,10 @@ fn rust_to_python_round_trip() {
         .enumerate()
         .map(|(i, &k)| {
             (
-                format!("pattern.{}", mae::torch::serialization::pickle::kind_name(k)),
+                format!(
+                    "pattern.{}",
+                    mae::torch::serialization::pickle::kind_name(k)
+                ),
                 pattern(k, &[3 + i as i64, 5, 2]),
             )
         })

@@ -103,7 +103,8 @@ fn every_container_gives_the_original_tensors() {
     let original =
         mae::torch::serialization::load_state_dict(&common::root().join(PRETRAINED)).unwrap();
     for (stem, ..) in CONTAINERS {
-        let sd = mae::torch::serialization::load_state_dict(&dir.join(format!("{stem}.pth"))).unwrap();
+        let sd =
+            mae::torch::serialization::load_state_dict(&dir.join(format!("{stem}.pth"))).unwrap();
         assert_eq!(sd.len(), original.len(), "{stem}");
         for ((k, t), (k0, t0)) in sd.iter().zip(&original) {
             assert_eq!(k, k0, "{stem}");

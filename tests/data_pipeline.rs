@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use image::RgbImage;
+use mae::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
+use mae::torchvision::datasets::ImageSource;
 use mae::torchvision::datasets::{pil_loader, Jpeg};
 use mae::torchvision::transforms::{pretrain_crop_params, SampleRng};
 use mae::util::crop::get_params;
-use mae::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
-use mae::torchvision::datasets::ImageSource;
 use turbojpeg::Subsamp;
 
 /// The shared JPEGs as they are, and every shared photo re-encoded with each chroma subsampling

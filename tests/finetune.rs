@@ -174,8 +174,11 @@ fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
             mae::models_mae::MaeConfig::default(),
         )
         .unwrap();
-        mae::torch::serialization::save_state_dict(&path, &mae::torch::optim::named_parameters(&vs))
-            .unwrap();
+        mae::torch::serialization::save_state_dict(
+            &path,
+            &mae::torch::optim::named_parameters(&vs),
+        )
+        .unwrap();
     }
     for pool in ["--cls_token", "--global_pool"] {
         let out = dir.join(format!("linprobe{pool}"));

@@ -10,11 +10,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::s;
+use mae::interop::hub::{self, Format};
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
-use mae::torch::serialization;
-use mae::interop::hub::{self, Format};
 use mae::torch::optim::named_parameters;
+use mae::torch::serialization;
 use tch::{nn, Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;

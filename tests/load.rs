@@ -74,7 +74,11 @@ fn multi_chunk_storages_load_bit_exact() {
     let _ = loaded[0].1.shallow_clone().fill_(0.);
     let _ = mapped[0].1.shallow_clone().fill_(0.);
     let _ = mapped[1].1.shallow_clone().fill_(1.);
-    assert_same(&sd, &serialization::load_state_dict(&pth).unwrap(), "reload");
+    assert_same(
+        &sd,
+        &serialization::load_state_dict(&pth).unwrap(),
+        "reload",
+    );
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use mae::models_mae::{self, MaeConfig};
 use mae::models_vit::{self, VitConfig};
 use mae::timm::DropPath;
-use mae::util::pos_embed::get_2d_sincos_pos_embed;
 use mae::torch::state_dict::load_state_dict;
+use mae::util::pos_embed::get_2d_sincos_pos_embed;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 fn shapes(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {

@@ -12,11 +12,11 @@ use mae::models_vit::{self, VitConfig};
 use mae::timm::loss::Criterion;
 use mae::torch::amp::Precision;
 use mae::torch::data_loader::Batch;
+use mae::torch::optim::{named_parameters, AdamW};
+use mae::torch::state_dict::load_state_dict;
 use mae::util::lr_decay::param_groups_lrd;
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{NativeScalerWithGradNormCount, Step};
-use mae::torch::optim::{named_parameters, AdamW};
-use mae::torch::state_dict::load_state_dict;
 use tch::{nn, Device, Tensor};
 
 const NO_WEIGHT_DECAY: [&str; 3] = ["pos_embed", "cls_token", "dist_token"];

@@ -11,12 +11,12 @@ use mae::models_vit::VitConfig;
 use mae::timm::loss::Criterion;
 use mae::torch::amp::Precision;
 use mae::torch::data_loader::Batch;
-use mae::util::lars::Lars;
-use mae::util::lr_sched::LrArgs;
-use mae::util::misc::{NativeScalerWithGradNormCount, Step};
 use mae::torch::optim::{named_parameters, Optimizer};
 use mae::torch::serialization::pickle::Value;
 use mae::torch::state_dict::load_state_dict;
+use mae::util::lars::Lars;
+use mae::util::lr_sched::LrArgs;
+use mae::util::misc::{NativeScalerWithGradNormCount, Step};
 use tch::{nn, Device, Tensor};
 
 #[test]

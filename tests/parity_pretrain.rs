@@ -11,9 +11,9 @@ use common::rel_err;
 use mae::engine_pretrain::Args;
 use mae::models_mae::{self, MaeConfig};
 use mae::torch::amp::Precision;
+use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
 use mae::util::lr_sched::LrArgs;
 use mae::util::misc::{self, NativeScalerWithGradNormCount};
-use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
 use tch::{nn, Device, Tensor};
 
 const CASES: [(&str, usize, usize, bool, i64); 5] = [
@@ -176,7 +176,12 @@ torch.save({"model": sd, "optimizer": opt.state_dict(), "epoch": ck["epoch"], "s
 
 /// `args` as `mae pretrain` saves them in a checkpoint.
 fn cli_args() -> mae::torch::serialization::pickle::Value {
+    #[derive(clap::Parser)]
+    struct Pretrain {
+        #[command(flatten)]
+        args: mae::main_pretrain::Args,
+    }
     let flags = ["pretrain", "--lr", "1e-3", "--device", "cpu"];
-    let args = <mae::main_pretrain::Args as clap::Parser>::parse_from(flags);
-    args.to_value().unwrap()
+    let cli = <Pretrain as clap::Parser>::parse_from(flags);
+    cli.args.to_value().unwrap()
 }

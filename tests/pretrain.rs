@@ -9,13 +9,13 @@ use std::process::Output;
 
 use common::s;
 use mae::models_mae::{self, MaeConfig};
+use mae::torch::optim::{add_weight_decay, named_parameters, ParamGroup};
+use mae::torch::serialization;
+use mae::torch::serialization::pickle::Value;
 use mae::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
 use mae::torchvision::pil::Filter;
 use mae::torchvision::transforms::{random_resized_crop_params, resized_crop, SampleRng};
-use mae::torch::serialization;
 use mae::util::lr_sched::{adjust_learning_rate, LrArgs};
-use mae::torch::optim::{add_weight_decay, named_parameters, ParamGroup};
-use mae::torch::serialization::pickle::Value;
 use tch::{nn, Device, Tensor};
 
 /// `mae pretrain args…` with one thread.
@@ -69,7 +69,6 @@ fn assert_same(a: &Value, b: &Value, path: &str, skip: &[&str]) {
 
 #[test]
 fn flags_and_defaults_are_the_official_ones() {
-    use clap::CommandFactory;
     let official: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -78,7 +77,8 @@ fn flags_and_defaults_are_the_official_ones() {
         .unwrap(),
     )
     .unwrap();
-    let cmd = mae::main_pretrain::Args::command();
+    let cmd =
+        <mae::main_pretrain::Args as clap::Args>::augment_args(clap::Command::new("pretrain"));
     let ours: std::collections::HashMap<String, Option<String>> = cmd
         .get_arguments()
         .filter_map(|a| {
@@ -298,7 +298,8 @@ fn killed_save_leaves_the_previous_checkpoint() {
     std::fs::create_dir_all(&out).unwrap();
     let previous = out.join("checkpoint-0.pth");
     let marker = Tensor::from_slice(&[1f32, 2., 3.]);
-    serialization::save_state_dict(&previous, &[("marker".into(), marker.shallow_clone())]).unwrap();
+    serialization::save_state_dict(&previous, &[("marker".into(), marker.shallow_clone())])
+        .unwrap();
     let before = std::fs::read(&previous).unwrap();
 
     let mut child = common::mae_command(&["pretrain", "--model", "mae_vit_base_patch16"])
@@ -576,8 +577,8 @@ fn shipped_fashion_mnist_checkpoint_reconstructs_test_images() {
 /// scale doubles after `growth_interval` good steps, and the state dict round-trips.
 #[test]
 fn grad_scaler_semantics() {
-    use mae::util::misc::NativeScalerWithGradNormCount as Scaler;
     use mae::torch::optim::AdamW;
+    use mae::util::misc::NativeScalerWithGradNormCount as Scaler;
     let make = || {
         let p = Tensor::from_slice(&[1f32, -2., 3.]).set_requires_grad(true);
         let group = ParamGroup {

@@ -81,4 +81,3 @@ pub fn args_value(args: &impl serde::Serialize, set: Vec<(&str, Value)>) -> Resu
     }
     Ok(Value::Dict(items))
 }
-

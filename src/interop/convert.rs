@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Tensor};
 
-use crate::torch::serialization;
 use crate::interop::detect::{self, Detected, Kind};
 use crate::interop::hub::{self, Format};
+use crate::torch::serialization;
 use crate::torch::state_dict;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,8 +1,8 @@
 //! `mae inspect`: what a checkpoint holds and which official model it matches (util/detect.rs).
 //! Not in the reference.
-use crate::torch::serialization;
 use crate::interop::detect::{detect, has_official_name, verify_md5, Detected, Kind};
 use crate::interop::hub;
+use crate::torch::serialization;
 use crate::torch::serialization::pickle::kind_name;
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -44,7 +44,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     };
     // a mismatch is reported after the outline: a corrupt download that still parses, or the
     // user's own file under an official name, is worth seeing
-    let outline = outline(args, &file, config.as_deref(), bytes, start);
+    let outline = outline(&args, &file, config.as_deref(), bytes, start);
     match verified {
         Some(check) if check.mismatch => {
             if let Err(e) = &outline {

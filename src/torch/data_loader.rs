@@ -209,18 +209,18 @@ impl Work {
         let crop = match &self.transform {
             Transform::Crop(crop) => *crop,
             Transform::Fn(transform) => {
-            let samples: Vec<Tensor> = indices
-                .par_iter()
-                .map(|&i| {
-                    let img = self.dataset.load(i).with_context(|| context(i))?;
-                    Ok(transform(&img, &mut rng(i)))
-                })
-                .collect::<Result<_>>()?;
-            let batch = Tensor::stack(&samples, 0);
-            return match self.pin {
-                Some(d) => batch.f_pin_memory(d).context("pinning a batch"),
-                None => Ok(batch),
-            };
+                let samples: Vec<Tensor> = indices
+                    .par_iter()
+                    .map(|&i| {
+                        let img = self.dataset.load(i).with_context(|| context(i))?;
+                        Ok(transform(&img, &mut rng(i)))
+                    })
+                    .collect::<Result<_>>()?;
+                let batch = Tensor::stack(&samples, 0);
+                return match self.pin {
+                    Some(d) => batch.f_pin_memory(d).context("pinning a batch"),
+                    None => Ok(batch),
+                };
             }
         };
         let s = crop.size as i64;

@@ -91,7 +91,6 @@ fn wall_time() -> f64 {
         .map_or(0., |d| d.as_secs_f64())
 }
 
-
 /// `SummaryWriter(log_dir=...)`. Each record reaches the file in one `write` as it is added
 /// (torch queues up to 10 and writes them every 120 s), so a run killed mid-epoch leaves every
 /// scalar logged so far, and at worst a truncated last record, which readers skip.

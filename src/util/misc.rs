@@ -11,16 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Device, Tensor};
+use tch::{nn, Tensor};
 
-use crate::torch::serialization;
+use crate::cli::pyfmt::{timedelta, Stat};
 use crate::torch::distributed;
 pub use crate::torch::distributed::{
     get_rank, get_world_size, init_distributed_mode, is_main_process,
 };
 use crate::torch::optim::{Optimizer, ParamGroup};
+use crate::torch::serialization;
 use crate::torch::serialization::pickle::Value;
-use crate::cli::pyfmt::{timedelta, Stat};
 use crate::torch::state_dict::{load_state_dict, state_dict};
 
 /// Track a series of values and provide access to smoothed values over a window or the global

@@ -135,4 +135,3 @@ pub(super) fn read(bytes: &[u8], drop_pages: Option<&Mmap>) -> Result<Value> {
     fill(bytes, &fills, drop_pages)?;
     Ok(value)
 }
-

@@ -345,7 +345,14 @@ impl<'m> Mode<'m> {
     /// A tensor of `numel` elements of `kind` for the bytes `src` of `map`: a view of them in
     /// the private map (`View` mode, little-endian, aligned, not bool), else a fresh
     /// (unfilled) tensor; and whether it is a view.
-    fn tensor(self, map: &[u8], src: &[u8], numel: i64, kind: Kind, big_endian: bool) -> Result<(Tensor, bool)> {
+    fn tensor(
+        self,
+        map: &[u8],
+        src: &[u8],
+        numel: i64,
+        kind: Kind,
+        big_endian: bool,
+    ) -> Result<(Tensor, bool)> {
         match self {
             Mode::View(base)
                 if numel > 0
@@ -535,4 +542,3 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     let bytes = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
     (r == 0).then_some(bytes)
 }
-

@@ -502,4 +502,3 @@ fn storage_bytes(s: &Storage) -> Result<Tensor> {
     let flat = s.base.f_as_strided([s.numel], [1], 0)?;
     Ok(flat.f_to_device(Device::Cpu)?.f_contiguous()?)
 }
-
