@@ -2,7 +2,8 @@
 # Runs the fuzz targets (fuzz/fuzz_targets/*.rs) one after the other with libFuzzer, on the
 # seed corpora of tools/fixtures/make_fuzz_corpus.py, and prints each one's final stats.
 #   tools/fuzz.sh                 30 s per target: a cheap check after any change to a parser
-#   tools/fuzz.sh -runs=1000000   the runs docs/RELIABILITY.md reports (one million each)
+#   tools/fuzz.sh -runs=1000000   one million executions per target (docs/RELIABILITY.md's run
+#                                 sets each target's count: TARGETS=X tools/fuzz.sh -runs=N)
 #   TARGETS="pth image" tools/fuzz.sh -max_total_time=600
 # Needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz). A crash, timeout or
 # OOM leaves its input in fuzz/artifacts/TARGET/ and stops the script (exit status 1).

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The NCCL checks of issue 8, on a CUDA machine (one GPU is enough), in about a minute:
+# The NCCL checks of docs/DISTRIBUTED.md, on a CUDA machine (one GPU is enough), sized for about
+# a minute:
 #  1. world-size-1 NCCL: `mae pretrain --dist_backend nccl` as rank 0 of 1 (RANK/WORLD_SIZE set,
 #     as torchrun would): the init all-reduce, the parameter broadcast, then 6 pre-training
 #     steps whose gradients go through ProcessGroupNCCL's all-reduce;

@@ -5,7 +5,7 @@ A cell is one pre-training run followed by fine-tuning and linear probing of the
 (or, for a "scratch" cell, fine-tuning from random weights only). Each finished cell writes
 docs/reproduction/<cell>.json (config, seed, per-epoch losses and accuracies, wall times, commit,
 CPU) and, with --commit, commits that one file at once, so the grid can be finished over several
-sessions: `run` skips every cell whose JSON exists.
+invocations: `run` skips every cell whose JSON exists.
 
   tools/reproduce.py run [--jobs 2] [--only CELL ...] [--commit]
   tools/reproduce.py report        # tables + Figure-5-style PNG from whatever cells exist

@@ -71,7 +71,7 @@ else
   apt_install dataset-fashion-mnist
 fi
 
-# c10d for data-parallel training (csrc/c10d.cpp, src/torch/distributed/mod.rs): ProcessGroupGloo.hpp
+# c10d for data-parallel training (csrc/c10d.cpp, src/torch/distributed/): ProcessGroupGloo.hpp
 # includes gloo's headers, which the torch wheel does not ship (only c10d:: symbols are called,
 # those resolve in libtorch_cpu, so Debian's gloo version does not matter).
 if [ -f /usr/include/gloo/algorithm.h ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Performance of the port against the PyTorch reference on this machine (issue 7): every row runs
-# Rust and PyTorch in the same run, alternating, and reports medians and ratios; the last thing
-# printed is a markdown table to paste into docs/PERFORMANCE.md.
+# Performance of the port against the PyTorch reference on this machine: every row runs Rust and
+# PyTorch in the same run, alternating, and reports medians and ratios; the last thing printed is
+# a markdown table to paste into docs/PERFORMANCE.md.
 #
 # Rows measured here (tools/bench/bench_models.py driving examples/bench_step.rs, one step at a time):
 #   vit_base_patch16 eval forward, fp32 and bf16 autocast, batch 8 and 32 (timm VisionTransformer)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Start-up and checkpoint loading, Rust against PyTorch on this machine (issue 7): fresh
-# processes, Rust and Python alternating in every round, medians and ratios at the end.
+# Start-up and checkpoint loading, Rust against PyTorch on this machine: fresh processes, Rust
+# and Python alternating in every round, medians and ratios at the end.
 #
-#   load     checkpoint::load (owned, CRC-checked)          vs torch.load(weights_only=True)
-#   mapped   checkpoint::load_mapped (copy-on-write views of the file, CRC-checked: every page
+#   load     serialization::load (owned, CRC-checked)       vs torch.load(weights_only=True)
+#   mapped   serialization::load_mapped (copy-on-write views of the file, CRC-checked: every page
 #            read once) vs torch.load(mmap=True) (returns before reading any data), and
 #            mmap=True + clone of every tensor (the data actually read in)
 #   model    load_mapped + build the ViT without random init + adopt its tensors (what `mae eval`

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One CUDA run (under 8 minutes on an H100) of the port against PyTorch on the same card (issue 7):
+# One CUDA run (sized for under 8 minutes on an H100) of the port against PyTorch on the same card:
 #  1. parity of the eval forward, same weights and inputs (tools/bench/bench_models.py --parity):
 #     vit_base_patch16 (timm) and mae_vit_base_patch16 (HF ViTMAE, same masking noise), fp32 with
 #     TF32 off (rel. err. <= 1e-5 or the script fails) and bf16 / fp16 autocast (reported);
