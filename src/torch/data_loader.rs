@@ -71,18 +71,6 @@ impl ResizedCrop {
         }
     }
 
-    /// main_linprobe.py's `transform_train` (util/crop.py's box, scale 0.08–1):
-    /// `linprobe_transform`.
-    pub fn linprobe(size: u32) -> Self {
-        ResizedCrop {
-            size,
-            params: |w, h, rng| {
-                crate::util::crop::get_params(w, h, (0.08, 1.0), (0.75, 4. / 3.), rng)
-            },
-            fast_decode: false,
-        }
-    }
-
     /// The same transform on a decoded image.
     pub fn apply(&self, img: &RgbImage, rng: &mut SampleRng) -> Tensor {
         let bx = (self.params)(img.width(), img.height(), rng);

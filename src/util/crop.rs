@@ -4,6 +4,7 @@
 use image::RgbImage;
 use tch::Tensor;
 
+use crate::torch::data_loader::ResizedCrop;
 use crate::torchvision::transforms::{crop_flip_normalize, round_half_even, SampleRng};
 
 /// `RandomResizedCrop.get_params(img, scale, ratio)` of util/crop.py -> (top, left, height, width).
@@ -40,6 +41,18 @@ pub fn linprobe_transform(img: &RgbImage, input_size: u32, rng: &mut SampleRng) 
         rng,
     );
     crop_flip_normalize(img, (i, j, h, w), input_size, rng)
+}
+
+impl ResizedCrop {
+    /// [`linprobe_transform`] as data, for the loader (which then decodes only the box's part
+    /// of a JPEG).
+    pub fn linprobe(size: u32) -> Self {
+        ResizedCrop {
+            size,
+            params: |w, h, rng| get_params(w, h, (0.08, 1.0), (3. / 4., 4. / 3.), rng),
+            fast_decode: false,
+        }
+    }
 }
 
 #[cfg(test)]
