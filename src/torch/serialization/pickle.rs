@@ -7,6 +7,11 @@
 //! can be printed but is never called; globals that could run code (`os.system`, `builtins.eval`,
 //! `subprocess.*`, …) are refused. Every length is bounded by the bytes that remain, containers
 //! live in an arena (no recursive drop), and the final tree has a depth and size budget.
+//!
+//! Hand-written because no crate serves: serde-pickle neither calls `persistent_load` (how every
+//! storage is named) nor keeps unknown globals as inert objects, and writing must produce the
+//! exact opcodes `torch.load(weights_only=True)` accepts.
+
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
