@@ -13,7 +13,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::cli::device;
 use crate::interop::detect::{self, detect_model};
 use crate::interop::hub;
-use crate::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
+use crate::models_mae::{self, MaeConfig, MaskSampling, MaskedAutoencoderViT};
 use crate::torch::amp::{self, Precision};
 use crate::torch::serialization;
 use crate::torchvision::datasets::{pil_loader, FashionMNIST, FASHION_MNIST_ROOT};
@@ -66,6 +66,9 @@ pub struct Args {
     /// fp16 on CUDA, as the official torch.cuda.amp]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Not in the demo: which patches are masked (random, block or grid; as `mae pretrain`)
+    #[arg(long, value_enum, default_value_t = MaskSampling::Random)]
+    pub mask_sampling: MaskSampling,
 }
 
 /// The demo's `imagenet_mean` / `imagenet_std` (float64 numpy arrays).
@@ -111,7 +114,8 @@ pub fn main(args: Args) -> Result<()> {
             ),
         },
     };
-    let (_vs, model) = prepare_model(&path, args.model.as_deref(), device)?;
+    let (_vs, mut model) = prepare_model(&path, args.model.as_deref(), device)?;
+    model.mask_sampling = args.mask_sampling;
     let size = model.patch_embed.img_size;
     let images: Vec<(String, Tensor)> = if fashion_mnist {
         let root = Path::new(FASHION_MNIST_ROOT);
@@ -194,6 +198,12 @@ pub fn prepare_model(
             path.display()
         ),
     };
+    // Not in the reference: what `mae pretrain --decoder_depth / --decoder_embed_dim /
+    // --encoder_mask_token` built, read off the checkpoint
+    if let Ok((det, _)) = detect_model(&sd) {
+        cfg.decoder_override = (det.decoder_embed_dim, det.decoder_depth);
+    }
+    cfg.encoder_mask_token = sd.iter().any(|(k, _)| k == "encoder_mask_token");
     let mut vs = nn::VarStore::new(device);
     cfg.init = false; // no random init: load_checkpoint (strict) overwrites every parameter
     let model = models_mae::build(&arch, &vs.root(), cfg)?;

@@ -205,6 +205,10 @@ pub struct Args {
     /// [default: fp32 on the CPU, fp16 on CUDA, as the official torch.cuda.amp + GradScaler]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Partial fine-tuning (the paper's Figure 9): train only the last K blocks, the final norm
+    /// and the head, the rest frozen; 0 trains the norm and the head
+    #[arg(long)]
+    pub partial_blocks: Option<usize>,
 }
 
 impl Args {
@@ -419,9 +423,16 @@ pub fn main(mut args: Args) -> Result<()> {
             return Ok(());
         }
     };
+    // Not in the official (the paper's Figure 9): partial fine-tuning
+    if let Some(k) = args.partial_blocks {
+        freeze_but_last_blocks(&vs, model.blocks.len(), k)
+            .with_context(|| format!("--partial_blocks {k} of {model_name}"))?;
+    }
+
     let n_parameters: i64 = vs
-        .trainable_variables()
-        .iter()
+        .variables()
+        .values()
+        .filter(|p| p.requires_grad())
         .map(Tensor::numel)
         .sum::<usize>() as i64;
     println!("Model = {model_name}");
@@ -550,6 +561,31 @@ pub fn main(mut args: Args) -> Result<()> {
     }
     let total_time = start_time.elapsed().as_secs_f64();
     println!("Training time {}", timedelta(total_time));
+    Ok(())
+}
+
+/// Not in the reference (the paper's Figure 9, partial fine-tuning): only the last `k` of the
+/// `depth` blocks, the final norm (`norm`, or `fc_norm` with global pool) and the head keep
+/// training; every other parameter is frozen, so that no optimizer group holds it.
+pub fn freeze_but_last_blocks(vs: &nn::VarStore, depth: usize, k: usize) -> Result<()> {
+    if k > depth {
+        bail!("the model has {depth} blocks");
+    }
+    for (name, p) in vs.variables() {
+        let block = name
+            .strip_prefix("blocks.")
+            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+        let trained = match block {
+            Some(i) => i >= depth - k,
+            None => ["head.", "norm.", "fc_norm."]
+                .iter()
+                .any(|prefix| name.starts_with(prefix)),
+        };
+        if !trained {
+            let _ = p.set_requires_grad(false);
+        }
+    }
+    println!("partial fine-tuning: the last {k} of {depth} blocks, the norm and the head");
     Ok(())
 }
 

@@ -12,13 +12,18 @@ use crate::cli::arg_check::{self, Schedule};
 use crate::cli::plot;
 use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::engine_pretrain::{self, train_one_epoch};
-use crate::models_mae::{self, MaeConfig};
+use crate::models_mae::{self, MaeConfig, MaskSampling};
 use crate::torch::amp::Precision;
 use crate::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
 use crate::torch::distributed::{self, DistArgs};
 use crate::torch::optim::{add_weight_decay, named_parameters, AdamW};
 use crate::torch::serialization::pickle::Value;
 use crate::torch::tensorboard;
+use crate::torchvision::pil::Filter;
+use crate::torchvision::transforms::{
+    color_jitter, eval_transform, hflip, pretrain_crop_params, resized_crop, to_tensor_normalize,
+    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+};
 use crate::util::datasets::{build_dataset, DEFAULT_DATA_PATH};
 use crate::util::lr_sched::LrArgs;
 use crate::util::misc::{self, NativeScalerWithGradNormCount as NativeScaler, Step};
@@ -117,6 +122,76 @@ pub struct Args {
     /// on CUDA, as the official torch.cuda.amp + GradScaler]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+
+    // Not in the official parser: the paper's ablations (docs/REPRODUCTION.md), off by default
+    /// Which patches are masked (Figure 6): random (the official), block (BEiT's block-wise
+    /// masking) or grid (one patch kept of every 2×2; --mask_ratio 0.75)
+    #[arg(long, value_enum, default_value_t = MaskSampling::Random)]
+    pub mask_sampling: MaskSampling,
+    /// The encoder sees every patch, the masked ones replaced by a learned mask token (Table 1(c),
+    /// "encoder w/ [M]"); adds `encoder_mask_token` to the checkpoint
+    #[arg(long)]
+    pub encoder_mask_token: bool,
+    /// Decoder blocks instead of the preset's (Table 1(a))
+    #[arg(long)]
+    pub decoder_depth: Option<i64>,
+    /// Decoder width instead of the preset's (Table 1(b)); a multiple of its heads
+    #[arg(long)]
+    pub decoder_embed_dim: Option<i64>,
+    /// Pre-training augmentation (Table 1(e)): none (center crop, no flip), crop_fixed (fixed-size
+    /// random crop + flip), crop_rand (the official RandomResizedCrop + flip), crop_color
+    /// (crop_rand + ColorJitter 0.4)
+    #[arg(long, value_enum, default_value_t = PretrainAug::CropRand)]
+    pub pretrain_aug: PretrainAug,
+}
+
+/// Not in the reference (the paper's Table 1(e)): the pre-training augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum PretrainAug {
+    /// "no data augmentation (only center-crop, no flipping)": the evaluation transform,
+    /// Resize(input_size / 0.875) and CenterCrop(input_size).
+    None,
+    /// "cropping-only, fixed-size" with random horizontal flipping: a square of side
+    /// 0.875·min(W, H) at a uniformly random position (the region a RandomCrop(input_size) after
+    /// Resize(input_size / 0.875) takes), resized to input_size (bicubic).
+    CropFixed,
+    /// "cropping-only, random-size" with flipping: the official RandomResizedCrop(scale 0.2–1).
+    CropRand,
+    /// crop_rand, then torchvision's ColorJitter(0.4, 0.4, 0.4) (the strength of timm's
+    /// `color_jitter=0.4`; the paper does not give one).
+    CropColor,
+}
+
+impl PretrainAug {
+    /// `transform_train` of this augmentation at `size`.
+    pub fn transform(self, size: u32) -> Transform {
+        match self {
+            PretrainAug::None => Transform::new(move |img, _| eval_transform(img, size)),
+            PretrainAug::CropFixed => Transform::Crop(ResizedCrop {
+                size,
+                params: |w, h, rng| {
+                    let side = (0.875 * w.min(h) as f64).round().max(1.) as i64;
+                    let top = rng.randint(0, h as i64 - side + 1);
+                    let left = rng.randint(0, w as i64 - side + 1);
+                    (top, left, side, side)
+                },
+                fast_decode: false,
+            }),
+            PretrainAug::CropRand => Transform::Crop(ResizedCrop::pretrain(size)),
+            PretrainAug::CropColor => Transform::new(move |img, rng| {
+                let (i, j, h, w) = pretrain_crop_params(img.width(), img.height(), rng);
+                let img = resized_crop(img, i, j, h, w, size, Filter::Bicubic);
+                let img = match rng.uniform(0., 1.) < 0.5 {
+                    true => hflip(&img),
+                    false => img,
+                };
+                let img = color_jitter(&img, (0.4, 0.4, 0.4), rng);
+                to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+            }),
+        }
+    }
 }
 
 impl Args {
@@ -138,6 +213,11 @@ impl Args {
         arg_check::input_size(self.input_size, Some(&self.model))?;
         arg_check::in_range("mask_ratio", self.mask_ratio, 0., 1., false)?;
         arg_check::at_least("save_freq", self.save_freq, 1)?;
+        arg_check::opt_at_least("decoder_depth", self.decoder_depth, 1)?;
+        arg_check::opt_at_least("decoder_embed_dim", self.decoder_embed_dim, 4)?;
+        if let Some(d) = self.decoder_embed_dim.filter(|d| d % 4 != 0) {
+            bail!("--decoder_embed_dim {d}: must be a multiple of 4 (the 2-D sin-cos position embedding)");
+        }
         arg_check::dist(&self.dist)
     }
 
@@ -183,10 +263,10 @@ pub fn main(mut args: Args) -> Result<()> {
     let dataset_train = build_dataset(true, &args.dataset, &args.data_path)?
         .first(args.train_subset)
         .dataset;
-    // transform_train as data: the loader decodes only each box's part of a JPEG
+    // transform_train (crop_rand) as data: the loader decodes only each box's part of a JPEG
     let data_loader_train = DataLoader {
         dataset: dataset_train,
-        transform: Transform::Crop(ResizedCrop::pretrain(input_size)),
+        transform: args.pretrain_aug.transform(input_size),
         batch_size: args.batch_size,
         num_workers: args.num_workers,
         seed: args.seed as u64,
@@ -206,9 +286,18 @@ pub fn main(mut args: Args) -> Result<()> {
     let cfg = MaeConfig {
         img_size: args.input_size,
         norm_pix_loss: args.norm_pix_loss,
+        decoder_override: (args.decoder_embed_dim, args.decoder_depth),
+        encoder_mask_token: args.encoder_mask_token,
         ..MaeConfig::default()
     };
-    let model = models_mae::build(&args.model, &vs.root(), cfg)?;
+    let mut model = models_mae::build(&args.model, &vs.root(), cfg)?;
+    model.mask_sampling = args.mask_sampling;
+    if let Some(blk) = model.decoder_blocks.first() {
+        let (width, heads) = (model.mask_token.size()[2], blk.attn.num_heads);
+        if width % heads != 0 {
+            bail!("--decoder_embed_dim {width}: must be a multiple of the decoder's {heads} heads");
+        }
+    }
     let model_size = model.patch_embed.img_size;
     if model_size != args.input_size {
         bail!(
@@ -223,6 +312,14 @@ pub fn main(mut args: Args) -> Result<()> {
         .map(|t| t.numel() as i64)
         .sum();
     println!("Model = {} ({n_params} trainable parameters)", args.model);
+    // Not in the official: the cost the paper's Table 1(c) and Table 2 compare
+    let (encoder, decoder) = model.flops(args.mask_ratio);
+    println!(
+        "Forward GFLOPs per image (matmuls and attention, multiply-add = 2): encoder {:.4}, decoder {:.4}, total {:.4}",
+        encoder / 1e9,
+        decoder / 1e9,
+        (encoder + decoder) / 1e9
+    );
     distributed::distributed_data_parallel(&vs)?;
 
     let eff_batch_size = args.batch_size * args.accum_iter * misc::get_world_size();

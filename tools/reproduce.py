@@ -39,18 +39,22 @@ RECIPE = {
     "linprobe": dict(epochs=3, warmup_epochs=1, batch_size=256, lr=6.4),  # LARS, official ImageNet lr
 }
 
-# name -> (impl, kind, mask_ratio, norm_pix_loss, model, seed, experiments)
+# name -> (impl, kind, mask_ratio, norm_pix_loss, model, seed, experiments, and for the ablations
+# that only `mae` can run: extra pre-training flags with their name tag, the pre-training epochs,
+# and the blocks partial fine-tuning trains)
 CELLS = {}
 
 
-def cell(impl, kind, seed, mask_ratio=0.75, norm_pix=True, model="mae_vit_mini_patch4", exps=()):
+def cell(impl, kind, seed, mask_ratio=0.75, norm_pix=True, model="mae_vit_mini_patch4", exps=(),
+         pre=(), tag="", epochs=None, partial=()):
     if kind == "scratch":
         name = f"{impl}_scratch_seed{seed}"
     else:
-        tag = f"mask{mask_ratio:.2f}" + ("" if norm_pix else "_pix") + ("_dec1" if model.endswith("d1b") else "")
-        name = f"{impl}_{tag}_seed{seed}"
+        name = f"mask{mask_ratio:.2f}" + ("" if norm_pix else "_pix") + ("_dec1" if model.endswith("d1b") else "")
+        name = f"{impl}_{name}{tag}_seed{seed}"
     CELLS[name] = dict(impl=impl, kind=kind, seed=seed, mask_ratio=mask_ratio, norm_pix_loss=norm_pix,
-                       model=model, experiments=list(exps))
+                       model=model, experiments=list(exps), pretrain_flags=list(pre),
+                       pretrain_epochs=epochs or RECIPE["pretrain"]["epochs"], partial_blocks=list(partial))
 
 
 # In the order they run: the baseline and its scratch twin first, then the ablations.
@@ -69,6 +73,22 @@ cell("rust", "scratch", 1, exps=["scratch", "rust_vs_torch"])
 cell("torch", "scratch", 1, exps=["rust_vs_torch"])
 cell("rust", "mae", 0, mask_ratio=0.10, exps=["mask_ratio"])
 cell("rust", "mae", 0, mask_ratio=0.60, exps=["mask_ratio"])
+# The rest of the ablation section, `mae` only (the official code has none of these options):
+# Table 1(c) mask token in the encoder, Table 1(f) / Figure 6 mask sampling, Table 1(b) decoder
+# width, Table 1(e) augmentation, Figure 7 schedule length, Figure 9 partial fine-tuning.
+cell("rust", "mae", 0, pre=["--encoder_mask_token"], tag="_encmask", exps=["encoder_mask_token"])
+cell("rust", "mae", 0, pre=["--mask_sampling", "grid"], tag="_grid", exps=["mask_sampling"])
+cell("rust", "mae", 0, pre=["--mask_sampling", "block"], tag="_block", exps=["mask_sampling"])
+cell("rust", "mae", 0, mask_ratio=0.50, pre=["--mask_sampling", "block"], tag="_block", exps=["mask_sampling"])
+cell("rust", "mae", 0, partial=[0, 1, 2, 3], tag="_partial", exps=["partial"])
+cell("rust", "mae", 0, pre=["--pretrain_aug", "none"], tag="_augnone", exps=["augmentation"])
+cell("rust", "mae", 0, pre=["--pretrain_aug", "crop_fixed"], tag="_cropfixed", exps=["augmentation"])
+cell("rust", "mae", 0, pre=["--pretrain_aug", "crop_color"], tag="_cropcolor", exps=["augmentation"])
+cell("rust", "mae", 0, pre=["--decoder_embed_dim", "32"], tag="_decw32", exps=["decoder_width"])
+cell("rust", "mae", 0, pre=["--decoder_embed_dim", "128"], tag="_decw128", exps=["decoder_width"])
+cell("rust", "mae", 0, pre=["--decoder_embed_dim", "256"], tag="_decw256", exps=["decoder_width"])
+cell("rust", "mae", 0, epochs=16, tag="_ep16", exps=["schedule"])
+cell("rust", "mae", 0, epochs=32, tag="_ep32", exps=["schedule"])
 
 GIT_LOCK = threading.Lock()
 
@@ -111,14 +131,17 @@ def run_cell(name, log):
     work = WORK / name
     result = dict(cell=name, impl=impl, kind=c["kind"], seed=seed, mask_ratio=c["mask_ratio"],
                   norm_pix_loss=c["norm_pix_loss"], model=c["model"], experiments=c["experiments"],
+                  pretrain_flags=c["pretrain_flags"], pretrain_epochs=c["pretrain_epochs"],
                   recipe=RECIPE, commit=git("rev-parse", "--short", "HEAD"), cpu=cpu_name(),
                   started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     ckpt = None
     if c["kind"] == "mae":
         p = RECIPE["pretrain"]
+        epochs = c["pretrain_epochs"]
         args = common(seed) + ["--model", c["model"], "--batch_size", str(p["batch_size"]),
-                               "--epochs", str(p["epochs"]), "--warmup_epochs", str(p["warmup_epochs"]),
-                               "--blr", str(p["blr"]), "--mask_ratio", str(c["mask_ratio"])]
+                               "--epochs", str(epochs), "--warmup_epochs", str(p["warmup_epochs"]),
+                               "--blr", str(p["blr"]), "--mask_ratio", str(c["mask_ratio"]),
+                               "--save_freq", str(epochs)] + c["pretrain_flags"]
         if c["norm_pix_loss"]:
             args.append("--norm_pix_loss")
         lines, wall, cmd = run_stage(impl, "pretrain", args, work / "pretrain", log)
@@ -128,7 +151,7 @@ def run_cell(name, log):
         if steps.exists():
             rows = [r.split(",") for r in steps.read_text().split()]
             result["pretrain"]["iter_loss"] = [round(float(r[1]), 5) for r in rows]
-        ckpt = work / "pretrain" / f"checkpoint-{p['epochs'] - 1}.pth"
+        ckpt = work / "pretrain" / f"checkpoint-{epochs - 1}.pth"
     cls = ["--model", "vit_mini_patch4", "--nb_classes", "10"]
     f = RECIPE["finetune"]
     args = common(seed) + cls + ["--batch_size", str(f["batch_size"]), "--epochs", str(f["epochs"]),
@@ -139,6 +162,14 @@ def run_cell(name, log):
     result["finetune"] = dict(train_loss=per_epoch(lines, "train_loss"), test_acc1=per_epoch(lines, "test_acc1"),
                               test_acc5=per_epoch(lines, "test_acc5"), test_loss=per_epoch(lines, "test_loss"),
                               wall_s=round(wall, 1), command=cmd_text(cmd))
+    for k in c["partial_blocks"]:  # Figure 9: the same recipe, only the last k blocks trained
+        lines, wall, cmd = run_stage(impl, "finetune", args + ["--partial_blocks", str(k)],
+                                     work / f"finetune_partial{k}", log)
+        result[f"finetune_partial{k}"] = dict(train_loss=per_epoch(lines, "train_loss"),
+                                              test_acc1=per_epoch(lines, "test_acc1"),
+                                              test_acc5=per_epoch(lines, "test_acc5"),
+                                              test_loss=per_epoch(lines, "test_loss"),
+                                              wall_s=round(wall, 1), command=cmd_text(cmd))
     if ckpt is not None:
         lp = RECIPE["linprobe"]
         args = common(seed) + cls + ["--batch_size", str(lp["batch_size"]), "--epochs", str(lp["epochs"]),

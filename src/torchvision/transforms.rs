@@ -147,9 +147,81 @@ pub fn eval_transform_with(img: &RgbImage, input_size: u32, order: PassOrder) ->
     to_tensor_normalize(&img, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 }
 
+/// Not in the reference (its pre-training uses none; the paper's Table 1(e) "crop + color jit"):
+/// torchvision's `ColorJitter(brightness, contrast, saturation)` with hue 0 on a PIL image. The
+/// three adjustments run in a random order (`torch.randperm(4)`, hue skipped), each with a
+/// factor uniform in [max(0, 1 − v), 1 + v], by Pillow's `ImageEnhance` arithmetic: a blend of
+/// the image with black (brightness), with its mean grey (contrast) or with its greyscale
+/// (saturation), in float32, truncated and clipped to 0–255.
+pub fn color_jitter(
+    img: &RgbImage,
+    (brightness, contrast, saturation): (f32, f32, f32),
+    rng: &mut SampleRng,
+) -> RgbImage {
+    let mut order = [0usize, 1, 2, 3];
+    for i in (1..4).rev() {
+        order.swap(i, rng.randint(0, i as i64 + 1) as usize);
+    }
+    let mut factor = |v: f32| rng.uniform((1. - v).max(0.), 1. + v);
+    let factors = [factor(brightness), factor(contrast), factor(saturation)];
+    // ITU-R 601-2 luma as Pillow's convert("L")
+    let luma = |p: &[u8]| {
+        ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
+    };
+    let blend = |degenerate: u8, x: u8, alpha: f32| {
+        let v = degenerate as f32 + alpha * (x as f32 - degenerate as f32);
+        v.clamp(0., 255.) as u8
+    };
+    let mut out = img.clone();
+    for op in order {
+        match op {
+            0 => out.iter_mut().for_each(|x| *x = blend(0, *x, factors[0])),
+            1 => {
+                let n = (out.width() * out.height()) as f64;
+                let sum: f64 = out.as_raw().chunks_exact(3).map(|p| luma(p) as f64).sum();
+                let mean = (sum / n + 0.5) as u8; // int(ImageStat mean + 0.5)
+                out.iter_mut()
+                    .for_each(|x| *x = blend(mean, *x, factors[1]));
+            }
+            2 => out.as_mut().chunks_exact_mut(3).for_each(|p| {
+                let grey = luma(p);
+                p.iter_mut().for_each(|x| *x = blend(grey, *x, factors[2]));
+            }),
+            _ => {} // hue: 0, not adjusted
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn color_jitter_blends_as_pillow() {
+        let img = RgbImage::from_fn(4, 3, |x, y| {
+            image::Rgb([(x * 60) as u8, (y * 100) as u8, 200])
+        });
+        // factors of 1 change nothing; the order and factors come from the generator
+        assert!(color_jitter(&img, (0., 0., 0.), &mut SampleRng::new(0, 0, 0)) == img);
+        let mut rng = SampleRng::new(1, 2, 3);
+        let a = color_jitter(&img, (0.4, 0.4, 0.4), &mut rng);
+        let b = color_jitter(&img, (0.4, 0.4, 0.4), &mut SampleRng::new(1, 2, 3));
+        assert!(a == b && a != img);
+        // a grey image keeps its saturation; brightness alone scales and truncates
+        let grey = RgbImage::from_pixel(2, 2, image::Rgb([100, 100, 100]));
+        let g = color_jitter(&grey, (0., 0., 0.9), &mut SampleRng::new(5, 0, 0));
+        assert!(g == grey);
+        let mut rng = SampleRng::new(7, 0, 0);
+        let b = color_jitter(&grey, (0.5, 0., 0.), &mut rng);
+        let mut rng = SampleRng::new(7, 0, 0);
+        let mut order = [0usize, 1, 2, 3];
+        for i in (1..4).rev() {
+            order.swap(i, rng.randint(0, i as i64 + 1) as usize);
+        }
+        let f = rng.uniform(0.5, 1.5);
+        assert_eq!(b.get_pixel(0, 0)[0], (100. * f).clamp(0., 255.) as u8);
+    }
 
     #[test]
     fn python_round() {
