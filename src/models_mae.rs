@@ -499,13 +499,16 @@ pub fn block_mask(h: i64, w: i64, num_masking: i64, rng: &mut SampleRng) -> Vec<
     block_mask_rects(h, w, num_masking, rng).0
 }
 
-/// [`block_mask`] and the rectangles (top, left, height, width) it placed.
+/// A rectangle of patches: (top, left, height, width).
+pub type Rect = (i64, i64, i64, i64);
+
+/// [`block_mask`] and the rectangles it placed.
 pub fn block_mask_rects(
     h: i64,
     w: i64,
     num_masking: i64,
     rng: &mut SampleRng,
-) -> (Vec<bool>, Vec<(i64, i64, i64, i64)>) {
+) -> (Vec<bool>, Vec<Rect>) {
     let mut mask = vec![false; (h * w) as usize];
     let mut rects = vec![];
     let (min_patches, log_aspect) = (4f32, (0.3f32.ln(), (1. / 0.3f32).ln()));
