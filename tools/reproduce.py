@@ -132,6 +132,7 @@ def run_cell(name, log):
     result = dict(cell=name, impl=impl, kind=c["kind"], seed=seed, mask_ratio=c["mask_ratio"],
                   norm_pix_loss=c["norm_pix_loss"], model=c["model"], experiments=c["experiments"],
                   pretrain_flags=c["pretrain_flags"], pretrain_epochs=c["pretrain_epochs"],
+                  partial_blocks=c["partial_blocks"],
                   recipe=RECIPE, commit=git("rev-parse", "--short", "HEAD"), cpu=cpu_name(),
                   started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     ckpt = None

@@ -39,6 +39,11 @@ def mean_sd(xs):
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f} ({len(xs)} seeds: {', '.join(f'{x:.2f}' for x in xs)})"
 
 
+def plain(c):
+    """A cell of the first four experiments: the recipe with no ablation option."""
+    return not c.get("pretrain_flags") and c.get("pretrain_epochs", 8) == 8 and not c.get("partial_blocks")
+
+
 def row(c):
     return (fmt(last(c, "finetune")), fmt(last(c, "linprobe")),
             fmt(c["pretrain"]["train_loss"][-1], 4) if c.get("pretrain") else "—")
@@ -46,6 +51,8 @@ def row(c):
 
 def tables(cells):
     out = []
+    every = cells
+    cells = {k: c for k, c in cells.items() if plain(c)}
     rust = {k: c for k, c in cells.items() if c["impl"] == "rust"}
 
     def pick(impl, kind, seed=0, mask=0.75, pix=True, dec1=False):
@@ -119,11 +126,70 @@ def tables(cells):
                   and abs(c["mask_ratio"] - 0.75) < 1e-9 and c["norm_pix_loss"] and not c["model"].endswith("d1b")]
             out.append(f"- {name}, {'Rust' if impl == 'rust' else 'PyTorch'}: {mean_sd(xs)}")
     out.append("")
-    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(cells)) + ".")
+    out.extend(ablations(every, pick("rust", "mae")))
+    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(every)) + ".")
     return "\n".join(out)
 
 
+def flagged(cells, flags, mask=0.75, epochs=8):
+    for c in cells.values():
+        if c["impl"] == "rust" and c["kind"] == "mae" and c["seed"] == 0 and c.get("pretrain_flags", []) == flags \
+                and abs(c["mask_ratio"] - mask) < 1e-9 and c.get("pretrain_epochs", 8) == epochs \
+                and not c.get("partial_blocks"):
+            return c
+    return None
+
+
+def ablations(cells, central):
+    """Sections 6-11: the options of `mae` that the official code does not have."""
+    out = []
+
+    def table(title, head, rows):
+        out.append(f"### {title}\n")
+        out.append(f"| {head} | fine-tune top-1 | linear probe top-1 | final pre-training loss | paper ft | paper lin |")
+        out.append("|---|---|---|---|---|---|")
+        for name, c, pft, plin in rows:
+            r = row(c) if c else ("not run yet", "—", "—")
+            out.append(f"| {name} | {r[0]} | {r[1]} | {r[2]} | {pft} | {plin} |")
+        out.append("")
+
+    table("6. Mask token in the encoder (paper: Table 1(c); FLOPs ratio 3.3×)", "encoder", [
+        ("w/ [M] (`--encoder_mask_token`)", flagged(cells, ["--encoder_mask_token"]), "84.2", "59.6"),
+        ("w/o [M] (the official)", central, "84.9", "73.5")])
+    table("7. Mask sampling (paper: Table 1(f), Figure 6)", "sampling", [
+        ("random 75 %", central, "84.9", "73.5"),
+        ("block 50 %", flagged(cells, ["--mask_sampling", "block"], mask=0.5), "83.9", "72.3"),
+        ("block 75 %", flagged(cells, ["--mask_sampling", "block"]), "82.8", "63.9"),
+        ("grid 75 %", flagged(cells, ["--mask_sampling", "grid"]), "84.0", "66.0")])
+    table("8. Decoder width (paper: Table 1(b), 128 … 1024 wide for ViT-L)", "decoder width", [
+        ("32", flagged(cells, ["--decoder_embed_dim", "32"]), "—", "—"),
+        ("64 (the mini's)", central, "—", "—"),
+        ("128", flagged(cells, ["--decoder_embed_dim", "128"]), "84.9", "69.1"),
+        ("256", flagged(cells, ["--decoder_embed_dim", "256"]), "84.8", "71.3")])
+    out.append("Paper, 512 / 768 / 1024 wide: ft 84.9 / 84.4 / 84.3, lin 73.5 / 73.1 / 73.1.\n")
+    table("9. Pre-training augmentation (paper: Table 1(e))", "augmentation", [
+        ("none (center crop)", flagged(cells, ["--pretrain_aug", "none"]), "84.0", "65.7"),
+        ("crop, fixed size", flagged(cells, ["--pretrain_aug", "crop_fixed"]), "84.7", "73.1"),
+        ("crop, random size (the official)", central, "84.9", "73.5"),
+        ("crop + color jitter", flagged(cells, ["--pretrain_aug", "crop_color"]), "84.3", "71.9")])
+    table("10. Pre-training length (paper: Figure 7, both still rising at 1600 epochs)", "epochs", [
+        ("8", central, "—", "—"),
+        ("16", flagged(cells, [], epochs=16), "—", "—"),
+        ("32", flagged(cells, [], epochs=32), "—", "—")])
+    part = next((c for c in cells.values() if c.get("partial_blocks")), None)
+    out.append("### 11. Partial fine-tuning (paper: Figure 9, ViT-L: 73.5 linear, 81.0 with one block, 84.9 full)\n")
+    out.append("| blocks fine-tuned | top-1 |")
+    out.append("|---|---|")
+    out.append(f"| linear probe | {fmt(last(part, 'linprobe')) if part else 'not run yet'} |")
+    for k in (part or {}).get("partial_blocks", [0, 1, 2, 3]):
+        out.append(f"| {k} | {fmt(last(part, f'finetune_partial{k}')) if part else 'not run yet'} |")
+    out.append(f"| 6 (all) | {fmt(last(part, 'finetune')) if part else 'not run yet'} |")
+    out.append("")
+    return out
+
+
 def figure(cells):
+    cells = {k: c for k, c in cells.items() if plain(c)}
     pts = sorted((c["mask_ratio"], last(c, "finetune"), last(c, "linprobe")) for c in cells.values()
                  if c["impl"] == "rust" and c["kind"] == "mae" and c["seed"] == 0 and c["norm_pix_loss"]
                  and not c["model"].endswith("d1b"))
