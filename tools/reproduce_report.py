@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "REPRODUCTION.md"
-FIG = ROOT / "docs" / "reproduction" / "mask_ratio.png"
+OUT = ROOT / "docs" / "reproduction"
+FIG = OUT / "mask_ratio.png"
 
 
 def load(out_json):
@@ -249,10 +250,106 @@ def figure(cells):
     return True
 
 
+def curve_png(path, title, xlabel, series, xs_labels):
+    """A small line plot: `series` is [(name, color, [(x, y or None)])], x in 0..len(xs_labels)-1."""
+    W, H = 520, 380
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:
+        font = ImageFont.load_default()
+    ys = [y for _, _, pts in series for _, y in pts if y is not None]
+    if not ys:
+        return False
+    lo, hi = min(ys), max(ys)
+    pad = max(1.0, (hi - lo) * 0.15)
+    lo, hi = lo - pad, hi + pad
+    x0, y0, pw, ph = 70, 40, 420, 270
+    n = max(1, len(xs_labels) - 1)
+    X = lambda i: x0 + i / n * pw  # noqa: E731
+    Y = lambda v: y0 + ph - (v - lo) / (hi - lo) * ph  # noqa: E731
+    d.rectangle([x0, y0, x0 + pw, y0 + ph], outline="black")
+    for i, lab in enumerate(xs_labels):
+        d.line([X(i), y0 + ph, X(i), y0 + ph + 5], fill="black")
+        d.text((X(i) - 10, y0 + ph + 8), str(lab), fill="black", font=font)
+    for t in range(5):
+        v = lo + (hi - lo) * t / 4
+        d.line([x0 - 5, Y(v), x0, Y(v)], fill="black")
+        d.text((x0 - 45, Y(v) - 7), f"{v:.1f}", fill="black", font=font)
+    d.text((x0 + pw / 2 - 60, y0 + ph + 26), xlabel, fill="black", font=font)
+    d.text((x0, 12), title, fill="black", font=font)
+    for k, (name, color, pts) in enumerate(series):
+        line = [(X(x), Y(y)) for x, y in pts if y is not None]
+        if len(line) > 1:
+            d.line(line, fill=color, width=2)
+        for (px, py), (_, y) in zip(line, [p for p in pts if p[1] is not None]):
+            d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
+            d.text((px + 5, py - 18), f"{y:.1f}", fill=color, font=font)
+        d.text((x0 + 10 + 170 * k, H - 22), f"— {name}", fill=color, font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return True
+
+
+def ablation_figures(cells):
+    """Figure 7 (schedule) and Figure 9 (partial fine-tuning) from the cells, Figure 6 (masks and
+    reconstructions of each sampling by its own model) from their checkpoints when present."""
+    made = []
+    sched = [flagged(cells, [], epochs=e) for e in (8, 16, 32)]
+    if sum(c is not None for c in sched) > 1:
+        series = [(name, color, [(i, last(c, stage) if c else None) for i, c in enumerate(sched)])
+                  for name, stage, color in [("fine-tuning", "finetune", (40, 40, 160)),
+                                             ("linear probing", "linprobe", (160, 40, 40))]]
+        if curve_png(OUT / "schedule.png", "top-1 (%) against pre-training epochs (Figure 7)", "epochs",
+                     series, [8, 16, 32]):
+            made.append("schedule.png")
+    part = next((c for c in cells.values() if c.get("partial_blocks")), None)
+    if part:
+        ks = part["partial_blocks"]
+        pts = [(0, last(part, "linprobe"))] + [(i + 1, last(part, f"finetune_partial{k}")) for i, k in enumerate(ks)]
+        pts.append((len(ks) + 1, last(part, "finetune")))
+        if curve_png(OUT / "partial.png", "top-1 (%) against blocks fine-tuned (Figure 9)", "blocks fine-tuned",
+                     [("mae, mini ViT", (40, 40, 160), pts)], ["lin"] + ks + [6]):
+            made.append("partial.png")
+    # Figure 6: the first Fashion-MNIST test images, each sampling by its own model
+    mae = ROOT / "target" / "release" / "mae"
+    work = ROOT / "target" / "reproduction"
+    rows = [("random 75 %", "rust_mask0.75_partial_seed0", "random"),
+            ("block 75 %", "rust_mask0.75_block_seed0", "block"),
+            ("grid 75 %", "rust_mask0.75_grid_seed0", "grid")]
+    ckpts = [(label, work / cell / "pretrain" / "checkpoint-7.pth", s) for label, cell, s in rows]
+    if mae.exists() and all(p.exists() for _, p, _ in ckpts):
+        import subprocess
+        import tempfile
+        strips = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, ck, sampling in ckpts:
+                png = Path(tmp) / f"{sampling}.png"
+                subprocess.run([str(mae), "visualize", "--checkpoint", str(ck), "--mask_sampling", sampling,
+                                "--device", "cpu", "--out", str(png)], check=True, capture_output=True)
+                strips.append((label, Image.open(png).convert("RGB")))
+        w = max(im.width for _, im in strips)
+        fig = Image.new("RGB", (w, sum(im.height + 24 for _, im in strips)), "white")
+        d = ImageDraw.Draw(fig)
+        y = 0
+        for label, im in strips:
+            d.text((8, y + 4), f"{label} sampling, reconstructed by the model pre-trained with it",
+                   fill="black", font=ImageFont.load_default())
+            fig.paste(im, (0, y + 24))
+            y += im.height + 24
+        fig.save(OUT / "mask_sampling.png")
+        made.append("mask_sampling.png")
+    return made
+
+
 def report(out_json, _cells, _recipe):
     cells = load(out_json)
     text = tables(cells)
     has_fig = figure(cells)
+    made = ablation_figures(cells)
+    if made:
+        print("wrote " + ", ".join(f"docs/reproduction/{m}" for m in made))
     doc = DOC.read_text() if DOC.exists() else "<!-- tables:begin -->\n<!-- tables:end -->\n"
     a, b = "<!-- tables:begin -->", "<!-- tables:end -->"
     if a not in doc or b not in doc:
