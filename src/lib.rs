@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod engine_finetune;
 pub mod engine_pretrain;
+pub mod eval;
 pub mod interop;
 pub mod mae_visualize;
 pub mod main_finetune;
