@@ -219,11 +219,11 @@ pub struct Args {
     pub class_subset: Option<ClassSubset>,
     /// Evaluation on ImageNet-C, DIR/<corruption>/<severity 1-5>/<wnid>/images: top-1 error of
     /// every set, their means and the mCE (docs/EVALUATION.md)
-    #[arg(long, conflicts_with_all = ["class_subset", "output_json", "save_logits"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["class_subset", "output_json", "save_logits"])]
     pub imagenet_c: Option<PathBuf>,
     /// With --imagenet_c: write the table to FILE, with every set as it finishes; a run restarted
     /// with the same FILE skips the sets it records
-    #[arg(long, requires = "imagenet_c")]
+    #[arg(long, value_name = "FILE", requires = "imagenet_c")]
     pub json: Option<PathBuf>,
 }
 

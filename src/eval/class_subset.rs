@@ -29,7 +29,7 @@ pub const IMAGENET_1K: i64 = 1000;
 /// Which classes a folder of wnid folders holds (`--class_subset`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ClassSubset {
-    /// The 1000 ImageNet-1k classes (ImageNet val, -Sketch, -V2, each ImageNet-C set)
+    /// The 1000 ImageNet-1k classes (ImageNet val, ImageNet-Sketch, each ImageNet-C set)
     #[value(name = "imagenet-1k")]
     #[serde(rename = "imagenet-1k")]
     Imagenet1k,
