@@ -460,6 +460,13 @@ fn errors_name_the_problem() {
         err.contains("other.json records another evaluation"),
         "{err}"
     );
+    // a FILE that cannot be written fails before the first set
+    let nowhere = scratch.join("no/such/folder/c.json");
+    let err = mae_err(&imagenet_c_args(&ckpt, &c, &nowhere));
+    assert!(
+        err.contains("writing --json") && err.contains("no/such/folder"),
+        "{err}"
+    );
     std::fs::write(&other, "not json").unwrap();
     let err = mae_err(&imagenet_c_args(&ckpt, &c, &other));
     assert!(

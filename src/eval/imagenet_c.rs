@@ -409,6 +409,18 @@ pub fn main(args: Args) -> Result<()> {
         Some(path) => resume(path, &settings)?,
         None => BTreeMap::new(),
     };
+    // the record (by the main process): written before the first set, so that a FILE that
+    // cannot be written fails now and not hours later, then after every set
+    let record = |results: &BTreeMap<String, SetResult>| match args.json {
+        Some(path) if distributed::is_main_process() => write(
+            path,
+            &settings,
+            results,
+            &Table::new(&c.corruptions, results),
+        ),
+        _ => Ok(()),
+    };
+    record(&results)?;
     let (_vs, model) = args.classifier.load(args.device)?;
     let forward = |x: &Tensor| model.forward_t(x, false);
 
@@ -460,14 +472,7 @@ pub fn main(args: Args) -> Result<()> {
             r.images
         );
         results.insert(key.clone(), r);
-        if let (Some(path), true) = (args.json, distributed::is_main_process()) {
-            write(
-                path,
-                &settings,
-                &results,
-                &Table::new(&c.corruptions, &results),
-            )?;
-        }
+        record(&results)?;
     }
     let table = Table::new(&c.corruptions, &results);
     println!(
@@ -476,9 +481,6 @@ pub fn main(args: Args) -> Result<()> {
     );
     for line in table.lines() {
         println!("{line}");
-    }
-    if let (Some(path), true) = (args.json, distributed::is_main_process()) {
-        write(path, &settings, &results, &table)?;
     }
     Ok(())
 }
