@@ -179,7 +179,19 @@ pub fn evaluate(
     precision: Precision,
     keep_logits: bool,
 ) -> Result<(EvalStats, Option<Tensor>)> {
-    let header = "Test:";
+    evaluate_as("Test:", data_loader, model, device, precision, keep_logits)
+}
+
+/// Not in the reference: [`evaluate`] with another header than `Test:` on its progress bar and
+/// time line (which set of several is evaluated).
+pub fn evaluate_as(
+    header: &str,
+    data_loader: &DataLoaderVal,
+    model: &dyn Fn(&Tensor) -> Result<Tensor>,
+    device: Device,
+    precision: Precision,
+    keep_logits: bool,
+) -> Result<(EvalStats, Option<Tensor>)> {
     let bar = ProgressBar::new(data_loader.num_images() as u64).with_style(
         ProgressStyle::with_template(
             "{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta} {msg}",
@@ -187,7 +199,7 @@ pub fn evaluate(
         .expect("progress template")
         .progress_chars("=> "),
     );
-    bar.set_prefix(header);
+    bar.set_prefix(header.to_string());
     let start = Instant::now();
 
     let (mut loss_sum, mut acc1_sum, mut acc5_sum) = (0f64, 0f64, 0f64);

@@ -7,12 +7,13 @@
 //! `timm`, `torchvision`, and `torch` (serialization, distributed, the data loader, optimizers,
 //! autocast, state dicts, TensorBoard's writer). Code with no counterpart upstream has its own
 //! folders: `interop` (other people's checkpoints: Hugging Face, timm, safetensors; `mae inspect`
-//! and `mae convert`) and `cli` (command-line helpers). VarStore names are the official
-//! `state_dict` keys.
+//! and `mae convert`), `eval` (the robustness protocols of `mae eval` and `mae predict`) and `cli`
+//! (command-line helpers). VarStore names are the official `state_dict` keys.
 
 pub mod cli;
 pub mod engine_finetune;
 pub mod engine_pretrain;
+pub mod eval;
 pub mod interop;
 pub mod mae_visualize;
 pub mod main_finetune;

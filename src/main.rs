@@ -18,8 +18,10 @@ enum Command {
     Inspect(mae::interop::inspect::Args),
     /// Write a checkpoint (.pth, .safetensors, Hugging Face folder) as the official .pth, a Hugging Face folder, timm safetensors or safetensors.
     Convert(mae::interop::convert::Args),
-    /// Evaluate a fine-tuned classifier on DATA_PATH/val (main_finetune.py --eval): Acc@1, Acc@5, loss.
+    /// Evaluate a fine-tuned classifier on DATA_PATH/val (main_finetune.py --eval): Acc@1, Acc@5, loss; --class_subset, --imagenet_c for the robustness benchmarks.
     Eval(mae::main_finetune::Args),
+    /// Classify images with a fine-tuned classifier: the top-k classes, probabilities and names.
+    Predict(mae::eval::predict::Args),
     /// Fine-tune a ViT for classification (main_finetune.py): layer-wise lr decay, mixup, evaluation per epoch.
     Finetune(mae::main_finetune::Args),
     /// Linear probing of a pre-trained encoder (main_linprobe.py): BatchNorm + Linear head, LARS.
@@ -38,6 +40,7 @@ fn main() {
         Command::Eval(args) => {
             mae::main_finetune::main(mae::main_finetune::Args { eval: true, ..args })
         }
+        Command::Predict(args) => mae::eval::predict::main(args),
         Command::Finetune(args) => mae::main_finetune::main(args),
         Command::Linprobe(args) => mae::main_linprobe::main(args),
         Command::Visualize(args) => mae::mae_visualize::main(args),

@@ -5,13 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::cli::arg_check::{self, Schedule};
 use crate::cli::pyfmt::{json_dumps, py_e2, timedelta, Stat};
 use crate::cli::{self, device};
 use crate::engine_finetune::{evaluate, train_one_epoch};
-use crate::interop::detect::{self, detect_model};
+use crate::eval::class_subset::{self, ClassSubset};
+use crate::eval::{imagenet_c, Classifier};
+use crate::interop::detect;
 use crate::interop::hub;
 use crate::models_vit::{self, VitConfig};
 use crate::timm::loss::Criterion;
@@ -209,6 +211,20 @@ pub struct Args {
     /// and the head, the rest frozen; 0 trains the norm and the head
     #[arg(long)]
     pub partial_blocks: Option<usize>,
+    /// Evaluation: number the class folders of DATA_PATH/val by their WordNet ids, as the 1000
+    /// ImageNet classes (imagenet-1k: ImageNet-Sketch, a partial val) or scored on the 200 of
+    /// ImageNet-A / -R (the logits at their indices; docs/EVALUATION.md) [default: ImageFolder's
+    /// numbering, as the official]
+    #[arg(long, value_enum)]
+    pub class_subset: Option<ClassSubset>,
+    /// Evaluation on ImageNet-C, DIR/<corruption>/<severity 1-5>/<wnid>/images: top-1 error of
+    /// every set, their means and the mCE (docs/EVALUATION.md)
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["class_subset", "output_json", "save_logits"])]
+    pub imagenet_c: Option<PathBuf>,
+    /// With --imagenet_c: write the table to FILE, with every set as it finishes; a run restarted
+    /// with the same FILE skips the sets it records
+    #[arg(long, value_name = "FILE", requires = "imagenet_c")]
+    pub json: Option<PathBuf>,
 }
 
 impl Args {
@@ -251,6 +267,9 @@ impl Args {
         arg_check::in_range("mixup_prob", self.mixup_prob, 0., 1., true)?;
         arg_check::in_range("mixup_switch_prob", self.mixup_switch_prob, 0., 1., true)?;
         arg_check::opt_at_least("nb_classes", self.nb_classes, 1)?;
+        if !self.eval && (self.class_subset.is_some() || self.imagenet_c.is_some()) {
+            bail!("--class_subset and --imagenet_c evaluate a checkpoint: use mae eval");
+        }
         arg_check::dist(&self.dist)
     }
 }
@@ -305,7 +324,21 @@ pub fn main(mut args: Args) -> Result<()> {
             Run::Train(split, loader)
         }
     };
-    let dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
+    // Not in the official: --imagenet_c evaluates the checkpoint on the sets of its folder, not
+    // on DATA_PATH/val (eval::imagenet_c)
+    let run = match (run, &args.imagenet_c) {
+        (Run::Eval(r), Some(dir)) => {
+            return imagenet_c::main(r.imagenet_c_args(&args, dir, device, precision))
+        }
+        (run, _) => run,
+    };
+    let mut dataset_val = build_dataset(false, &args.dataset, &args.data_path)?;
+    // Not in the official: --class_subset numbers the class folders by WordNet id
+    if let Some(subset) = args.class_subset {
+        let folder = dataset_val.folder.as_deref();
+        dataset_val =
+            subset.split(folder.context("--class_subset needs --dataset imagefolder")?)?;
+    }
     let data_loader_val = DataLoaderVal::new(
         dataset_val.dataset.clone(),
         dataset_val.targets.clone(),
@@ -382,7 +415,14 @@ pub fn main(mut args: Args) -> Result<()> {
         }
     }
 
-    let forward_eval = |x: &Tensor| model.forward_t(x, false);
+    // --class_subset imagenet-a / -r: the logits of the subset's classes
+    let subset_logits = args.class_subset.and_then(|s| s.logit_indices(device));
+    let forward_eval = |x: &Tensor| {
+        Ok(class_subset::restrict(
+            &model.forward_t(x, false)?,
+            subset_logits.as_ref(),
+        ))
+    };
     let (dataset_train, data_loader_train) = match run {
         Run::Train(split, loader) => (split, loader),
         Run::Eval(resumed) => {
@@ -613,33 +653,24 @@ fn eval_checkpoint(args: &Args) -> Result<Resumed> {
     }
     let resume = Path::new(&args.resume);
     let sd = hub::load(resume, true)?.sd; // the model keeps it: no copy
-    let detected = detect_model(&sd);
-    let (model, nb_classes, global_pool) = match (&args.model, &detected) {
-        (Some(m), _) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
-        (None, Ok((det, name))) => match det.kind {
-            detect::Kind::Finetuned {
+    let (model, nb_classes, global_pool) = match &args.model {
+        Some(m) => (m.clone(), args.nb_classes.unwrap_or(1000), !args.cls_token),
+        None => {
+            let f = detect::finetuned(&sd, resume)?;
+            let global_pool = match args.cls_token || args.global_pool {
+                true => !args.cls_token,
+                false => f.global_pool,
+            };
+            (
+                f.model,
+                args.nb_classes.unwrap_or(f.num_classes),
                 global_pool,
-                num_classes,
-            } => (
-                name.clone(),
-                args.nb_classes.unwrap_or(num_classes),
-                if args.cls_token || args.global_pool {
-                    !args.cls_token
-                } else {
-                    global_pool
-                },
-            ),
-            _ => bail!(
-                "{}: {}; evaluation needs a fine-tuned classifier (e.g. mae_finetuned_vit_base.pth)",
-                resume.display(),
-                det.describe()
-            ),
-        },
-        (None, Err(e)) => bail!(
-            "{}: cannot tell the model ({e:#}); pass --model",
-            resume.display()
-        ),
+            )
+        }
     };
+    if let Some(subset) = args.class_subset {
+        subset.check_head(nb_classes)?;
+    }
     // --dataset fashion_mnist evaluates its test split, whose images have no paths
     if let (Some(path), false) = (&args.output_json, args.dataset == "imagefolder") {
         bail!(
@@ -653,6 +684,35 @@ fn eval_checkpoint(args: &Args) -> Result<Resumed> {
         global_pool,
         sd,
     })
+}
+
+impl Resumed {
+    /// What `--imagenet_c DIR` evaluates.
+    fn imagenet_c_args<'a>(
+        self,
+        args: &'a Args,
+        dir: &'a Path,
+        device: Device,
+        precision: Precision,
+    ) -> imagenet_c::Args<'a> {
+        imagenet_c::Args {
+            dir,
+            json: args.json.as_deref(),
+            classifier: Classifier {
+                what: &args.resume,
+                name: self.model,
+                num_classes: self.nb_classes,
+                global_pool: self.global_pool,
+                input_size: args.input_size,
+                sd: self.sd,
+            },
+            batch_size: args.batch_size,
+            num_workers: args.num_workers,
+            pillow: args.pillow,
+            device,
+            precision,
+        }
+    }
 }
 
 /// `--output_json`: per image, its path, target and top-5 classes with logit and probability.

@@ -143,6 +143,12 @@ fn eval_flags_are_official_finetune_flags() {
         "--precision",
         "--dataset",
         "--train_subset",
+        // partial fine-tuning (the paper's Figure 9), a training flag of the shared parser
+        "--partial_blocks",
+        // the robustness protocols (docs/EVALUATION.md)
+        "--class_subset",
+        "--imagenet_c",
+        "--json",
         // data-parallel options the official hard-codes (nccl, torch's 30 min timeout)
         "--dist_backend",
         "--dist_timeout",

@@ -321,6 +321,42 @@ pub fn detect_model(sd: &[(String, Tensor)]) -> anyhow::Result<(Detected, String
     Ok((det, name))
 }
 
+/// What the state dict of a fine-tuned classifier says of its model.
+pub struct Finetuned {
+    /// The `--model` name it loads into.
+    pub model: String,
+    pub num_classes: i64,
+    pub global_pool: bool,
+    /// The input size its `pos_embed` was trained at.
+    pub img_size: i64,
+    /// A name of [`SIZES`] or `custom`.
+    pub size: &'static str,
+}
+
+/// The model of a fine-tuned classifier's state dict (`mae eval`, `mae predict`); a state dict
+/// that is not one is an error naming `path` and what it holds.
+pub fn finetuned(sd: &[(String, Tensor)], path: &Path) -> anyhow::Result<Finetuned> {
+    let (det, model) =
+        detect_model(sd).with_context(|| format!("{}: cannot tell the model", path.display()))?;
+    match det.kind {
+        Kind::Finetuned {
+            global_pool,
+            num_classes,
+        } => Ok(Finetuned {
+            model,
+            num_classes,
+            global_pool,
+            img_size: det.img_size,
+            size: det.size,
+        }),
+        _ => anyhow::bail!(
+            "{}: {}; evaluation needs a fine-tuned classifier (e.g. mae_finetuned_vit_base.pth)",
+            path.display(),
+            det.describe()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
