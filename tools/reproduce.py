@@ -89,6 +89,9 @@ cell("rust", "mae", 0, pre=["--decoder_embed_dim", "128"], tag="_decw128", exps=
 cell("rust", "mae", 0, pre=["--decoder_embed_dim", "256"], tag="_decw256", exps=["decoder_width"])
 cell("rust", "mae", 0, epochs=16, tag="_ep16", exps=["schedule"])
 cell("rust", "mae", 0, epochs=32, tag="_ep32", exps=["schedule"])
+# second seeds where seed 0's difference is under twice the measured spread (the central cell
+# already has seed 1): fine-tuning with the encoder's mask token, 70.45 against 70.20
+cell("rust", "mae", 1, pre=["--encoder_mask_token"], tag="_encmask", exps=["encoder_mask_token"])
 
 GIT_LOCK = threading.Lock()
 
