@@ -7,7 +7,7 @@ checkpoint must equal, tensor for tensor (model and AdamW state), the checkpoint
 epoch of an uninterrupted run, and no temporary file may be left.
 
     .venv/bin/python tools/kill_resume.py target/release/mae WORKDIR --kills 50
-(tests/kill_resume.rs runs it with --kills 4; docs/RELIABILITY.md has the long run.)
+(tests/training/kill_resume.rs runs it with --kills 4; docs/RELIABILITY.md has the long run.)
 """
 import argparse
 import glob

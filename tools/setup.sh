@@ -34,7 +34,8 @@ tv=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)') || die "tor
 case "$tv" in 2.11.0*) say "torch $tv";; *) die "torch $tv installed, tch 0.24 needs 2.11.0";; esac
 
 # Pillow 13.0.0 beside the pinned 12 (its resize may run the vertical pass first): the parity
-# test of `--pillow 13` (tests/preprocess.rs) imports it with PYTHONPATH=.venv/pillow13.
+# test of `--pillow 13` (tests/pipeline/preprocess_table.rs) imports it with
+# PYTHONPATH=.venv/pillow13.
 P13="$VENV/pillow13"
 if PYTHONPATH="$P13" "$VENV/bin/python" -c 'import PIL, sys; sys.exit(PIL.__version__ != "13.0.0")' 2>/dev/null; then
   say "Pillow 13.0.0 present in $P13"

@@ -154,8 +154,8 @@ impl<'a> Jpeg<'a> {
 
     /// The pixels of the whole image, or of an area holding the box (left, top, width, height):
     /// libjpeg-turbo decodes only the iMCU columns and rows it needs (`tj3SetCroppingRegion`).
-    /// The box's pixels are those of the whole image (tests/data_pipeline.rs); the area has one
-    /// iMCU of margin on each side because its outermost pixels may not be (the fancy chroma
+    /// The box's pixels are those of the whole image (tests/pipeline/loader.rs); the area has
+    /// one iMCU of margin on each side because its outermost pixels may not be (the fancy chroma
     /// upsampling sees an edge there). Returns the pixels and the area's top-left corner.
     pub fn decode(&self, bx: Option<(u32, u32, u32, u32)>) -> Result<(RgbImage, (u32, u32))> {
         self.decode_scaled(bx, 1)

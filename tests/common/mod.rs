@@ -1,9 +1,11 @@
-//! Shared by the integration tests, each of which has `mod common;`: paths and scratch folders,
-//! the pinned Python reference environment made by tools/setup.sh (tests that need it fail, never
-//! skip, when it is missing), the fixtures the scripts of tools/ write, relative errors, and
-//! running the `mae` binary (one process, or ranks of a process group).
+//! Shared by the test binaries (tests/<subject>/main.rs declares it once): paths, a scratch
+//! folder per test, a process of its own for a test that seeds torch's global generator, the
+//! pinned Python reference environment made by tools/setup.sh (tests that need it fail, never
+//! skip, when it is missing), the fixtures the scripts of tools/fixtures write, relative errors,
+//! and running the `mae` binary (one process, or ranks of a process group).
 #![allow(dead_code)]
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, Output};
@@ -23,20 +25,146 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A scratch directory under target/ for fixtures of one test binary.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = root().join("target/test-scratch").join(name);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    dir
+/// The running test, `module::test` (libtest names each test's thread so).
+pub fn test_name() -> String {
+    let name = std::thread::current().name().map(str::to_string);
+    name.filter(|n| n != "main")
+        .expect("called outside a test's thread")
 }
 
-/// An empty directory target/tmp/GROUP/NAME (emptied if it exists).
-pub fn tmp_dir(group: &str, name: &str) -> PathBuf {
-    let d = root().join("target/tmp").join(group).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// The scratch folder of one test, target/test-scratch/BINARY/MODULE/TEST: created empty, deleted
+/// with what is in it when the test passes; a failed test leaves it to look at.
+#[must_use = "the folder is deleted when this is dropped"]
+pub struct Scratch(PathBuf);
+
+/// The folders of the [`Scratch`]es alive now.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The running test's [`Scratch`]. One at a time per test: a second would empty the first.
+pub fn scratch() -> Scratch {
+    let dir = root()
+        .join("target/test-scratch")
+        .join(env!("CARGO_CRATE_NAME"))
+        .join(test_name().replace("::", "/"));
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        !live.contains(&dir),
+        "{}: a second scratch() in one test",
+        dir.display()
+    );
+    live.push(dir.clone());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    Scratch(dir)
 }
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let keep = std::thread::panicking();
+        if keep {
+            eprintln!("scratch of the failed test kept: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|d| *d != self.0);
+        // the folders above it, up to target/, once they are empty (under the lock: scratch()
+        // may be creating them for another test)
+        let top = root().join("target");
+        let mut dir = self.0.parent();
+        while let Some(d) = dir.filter(|d| !keep && *d != top) {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+/// For a test that seeds torch's global generator (`tch::manual_seed`) and checks what it then
+/// draws: runs the test again, alone, in a process of its own (this binary with the test's name
+/// and `--exact`), where no test running beside it draws in between, and returns true: the
+/// caller returns. In that process it returns false, and the test runs. What the test prints
+/// is passed on; its failure fails the caller.
+pub fn in_own_process() -> bool {
+    const VAR: &str = "MAE_TEST_IN_OWN_PROCESS";
+    let name = test_name();
+    if std::env::var(VAR).as_deref() == Ok(name.as_str()) {
+        return false;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([&name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(VAR, &name)
+        .output()
+        .expect("running the test binary");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    // the test's own lines, without libtest's
+    let started = format!("test {name} ... ");
+    for line in stdout.lines() {
+        let line = line.strip_prefix(&started).unwrap_or(line);
+        if !(line.is_empty()
+            || line == "ok"
+            || line == "running 1 test"
+            || line.starts_with("test result: "))
+        {
+            println!("{line}");
+        }
+    }
+    eprint!("{stderr}");
+    true
+}
+
+/// The words of `line` (split on white space) as an argument list, each `{}` word replaced by
+/// the next of `values` whole, so that a path with a space stays one argument.
+pub fn argv_of(line: &str, values: &[String]) -> Vec<String> {
+    let mut values = values.iter();
+    let args: Vec<String> = line
+        .split_whitespace()
+        .map(|w| match w {
+            "{}" => values.next().expect("fewer values than {}").clone(),
+            w => {
+                assert!(
+                    !w.contains("{}"),
+                    "{{}} in {w:?} of {line:?}: a value is a whole word"
+                );
+                w.to_string()
+            }
+        })
+        .collect();
+    assert!(values.next().is_none(), "more values than {{}} in {line:?}");
+    args
+}
+
+/// `argv!("eval --resume {} --batch_size 8", ckpt.display())`: [`argv_of`] with values of any
+/// `Display` type.
+#[allow(unused_macros)]
+macro_rules! argv {
+    ($line:expr $(, $value:expr)* $(,)?) => {
+        crate::common::argv_of($line, &[$($value.to_string()),*])
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use argv;
 
 /// The sample photos in tests/data/images (public domain, see SOURCES.md there).
 pub fn shared_image(name: &str) -> PathBuf {
@@ -56,8 +184,7 @@ pub const PHOTOS: [&str; 6] = [
 ];
 
 /// ROOT/{train,val}/{a,b}/*.png: 32×32 images, class a dark, class b bright, with noise;
-/// `n_train` a class in train, 4 in val. Each file goes through a temporary name and a rename,
-/// so a test reading the folder in parallel never sees a half-written PNG.
+/// `n_train` a class in train, 4 in val.
 pub fn two_class_images(root: &Path, n_train: u32) {
     for (split, n) in [("train", n_train), ("val", 4)] {
         for (c, base) in [("a", 40u8), ("b", 200)] {
@@ -68,25 +195,11 @@ pub fn two_class_images(root: &Path, n_train: u32) {
                     let v = base.wrapping_add(((x * 7 + y * 13 + i * 31) % 40) as u8);
                     image::Rgb([v, v / 2, 255 - v])
                 });
-                let tmp = dir.join(format!(".{i}.png.tmp"));
-                img.save_with_format(&tmp, image::ImageFormat::Png).unwrap();
-                std::fs::rename(&tmp, dir.join(format!("{i}.png"))).unwrap();
+                img.save_with_format(dir.join(format!("{i}.png")), image::ImageFormat::Png)
+                    .unwrap();
             }
         }
     }
-}
-
-/// target/test-scratch/NAME/data of [`two_class_images`], written once per test binary: the
-/// tests run in parallel and read the same folder.
-pub fn two_class_folder(name: &str, n_train: u32) -> PathBuf {
-    static WRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-    let root = scratch(name).join("data");
-    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
-    if !written.contains(&root) {
-        two_class_images(&root, n_train);
-        written.push(root.clone());
-    }
-    root
 }
 
 // --------------------------------------------------------------------------
@@ -189,6 +302,27 @@ pub fn load_checkpoint(dir: &Path, name: &str) -> Vec<(String, Tensor)> {
     mae::torch::serialization::load_state_dict(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// The state dict of the ViT parity fixture TAG (`vit_NAME` or `vit_NAME_cls_token`): TAG.pth,
+/// or where the fixture is TAG_head.pth (base, large, huge: one weights file a size) the encoder
+/// of the MAE fixture `mae_vit_NAME.pth` (without its `norm` under global pooling, as
+/// main_finetune.py drops it) and the head (and `fc_norm`) of TAG_head.pth.
+pub fn vit_checkpoint(dir: &Path, tag: &str) -> Vec<(String, Tensor)> {
+    if !dir.join(format!("{tag}_head.pth")).exists() {
+        return load_checkpoint(dir, tag);
+    }
+    let head = load_checkpoint(dir, &format!("{tag}_head"));
+    let global_pool = head.iter().any(|(k, _)| k.starts_with("fc_norm."));
+    let name = tag.trim_end_matches("_cls_token");
+    let encoder = load_checkpoint(dir, &format!("mae_{name}"))
+        .into_iter()
+        .filter(|(k, _)| {
+            !(k.starts_with("decoder")
+                || k == "mask_token"
+                || global_pool && k.starts_with("norm."))
+        });
+    encoder.chain(head).collect()
+}
+
 /// The tensors of a safetensors file, by name.
 pub fn read_tensors(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path)
@@ -279,19 +413,47 @@ pub struct PretrainRun {
     pub stats: mae::util::misc::TrainStats,
 }
 
-/// The engine's side of the pre-training parity tests (parity_pretrain.rs, amp_train.rs): the
-/// tiny MAE (`cfg`) loaded with `init`, AdamW(0.9, 0.95) over add_weight_decay's groups with the
-/// default `--weight_decay` 0.05 (as main_pretrain), then `engine_pretrain::train_one_epoch`
-/// over `batches` at `epoch`, the masking noise drawn after `tch::manual_seed(seed)`.
+/// The tensors a pre-training parity reference (`tools/reference/SCRIPT`: pretrain_reference.py,
+/// amp_train_reference.py) writes to DIR/reference.safetensors, and of those the initial
+/// weights (`init.*`) and the batches.
+pub fn pretrain_reference(
+    script: &str,
+    dir: &Path,
+) -> (HashMap<String, Tensor>, Vec<(String, Tensor)>, Tensor) {
+    let out = dir.join("reference.safetensors");
+    let r = reference_tensors(&format!("tools/reference/{script}"), &[], &out);
+    let init = with_prefix(&r, "init.");
+    let batches = r["batches"].shallow_clone();
+    (r, init, batches)
+}
+
+/// The engine's side of the pre-training parity tests (training/pretrain_steps.rs,
+/// training/bf16.rs), as tools/reference/pretrain_reference.py runs them: the tiny MAE (`cfg`)
+/// loaded with `init`, AdamW(0.9, 0.95) over add_weight_decay's groups with the default
+/// `--weight_decay` 0.05 (as main_pretrain), lr 1e-3 (min 1e-5, 2 warm-up epochs of 4), then
+/// `engine_pretrain::train_one_epoch` over `batches` at `epoch` with `accum_iter`, mask ratio
+/// 0.75 and `precision`, the masking noise drawn after `tch::manual_seed(7)` (so the caller runs
+/// [`in_own_process`]).
 pub fn pretrain_steps(
-    args: &mae::engine_pretrain::Args,
+    accum_iter: usize,
+    precision: mae::torch::amp::Precision,
     cfg: mae::models_mae::MaeConfig,
     init: &[(String, Tensor)],
     batches: Vec<Tensor>,
     epoch: i64,
-    seed: i64,
 ) -> PretrainRun {
     use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
+    let args = mae::engine_pretrain::Args {
+        accum_iter,
+        mask_ratio: 0.75,
+        precision,
+        lr: mae::util::lr_sched::LrArgs {
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_epochs: 2,
+            epochs: 4,
+        },
+    };
     let device = tch::Device::Cpu;
     let mut vs = tch::nn::VarStore::new(device);
     let model = mae::models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
@@ -301,7 +463,7 @@ pub fn pretrain_steps(
     let mut optimizer = AdamW::new(groups, args.lr.lr, (0.9, 0.95));
     let mut scaler = mae::util::misc::NativeScalerWithGradNormCount::new(false);
     let data = batches.into_iter().map(Ok);
-    tch::manual_seed(seed);
+    tch::manual_seed(7);
     let stats = mae::engine_pretrain::train_one_epoch(
         &model,
         data,
@@ -310,7 +472,7 @@ pub fn pretrain_steps(
         epoch,
         &mut scaler,
         None,
-        args,
+        &args,
     )
     .unwrap();
     PretrainRun {
@@ -357,6 +519,19 @@ pub fn bytes_of(t: &Tensor) -> Vec<u8> {
             .copy_data_u8(&mut v, n);
     }
     v
+}
+
+/// Two state dicts with the same keys in the same order, and tensors of the same dtype, shape
+/// and bytes.
+pub fn assert_same_tensors(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &str) {
+    let ka: Vec<&String> = a.iter().map(|p| &p.0).collect();
+    let kb: Vec<&String> = b.iter().map(|p| &p.0).collect();
+    assert_eq!(ka, kb, "{what}: keys");
+    for ((k, x), (_, y)) in a.iter().zip(b) {
+        assert_eq!(x.kind(), y.kind(), "{what}: {k}");
+        assert_eq!(x.size(), y.size(), "{what}: {k}");
+        assert!(bytes_of(x) == bytes_of(y), "{what}: {k} differs");
+    }
 }
 
 /// name -> (exp_avg, exp_avg_sq, step) from an AdamW's `optimizer.state_dict()` (the parity
@@ -426,15 +601,44 @@ pub fn max_rel_err(a: &Path, b: &Path) -> (f64, String) {
 // the mae binary
 
 /// `mae args…`: the binary of this build, run from the repository root.
-pub fn mae_command(args: &[&str]) -> Command {
+pub fn mae_command<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mae"));
     c.args(args).current_dir(root());
     c
 }
 
 /// `mae args…` run to its end.
-pub fn mae_output(args: &[&str]) -> Output {
+pub fn mae_output<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     mae_command(args).output().expect("running mae")
+}
+
+/// The stdout of `mae args…` run with one thread (OMP_NUM_THREADS=1), which must succeed.
+pub fn mae_ok<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let args: Vec<S> = args.into_iter().collect();
+    let what = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy())
+        .collect::<Vec<_>>();
+    let what = format!("mae {what:?}");
+    let out = mae_command(&args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("running mae");
+    stdout_ok(&out, &what)
+}
+
+/// The stderr of `mae args…`, which must fail with exit status 1 (an error, not a panic).
+pub fn mae_err<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let args: Vec<S> = args.into_iter().collect();
+    let out = mae_output(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let what = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy())
+        .collect::<Vec<_>>();
+    assert_eq!(out.status.code(), Some(1), "mae {what:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "mae {what:?}: {stderr}");
+    stderr
 }
 
 /// The stdout of a run that must have succeeded; else a panic showing both streams.
@@ -501,59 +705,20 @@ pub fn torchrun() -> PathBuf {
 
 /// Pre-training on 12 Fashion-MNIST images, one epoch: 3 steps of 4 in one process, 3 steps of
 /// 2 on each of 2 ranks (add `--batch_size` and `--output_dir`).
-pub const PRETRAIN_12: [&str; 21] = [
-    "pretrain",
-    "--dataset",
-    "fashion_mnist",
-    "--train_subset",
-    "12",
-    "--model",
-    "mae_vit_tiny_patch4",
-    "--input_size",
-    "32",
-    "--epochs",
-    "1",
-    "--warmup_epochs",
-    "1",
-    "--blr",
-    "1e-1",
-    "--norm_pix_loss",
-    "--num_workers",
-    "1",
-    "--device",
-    "cpu",
-    "--seed=5",
-];
+pub const PRETRAIN_12: &str = "pretrain --dataset fashion_mnist --train_subset 12 \
+    --model mae_vit_tiny_patch4 --input_size 32 --epochs 1 --warmup_epochs 1 --blr 1e-1 \
+    --norm_pix_loss --num_workers 1 --device cpu --seed=5";
 
 /// A pre-training run of 1000 epochs on `subset` images, batch 2, that the test stops.
-pub fn endless_pretrain<'a>(
-    subset: &'a str,
-    output_dir: &'a str,
-    timeout: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "pretrain",
-        "--dataset",
-        "fashion_mnist",
-        "--train_subset",
+pub fn endless_pretrain(subset: &str, output_dir: &str, timeout: &str) -> Vec<String> {
+    argv!(
+        "pretrain --dataset fashion_mnist --train_subset {} --model mae_vit_tiny_patch4 \
+         --input_size 32 --epochs 1000 --batch_size 2 --num_workers 1 --device cpu \
+         --output_dir {} --dist_timeout {}",
         subset,
-        "--model",
-        "mae_vit_tiny_patch4",
-        "--input_size",
-        "32",
-        "--epochs",
-        "1000",
-        "--batch_size",
-        "2",
-        "--num_workers",
-        "1",
-        "--device",
-        "cpu",
-        "--output_dir",
         output_dir,
-        "--dist_timeout",
-        timeout,
-    ]
+        timeout
+    )
 }
 
 /// Reads rank 0's stdout until it prints `needle`, then drains the rest in a thread; returns

@@ -13,7 +13,7 @@
 #
 # usage: tools/bench/bench.sh [--quick] [--rounds N] [--no-build]
 #   --quick     tiny models (vit_tiny_patch4 / mae_vit_tiny_patch4 at 32 px), 2 rounds, and the
-#               drivers' own --quick: well under 2 min on 2 busy cores; tests/bench_quick.rs runs it
+#               drivers' own --quick: well under 2 min on 2 busy cores; tests/cli/bench.rs runs it
 #   --rounds N  rounds per row (default 5; quick 2)
 #   --no-build  use the existing target/release/examples/bench_step
 # Results also go to $OUT (default target/bench): models.md, bench_data.md, bench_load.md, table.md.

@@ -16,8 +16,8 @@
 #
 # usage: tools/bench/bench_load.sh [--quick] [ROUNDS]
 #   --quick  one round, ViT-B/16 checkpoint only, 8 images (< 1 min on an idle 2-core machine)
-#   full     ROUNDS (default 5) rounds; the load rows also on the ViT-L/16 fp32 fixture
-#            (1.2 GB) when target/fixtures/checkpoint has it (cargo test --test checkpoint)
+#   full     ROUNDS (default 5) rounds; the load rows also on the MAE ViT-L/16 fp32 parity
+#            fixture (1.3 GB) when target/fixtures/parity has it (cargo test --test models)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 QUICK=0
@@ -29,7 +29,7 @@ PY=.venv/bin/python
 cargo build --release --quiet --bin mae --example bench_load
 $PY tools/fixtures/make_eval_fixture.py target/fixtures/eval >/dev/null   # ViT-B/16 checkpoint, 38 images
 BASE=target/fixtures/eval/vit_base_patch16_eval.pth
-LARGE=target/fixtures/checkpoint/vit_large_patch16_f32.pth
+LARGE=target/fixtures/parity/mae_vit_large_patch16.pth
 CKPTS=("$BASE")
 if [ $QUICK = 0 ] && [ -f "$LARGE" ]; then CKPTS+=("$LARGE"); fi
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch's own CPU mixed precision on a parity-fixture ViT, the reference for tests/amp.rs:
-timm VisionTransformer (tools/fixtures/make_parity_fixtures.py's `timm_vit`, official keys) loaded from
-DIR/TAG.pth, run on DIR/TAG_io.safetensors' `imgs` under `torch.no_grad()` in float32 and under
+"""PyTorch's own CPU mixed precision on a parity-fixture ViT, the reference for
+tests/models/autocast.rs: timm VisionTransformer (tools/fixtures/make_parity_fixtures.py's
+`timm_vit`, official keys) with the weights of the fixture TAG (`vit_state_dict`), run on
+DIR/TAG_io.safetensors' `imgs` under `torch.no_grad()` in float32 and under
 `torch.autocast('cpu', dtype=torch.bfloat16)`; logits written as float32 to OUT.
 
 usage: amp_reference.py DIR NAME TAG IMG NUM_CLASSES GLOBAL_POOL(0|1) OUT
@@ -17,13 +18,12 @@ def main():
     import torch
     from safetensors.torch import load_file, save_file
 
-    from make_parity_fixtures import timm_vit
+    from make_parity_fixtures import timm_vit, vit_state_dict
 
     d, name, tag, img, num_classes, gp, out = sys.argv[1:8]
     torch.set_num_threads(os.cpu_count() or 1)
     model = timm_vit(name, int(img), gp == "1", int(num_classes))
-    sd = torch.load(os.path.join(d, tag + ".pth"), map_location="cpu")["model"]
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(vit_state_dict(d, tag), strict=True)
     x = load_file(os.path.join(d, tag + "_io.safetensors"))["imgs"]
     with torch.no_grad():
         fp32 = model(x)

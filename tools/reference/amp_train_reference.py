@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference for tests/amp_train.rs: MAE pre-training steps under
+"""Reference for tests/training/bf16.rs: MAE pre-training steps under
 `torch.autocast('cpu', dtype=torch.bfloat16)`, and the same steps in float32, as
 tools/reference/pretrain_reference.py runs them (HF ViTMAE under the official keys, torch.optim.AdamW over
 timm's weight-decay groups, util/lr_sched.py, the same initial weights, batches and seeded

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""References for tests/parity_finetune.rs (written from the official main_finetune.py /
+"""References for tests/training/finetune_steps.rs (written from the official main_finetune.py /
 engine_finetune.py / util/lr_decay.py / util/lr_sched.py semantics, on timm's ViT under the
 official keys).
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Reference for tests/parity_linprobe.rs: linear probing iterations as main_linprobe.py runs them
-(timm ViT under the official keys, the head replaced by BatchNorm1d(affine=False, eps=1e-6) +
-Linear, everything but the head frozen, util/lars.py's LARS and the official lr function
-(official.py), CrossEntropyLoss), on one process (CPU, GradScaler disabled).
+"""Reference for tests/training/linprobe_steps.rs: linear probing iterations as main_linprobe.py
+runs them (timm ViT under the official keys, the head replaced by BatchNorm1d(affine=False,
+eps=1e-6) + Linear, everything but the head frozen, util/lars.py's LARS and the official lr
+function (official.py), CrossEntropyLoss), on one process (CPU, GradScaler disabled).
 
 Usage: linprobe_reference.py OUT.safetensors
 Writes init.KEY (the whole state_dict, head.0.* / head.1.* included), the batches, per-iteration

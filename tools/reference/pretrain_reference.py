@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Reference for tests/parity_pretrain.rs: MAE pre-training steps in PyTorch, as the official
-engine_pretrain.train_one_epoch runs them on one process (CPU, GradScaler disabled).
+"""Reference for tests/training/pretrain_steps.rs: MAE pre-training steps in PyTorch, as the
+official engine_pretrain.train_one_epoch runs them on one process (CPU, GradScaler disabled).
 
 Model: HuggingFace ViTMAEForPreTraining as the tiny official config, weights mapped to/from the
 official key names (tools/fixtures/make_parity_fixtures.py). Optimiser: torch.optim.AdamW(betas=(0.9,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The reference for the robustness protocols of `mae eval` (tests/eval_robustness.rs), from
+"""The reference for the robustness protocols of `mae eval` (tests/cli/eval_robustness.rs), from
 pip-installed parts: torchvision's ImageFolder, the official eval transform, timm's
 VisionTransformer under the official key names (= models_vit.py), and the class lists of timm's
 package data read through timm (`pkgutil.get_data('timm.data', '_info/...')`).
