@@ -17,7 +17,11 @@ const ROWS: [&str; 4] = [
 
 #[test]
 fn bench_quick_prints_every_row_with_a_finite_ratio() {
-    common::python(); // the PyTorch references: fails (never skips) without tools/setup.sh
+    // the PyTorch references: fails (never skips) without tools/setup.sh
+    common::python();
+    // the eval fixture bench_load.sh reads, written here first: its own writer would race the
+    // eval tests running beside this one
+    common::eval_fixture();
     let out_dir = common::scratch();
     let t = Instant::now();
     let out = Command::new("bash")
