@@ -86,7 +86,10 @@ fn class_data_is_timms() {
         assert open(os.path.join(d, 'imagenet_synset_to_lemma_1k.txt')).read().splitlines() == lemmas\n\
         print('same')\n";
     let dir = crate::common::root().join("src/eval/data");
-    assert_eq!(crate::common::run_python_code(code, &[s(&dir)]).trim(), "same");
+    assert_eq!(
+        crate::common::run_python_code(code, &[s(&dir)]).trim(),
+        "same"
+    );
 }
 
 #[test]

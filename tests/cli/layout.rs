@@ -58,12 +58,18 @@ fn imports(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>
         let parent = m.rsplit_once("::").map_or("", |(p, _)| p);
         for (i, _) in code.match_indices("super::") {
             let rest = ident(&code[i + 7..]);
-            let path = if parent.is_empty() { rest } else { format!("{parent}::{rest}") };
+            let path = if parent.is_empty() {
+                rest
+            } else {
+                format!("{parent}::{rest}")
+            };
             if let Some(t) = resolve(&path) {
                 to.insert(t);
             }
         }
-        to.retain(|t| t != m && !t.starts_with(&format!("{m}::")) && !m.starts_with(&format!("{t}::")));
+        to.retain(|t| {
+            t != m && !t.starts_with(&format!("{m}::")) && !m.starts_with(&format!("{t}::"))
+        });
         out.insert(m.clone(), to);
     }
     out
@@ -74,10 +80,23 @@ fn util_holds_the_official_util_files_only() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/util");
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("src/util")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     names.sort();
-    let official = ["crop", "datasets", "lars", "lr_decay", "lr_sched", "misc", "pos_embed"];
+    let official = [
+        "crop",
+        "datasets",
+        "lars",
+        "lr_decay",
+        "lr_sched",
+        "misc",
+        "pos_embed",
+    ];
     let mut want: Vec<String> = official.iter().map(|n| format!("{n}.rs")).collect();
     want.push("mod.rs".into());
     want.sort();
@@ -109,7 +128,9 @@ fn library_folders_import_no_model_engine_or_entry_point() {
     let top = |m: &str| m.split("::").next().unwrap_or("").to_string();
     let upper = |t: &str| {
         let t = top(t);
-        t.starts_with("models_") || t.starts_with("engine_") || t.starts_with("main_")
+        t.starts_with("models_")
+            || t.starts_with("engine_")
+            || t.starts_with("main_")
             || ["mae_visualize", "interop", "eval"].contains(&t.as_str())
     };
     for (m, to) in &graph {
@@ -119,14 +140,19 @@ fn library_folders_import_no_model_engine_or_entry_point() {
             assert!(bad.is_empty(), "{m} imports {bad:?}");
         }
         if folder == "torch" {
-            let bad: Vec<&String> =
-                to.iter().filter(|t| ["util", "cli"].contains(&top(t).as_str()) || upper(t)).collect();
+            let bad: Vec<&String> = to
+                .iter()
+                .filter(|t| ["util", "cli"].contains(&top(t).as_str()) || upper(t))
+                .collect();
             assert!(bad.is_empty(), "{m} imports {bad:?}");
         }
     }
     // the entry points import no other entry point
     let entry = |t: &str| {
-        t.starts_with("main_") || t == "mae_visualize" || t == "interop::inspect" || t == "interop::convert"
+        t.starts_with("main_")
+            || t == "mae_visualize"
+            || t == "interop::inspect"
+            || t == "interop::convert"
             || t == "eval::predict"
     };
     for (m, to) in &graph {
