@@ -1,5 +1,5 @@
-//! Warnings a new user meets on a first run: bf16 asked for on a CPU that has no bf16 hardware, and a
-//! file saved under an official checkpoint name whose md5 is not the published one.
+//! Warnings a new user meets on a first run: bf16 asked for on a CPU that has no bf16 hardware,
+//! and a file saved under an official checkpoint name whose md5 is not the published one.
 use crate::common::{self, argv};
 
 use std::path::{Path, PathBuf};

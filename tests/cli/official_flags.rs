@@ -1,6 +1,6 @@
-//! The command line keeps the official spellings and defaults (tests/data/reference/official_args.json,
-//! read off main_pretrain.py / main_finetune.py / main_linprobe.py): a researcher's command works
-//! unchanged with `mae <subcommand>`.
+//! The command line keeps the official spellings and defaults
+//! (tests/data/reference/official_args.json, read off main_pretrain.py / main_finetune.py /
+//! main_linprobe.py): a researcher's command works unchanged with `mae <subcommand>`.
 use crate::common;
 use std::collections::BTreeMap;
 
