@@ -149,7 +149,7 @@ fn imagenet_c_matches_reference_and_resumes() {
 
     // an uninterrupted run: the reference's counts, mean error and mCE
     let fresh = scratch.join("fresh.json");
-    let out = mae_output(&imagenet_c_args(&ckpt, &dir, &fresh));
+    let out = mae_output(imagenet_c_args(&ckpt, &dir, &fresh));
     let stdout = stdout_ok(&out, "mae eval --imagenet_c");
     let record = read_json(&fresh);
     assert_eq!(record["sets"], want["sets"], "per-set counts");
@@ -214,7 +214,7 @@ fn imagenet_c_mce_of_a_hand_made_table() {
     let scratch = crate::common::scratch();
     // a first run gives the record's settings; its counts are replaced by hand-made ones
     let json = scratch.join("table.json");
-    let out = mae_output(&imagenet_c_args(&ckpt, &dir, &json));
+    let out = mae_output(imagenet_c_args(&ckpt, &dir, &json));
     stdout_ok(&out, "mae eval --imagenet_c");
     let mut record = read_json(&json);
     let mut x = 12345u64;
@@ -227,7 +227,7 @@ fn imagenet_c_mce_of_a_hand_made_table() {
     }
     std::fs::write(&json, serde_json::to_string(&record).unwrap()).unwrap();
 
-    let out = mae_output(&imagenet_c_args(&ckpt, &dir, &json));
+    let out = mae_output(imagenet_c_args(&ckpt, &dir, &json));
     let stdout = stdout_ok(&out, "mae eval --imagenet_c (hand-made table)");
     assert!(stdout.contains("80 finished"), "{stdout}");
     let want: Value = serde_json::from_str(&reference(&["mce", s(&json)])).unwrap();
@@ -343,7 +343,7 @@ fn predict_matches_pytorch() {
         (0..10).map(|i| format!("item {i}\n")).collect::<String>(),
     )
     .unwrap();
-    let out = mae_output(&[
+    let out = mae_output([
         "predict",
         "--resume",
         s(&shipped),
@@ -375,7 +375,7 @@ fn errors_name_the_problem() {
 
     // a class folder that is not a wnid of the chosen set
     let sketch = dir.join("sketch");
-    let err = mae_err(&eval_args(
+    let err = mae_err(eval_args(
         &ckpt,
         &["--data_path", s(&sketch), "--class_subset", "imagenet-a"],
     ));
@@ -391,7 +391,7 @@ fn errors_name_the_problem() {
         cats.join("val/cats/0.png"),
     )
     .unwrap();
-    let err = mae_err(&eval_args(
+    let err = mae_err(eval_args(
         &ckpt,
         &["--data_path", s(&cats), "--class_subset", "imagenet-1k"],
     ));
@@ -402,13 +402,13 @@ fn errors_name_the_problem() {
 
     // a head that is not ImageNet's 1000 classes
     let fmnist = crate::common::root().join("weights/mae_finetuned_fmnist_mini_patch4.pth");
-    let err = mae_err(&eval_args(
+    let err = mae_err(eval_args(
         &fmnist,
         &["--data_path", s(&sketch), "--class_subset", "imagenet-1k"],
     ));
     assert!(err.contains("1000") && err.contains("10 classes"), "{err}");
     // not with training
-    let err = mae_err(&[
+    let err = mae_err([
         "finetune",
         "--class_subset",
         "imagenet-a",
@@ -419,7 +419,7 @@ fn errors_name_the_problem() {
 
     // ImageNet-C layouts: a val folder, a corruption folder, a missing severity, a stray class
     let json = scratch.join("c.json");
-    let c_err = |c: &Path| mae_err(&imagenet_c_args(&ckpt, c, &json));
+    let c_err = |c: &Path| mae_err(imagenet_c_args(&ckpt, c, &json));
     let err = c_err(&dir.join("imagenet-a/val"));
     assert!(
         err.contains("imagenet-a/val/n0") && err.contains("not an ImageNet-C corruption"),
@@ -452,27 +452,27 @@ fn errors_name_the_problem() {
         r#"{"settings": {"checkpoint": "another.pth"}, "sets": {}}"#,
     )
     .unwrap();
-    let err = mae_err(&imagenet_c_args(&ckpt, &c, &other));
+    let err = mae_err(imagenet_c_args(&ckpt, &c, &other));
     assert!(
         err.contains("other.json records another evaluation"),
         "{err}"
     );
     // a FILE that cannot be written fails before the first set
     let nowhere = scratch.join("no/such/folder/c.json");
-    let err = mae_err(&imagenet_c_args(&ckpt, &c, &nowhere));
+    let err = mae_err(imagenet_c_args(&ckpt, &c, &nowhere));
     assert!(
         err.contains("writing --json") && err.contains("no/such/folder"),
         "{err}"
     );
     std::fs::write(&other, "not json").unwrap();
-    let err = mae_err(&imagenet_c_args(&ckpt, &c, &other));
+    let err = mae_err(imagenet_c_args(&ckpt, &c, &other));
     assert!(
         err.contains("other.json: not the record of an ImageNet-C run"),
         "{err}"
     );
 
     // mae predict: a missing image, names that do not fit, a checkpoint that is not a classifier
-    let err = mae_err(&[
+    let err = mae_err([
         "predict",
         "--resume",
         s(&fmnist),
@@ -485,7 +485,7 @@ fn errors_name_the_problem() {
     let names = scratch.join("names.txt");
     std::fs::write(&names, "a\nb\n").unwrap();
     let photo = crate::common::shared_image("chelsea.png");
-    let err = mae_err(&[
+    let err = mae_err([
         "predict",
         "--resume",
         s(&fmnist),
@@ -501,7 +501,7 @@ fn errors_name_the_problem() {
         "{err}"
     );
     let mae = crate::common::root().join("weights/mae_pretrain_fmnist_mini_patch4.pth");
-    let err = mae_err(&[
+    let err = mae_err([
         "predict",
         "--resume",
         s(&mae),
