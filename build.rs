@@ -1,6 +1,7 @@
 // Link-time set-up so that `target/*/mae` and the test binaries run without LD_LIBRARY_PATH
 // and see CUDA when the libtorch they are linked against has it; compiles csrc/autocast.cpp
-// (libtorch's autocast state for src/torch/amp.rs) and csrc/c10d.cpp (c10d's TCPStore and
+// (libtorch's autocast state for src/torch/amp.rs), csrc/optim.cpp (the optimizers' and the
+// gradient scaler's ATen calls tch lacks) and csrc/c10d.cpp (c10d's TCPStore and
 // ProcessGroupGloo / ProcessGroupNCCL for src/torch/distributed/mod.rs) against the same libtorch's
 // headers.
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/c10d.cpp");
+    println!("cargo:rerun-if-changed=csrc/optim.cpp");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: .cargo/config.toml points it at .libtorch (tools/setup.sh)");
     };
@@ -24,6 +26,7 @@ fn main() {
         .include(root.join("include/torch/csrc/api/include"))
         .flag_if_supported("-Wno-unused-parameter")
         .file("csrc/autocast.cpp")
+        .file("csrc/optim.cpp")
         .compile("mae_autocast");
     build_c10d(&root);
 

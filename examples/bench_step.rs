@@ -6,7 +6,14 @@
 //! - `--task pretrain`: one step of engine_pretrain's loop on random images: models_mae forward
 //!   under `torch::amp::autocast`, backward, AdamW step (`torch::optim`, the groups of
 //!   main_pretrain), `zero_grad`; fp16 goes through `NativeScalerWithGradNormCount` enabled
-//!   (GradScaler semantics: scaled backward, unscale, inf check, step).
+//!   (GradScaler semantics: scaled backward, unscale, inf check, step);
+//! - `--task finetune`: one step of engine_finetune's loop on random images and labels: models_vit
+//!   train forward (drop path 0.1) under autocast, LabelSmoothingCrossEntropy(0.1) on float32
+//!   logits, backward, AdamW (0.9, 0.999) over util/lr_decay's groups (layer decay 0.75), zero_grad;
+//! - `--task adamw`: the AdamW step alone over the models_vit parameters, gradients fixed.
+//!
+//! `--adamw single|foreach|fused` picks the optimizer's kernels (default: torch's choice for the
+//! device, `AdamImpl::for_device`).
 //!
 //! Timing: prints `ready threads N params P` after two warm-up steps, then for every stdin line
 //! `step` runs one step and prints its seconds (CUDA is synchronised before the clock is read);
@@ -14,8 +21,9 @@
 //! (and `noise` for MAE) from safetensors, runs one eval forward under the precision and writes
 //! the float32 outputs (`out`; MAE: `loss`, `pred`, `mask`) to OUT, then exits.
 //!
-//! Usage: bench_step --task forward|pretrain --model NAME --batch B --precision fp32|bf16|fp16
-//!        --device cpu|cuda [--weights W --inputs I --dump OUT] [--cudnn false]
+//! Usage: bench_step --task forward|pretrain|finetune|adamw --model NAME --batch B
+//!        --precision fp32|bf16|fp16 --device cpu|cuda [--adamw single|foreach|fused]
+//!        [--weights W --inputs I --dump OUT] [--cudnn false]
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,10 +32,12 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use mae::models_mae::{self, MaeConfig, MaskedAutoencoderViT};
 use mae::models_vit::{self, VisionTransformer, VitConfig};
+use mae::timm::loss::Criterion;
 use mae::torch::amp::{self, Precision};
-use mae::torch::optim::{add_weight_decay, named_parameters, AdamW};
+use mae::torch::optim::{add_weight_decay, named_parameters, AdamImpl, AdamW, ParamGroup};
 use mae::torch::serialization;
 use mae::torch::state_dict::load_state_dict;
+use mae::util::lr_decay::param_groups_lrd;
 use mae::util::misc::NativeScalerWithGradNormCount;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -35,6 +45,15 @@ use tch::{nn, Device, Kind, Tensor};
 enum Task {
     Forward,
     Pretrain,
+    Finetune,
+    Adamw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Kernels {
+    Single,
+    Foreach,
+    Fused,
 }
 
 #[derive(Parser, Debug)]
@@ -51,6 +70,9 @@ struct Args {
     /// cpu or cuda (cuda:N for another card)
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// AdamW's kernels [default: torch's choice, foreach on CUDA, single-tensor elsewhere]
+    #[arg(long, value_enum)]
+    adamw: Option<Kernels>,
     /// input resolution (default: the model's, 224 or 32 for the *_patch4 test models)
     #[arg(long)]
     img_size: Option<i64>,
@@ -103,7 +125,7 @@ fn build(args: &Args, vs: &nn::VarStore) -> Result<Model> {
     let small = args.model.ends_with("_patch4");
     let img_size = args.img_size.unwrap_or(if small { 32 } else { 224 });
     Ok(match args.task {
-        Task::Forward => {
+        Task::Forward | Task::Finetune | Task::Adamw => {
             let cfg = VitConfig {
                 img_size,
                 ..VitConfig::default()
@@ -172,16 +194,53 @@ fn main() -> Result<()> {
         Model::Mae(m) => (m.patch_embed.img_size, args.batch),
     };
     let x = Tensor::randn([n, 3, img, img], (Kind::Float, device));
-    let mut optimizer = AdamW::new(
-        add_weight_decay(named_parameters(&vs), 0.05, &[]),
-        1.5e-4,
-        (0.9, 0.95),
-    );
+    let implementation = match args.adamw {
+        None => AdamImpl::for_device(device, false),
+        Some(Kernels::Single) => AdamImpl::Single,
+        Some(Kernels::Foreach) => AdamImpl::Foreach,
+        Some(Kernels::Fused) => AdamImpl::Fused,
+    };
+    let (groups, betas, lr): (Vec<ParamGroup>, _, _) = match (&model, args.task) {
+        (Model::Vit(m), Task::Finetune) => {
+            let no_weight_decay = ["pos_embed", "cls_token", "dist_token"];
+            let depth = m.blocks.len();
+            let groups =
+                param_groups_lrd(named_parameters(&vs), depth, 0.05, &no_weight_decay, 0.75);
+            (groups.0, (0.9, 0.999), 1e-3)
+        }
+        _ => (
+            add_weight_decay(named_parameters(&vs), 0.05, &[]),
+            (0.9, 0.95),
+            1.5e-4,
+        ),
+    };
+    let mut optimizer = AdamW::new(groups, lr, betas).with_implementation(implementation);
     let mut scaler = NativeScalerWithGradNormCount::new(args.precision == Precision::Fp16);
+    let target = Tensor::randint(1000, [n], (Kind::Int64, device));
+    let criterion = Criterion::LabelSmoothingCrossEntropy { smoothing: 0.1 };
+    if args.task == Task::Adamw {
+        // fixed gradients: d/dp sum(p * r) = r
+        let loss = vs
+            .trainable_variables()
+            .iter()
+            .map(|p| (p * p.randn_like()).sum(Kind::Float))
+            .reduce(|a, b| a + b)
+            .context("no trainable parameter")?;
+        loss.backward();
+    }
     let mut step = || -> Result<f64> {
         sync(device);
         let t = Instant::now();
         match &model {
+            Model::Vit(_) if args.task == Task::Adamw => optimizer.step(),
+            Model::Vit(m) if args.task == Task::Finetune => {
+                let loss = {
+                    let _amp = amp::autocast(device, args.precision);
+                    criterion.forward(&m.forward_t(&x, true)?.to_kind(Kind::Float), &target)
+                };
+                scaler.call(&loss, &mut optimizer, true); // backward + step
+                optimizer.zero_grad();
+            }
             Model::Vit(m) => tch::no_grad(|| -> Result<()> {
                 let _amp = amp::autocast(device, args.precision);
                 let _ = m.forward_t(&x, false)?;

@@ -24,7 +24,7 @@ use crate::torch::data_loader::{
     labelled_batches, DataLoader, DataLoaderVal, EpochOptions, Transform,
 };
 use crate::torch::distributed::{self, DistArgs};
-use crate::torch::optim::{named_parameters, AdamW};
+use crate::torch::optim::{named_parameters, AdamImpl, AdamW};
 use crate::torch::serialization;
 use crate::torch::serialization::pickle::Value;
 use crate::torch::tensorboard;
@@ -207,6 +207,10 @@ pub struct Args {
     /// [default: fp32 on the CPU, fp16 on CUDA, as the official torch.cuda.amp + GradScaler]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// AdamW through torch's `fused=True` kernel (one kernel per step) instead of torch's default
+    /// (foreach on CUDA, single-tensor on the CPU)
+    #[arg(long)]
+    pub fused_optimizer: bool,
     /// Partial fine-tuning (the paper's Figure 9): train only the last K blocks, the final norm
     /// and the head, the rest frozen; 0 trains the norm and the head
     #[arg(long)]
@@ -496,7 +500,8 @@ pub fn main(mut args: Args) -> Result<()> {
         &["pos_embed", "cls_token", "dist_token"], // model.no_weight_decay()
         args.layer_decay,
     );
-    let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.999));
+    let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.999))
+        .with_implementation(AdamImpl::for_device(device, args.fused_optimizer));
     let mut loss_scaler = NativeScaler::new(precision == Precision::Fp16);
 
     let criterion = if mixup_fn.is_some() {

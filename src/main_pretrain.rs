@@ -16,7 +16,7 @@ use crate::models_mae::{self, MaeConfig, MaskSampling};
 use crate::torch::amp::Precision;
 use crate::torch::data_loader::{DataLoader, EpochOptions, ResizedCrop, Transform};
 use crate::torch::distributed::{self, DistArgs};
-use crate::torch::optim::{add_weight_decay, named_parameters, AdamW};
+use crate::torch::optim::{add_weight_decay, named_parameters, AdamImpl, AdamW};
 use crate::torch::serialization::pickle::Value;
 use crate::torch::tensorboard;
 use crate::torchvision::pil::Filter;
@@ -122,6 +122,10 @@ pub struct Args {
     /// on CUDA, as the official torch.cuda.amp + GradScaler]
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// AdamW through torch's `fused=True` kernel (one kernel per step) instead of torch's default
+    /// (foreach on CUDA, single-tensor on the CPU)
+    #[arg(long)]
+    pub fused_optimizer: bool,
 
     // Not in the official parser: the paper's ablations (docs/REPRODUCTION.md), off by default
     /// Which patches are masked (Figure 6): random (the official), block (BEiT's block-wise
@@ -333,7 +337,8 @@ pub fn main(mut args: Args) -> Result<()> {
 
     // following timm: set wd as 0 for bias and norm layers
     let param_groups = add_weight_decay(named_parameters(&vs), args.weight_decay, &[]);
-    let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.95));
+    let mut optimizer = AdamW::new(param_groups, lr, (0.9, 0.95))
+        .with_implementation(AdamImpl::for_device(device, args.fused_optimizer));
     println!("{optimizer}");
     println!("precision: {precision:?}");
     let mut loss_scaler = NativeScaler::new(precision == Precision::Fp16);

@@ -9,7 +9,9 @@ use std::marker::PhantomData;
 use std::os::raw::c_int;
 
 use anyhow::{bail, Result};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
+
+use crate::torch::optim::c_tensor;
 
 extern "C" {
     fn mae_autocast_is_enabled(device: c_int) -> c_int;
@@ -19,6 +21,12 @@ extern "C" {
     fn mae_autocast_increment_nesting() -> c_int;
     fn mae_autocast_decrement_nesting() -> c_int;
     fn mae_autocast_clear_cache() -> c_int;
+    fn mae_amp_unscale(
+        grads: *const *mut std::ffi::c_void,
+        n: c_int,
+        found_inf: *mut std::ffi::c_void,
+        inv_scale: *mut std::ffi::c_void,
+    ) -> c_int;
 }
 
 /// `--precision`: the dtype of the autocast region (fp32: autocast off).
@@ -186,6 +194,27 @@ impl Drop for Autocast {
         }
         set(self.device, self.prev_enabled, self.prev_dtype);
     }
+}
+
+/// `torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)` (csrc/optim.cpp):
+/// every tensor of `grads` (one device and dtype) times `inv_scale`, and `found_inf` set to 1 if
+/// any holds an inf or a NaN; `found_inf` and `inv_scale` are one-element float32 tensors on the
+/// same device. Nothing is read back to the host.
+pub fn foreach_non_finite_check_and_unscale_(
+    grads: &[&Tensor],
+    found_inf: &Tensor,
+    inv_scale: &Tensor,
+) {
+    let ptrs: Vec<_> = grads.iter().map(|t| c_tensor(t)).collect();
+    let rc = unsafe {
+        mae_amp_unscale(
+            ptrs.as_ptr(),
+            ptrs.len() as c_int,
+            c_tensor(found_inf),
+            c_tensor(inv_scale),
+        )
+    };
+    assert_eq!(rc, 0, "libtorch failed to unscale {} gradients", ptrs.len());
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
-//! The optimiser main_pretrain.py builds: `torch.optim.AdamW` (torch/optim/adam.py,
-//! `_single_tensor_adam` with `decoupled_weight_decay=True`, the CPU default), written on tensors
-//! so that its state can be saved and resumed in `optimizer.state_dict()`'s layout; and the
-//! parameter groups of timm 0.3.2's `optim_factory.add_weight_decay`.
+//! The optimiser main_pretrain.py builds: `torch.optim.AdamW` (torch/optim/adam.py with
+//! `decoupled_weight_decay=True`: `_single_tensor_adam`, the CPU default; `_multi_tensor_adam`,
+//! the CUDA default; `_fused_adam` with `fused=True`), written on tensors so that its state can be
+//! saved and resumed in `optimizer.state_dict()`'s layout; and the parameter groups of timm
+//! 0.3.2's `optim_factory.add_weight_decay`. The ATen calls tch lacks are in csrc/optim.cpp.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::os::raw::c_int;
 
 use anyhow::{bail, ensure, Context, Result};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::torch::serialization::pickle::Value;
 
@@ -38,6 +39,80 @@ extern "C" {
         step_size: f64,
         bias_correction2_sqrt: f64,
     ) -> c_int;
+    fn mae_adamw_foreach(
+        params: *const *mut c_void,
+        grads: *const *mut c_void,
+        exp_avgs: *const *mut c_void,
+        exp_avg_sqs: *const *mut c_void,
+        steps: *const *mut c_void,
+        n: c_int,
+        lr: f64,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> c_int;
+    fn mae_adamw_fused(
+        params: *const *mut c_void,
+        grads: *const *mut c_void,
+        exp_avgs: *const *mut c_void,
+        exp_avg_sqs: *const *mut c_void,
+        steps: *const *mut c_void,
+        n: c_int,
+        lr: f64,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> c_int;
+}
+
+/// tch's `C_tensor` pointer of a tensor, for the csrc/optim.cpp calls.
+pub(crate) fn c_tensor(t: &Tensor) -> *mut c_void {
+    t.as_ptr() as *mut c_void
+}
+
+/// Splits `0..n` by the (device, dtype) of `key(i)`, keeping the order inside each part:
+/// `Optimizer._group_tensors_by_device_and_dtype`, which the multi-tensor kernels need.
+pub(crate) fn by_device_and_dtype(
+    n: usize,
+    key: impl Fn(usize) -> (Device, Kind),
+) -> Vec<Vec<usize>> {
+    let mut parts: Vec<((Device, Kind), Vec<usize>)> = Vec::new();
+    for i in 0..n {
+        let k = key(i);
+        match parts.iter_mut().find(|(pk, _)| *pk == k) {
+            Some((_, v)) => v.push(i),
+            None => parts.push((k, vec![i])),
+        }
+    }
+    parts.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Which of torch.optim.AdamW's implementations runs the step (its `foreach=` / `fused=`).
+/// All three give the same update up to float rounding; they differ in kernel launches: one
+/// per parameter and operation (single), one per operation over a list of tensors (foreach),
+/// one per step (fused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdamImpl {
+    /// `_single_tensor_adam`: torch's default on the CPU.
+    Single,
+    /// `_multi_tensor_adam` (`foreach=True`): torch's default when the parameters are on CUDA.
+    Foreach,
+    /// `_fused_adam` (`fused=True`), opt-in in torch as here (`--fused_optimizer`).
+    Fused,
+}
+
+impl AdamImpl {
+    /// What `torch.optim.AdamW(..., fused=fused or None)` runs for parameters on `device`
+    /// (torch's `_default_to_fused_or_foreach`: foreach on CUDA, single-tensor elsewhere).
+    pub fn for_device(device: Device, fused: bool) -> Self {
+        match (fused, device) {
+            (true, _) => AdamImpl::Fused,
+            (false, Device::Cuda(_)) => AdamImpl::Foreach,
+            (false, _) => AdamImpl::Single,
+        }
+    }
 }
 
 /// `param.grad = None` (csrc/autocast.cpp), what torch 2.x's `optimizer.zero_grad()` does
@@ -93,6 +168,8 @@ pub struct AdamW {
     pub param_groups: Vec<ParamGroup>,
     pub betas: (f64, f64),
     pub eps: f64,
+    /// Single-tensor unless set (`AdamImpl::for_device` gives torch's choice).
+    pub implementation: AdamImpl,
     state: Vec<Vec<Option<AdamState>>>, // [group][param]
 }
 
@@ -109,8 +186,15 @@ impl AdamW {
             param_groups,
             betas,
             eps: 1e-8,
+            implementation: AdamImpl::Single,
             state,
         }
+    }
+
+    /// The same optimizer running `implementation`'s kernels.
+    pub fn with_implementation(mut self, implementation: AdamImpl) -> Self {
+        self.implementation = implementation;
+        self
     }
 
     /// `optimizer.zero_grad()` (torch 2.x: `set_to_none=True`).
@@ -118,10 +202,17 @@ impl AdamW {
         Optimizer::zero_grad(self)
     }
 
-    /// One AdamW step on every parameter that has a gradient: torch's `_single_tensor_adam`, the
-    /// default of torch.optim.AdamW on the CPU (foreach is CUDA-only, fused opt-in), with its
-    /// tensor operations in csrc/autocast.cpp (`mae_adamw_update`).
+    /// One AdamW step on every parameter that has a gradient, through `self.implementation`.
     pub fn step(&mut self) {
+        match self.implementation {
+            AdamImpl::Single => self.step_single_tensor(),
+            AdamImpl::Foreach | AdamImpl::Fused => self.step_multi_tensor(),
+        }
+    }
+
+    /// torch's `_single_tensor_adam`, the default of torch.optim.AdamW on the CPU, with its
+    /// tensor operations in csrc/optim.cpp (`mae_adamw_update`).
+    fn step_single_tensor(&mut self) {
         let (beta1, beta2) = self.betas;
         let eps = self.eps;
         tch::no_grad(|| {
@@ -133,7 +224,7 @@ impl AdamW {
                         continue;
                     }
                     let st = state.get_or_insert_with(|| AdamState {
-                        step: Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
+                        step: Tensor::zeros([], (Kind::Float, Device::Cpu)),
                         exp_avg: param.zeros_like(),
                         exp_avg_sq: param.zeros_like(),
                     });
@@ -145,13 +236,12 @@ impl AdamW {
                     let step_size = lr / bias_correction1;
                     let bias_correction2_sqrt = bias_correction2.powf(0.5);
                     // stepweight decay, the moments, param.addcdiv_(exp_avg, denom, value=-step_size)
-                    let ptr = |t: &Tensor| t.as_ptr() as *mut c_void;
                     let rc = unsafe {
                         mae_adamw_update(
-                            ptr(param),
-                            ptr(&grad),
-                            ptr(&st.exp_avg),
-                            ptr(&st.exp_avg_sq),
+                            c_tensor(param),
+                            c_tensor(&grad),
+                            c_tensor(&st.exp_avg),
+                            c_tensor(&st.exp_avg_sq),
                             lr,
                             weight_decay,
                             beta1,
@@ -166,6 +256,80 @@ impl AdamW {
                         0,
                         "libtorch failed in the AdamW update of {:?}",
                         param.size()
+                    );
+                }
+            }
+        });
+    }
+
+    /// torch's `_multi_tensor_adam` (foreach) or `_fused_adam` (fused), group by group: the
+    /// parameters with a gradient, split by device and dtype, each part in one call of
+    /// csrc/optim.cpp. Fused keeps the steps on the parameters' device, as torch does.
+    fn step_multi_tensor(&mut self) {
+        let (beta1, beta2) = self.betas;
+        let eps = self.eps;
+        let fused = self.implementation == AdamImpl::Fused;
+        tch::no_grad(|| {
+            for (group, states) in self.param_groups.iter_mut().zip(&mut self.state) {
+                let (lr, weight_decay) = (group.lr, group.weight_decay);
+                let mut with_grad = Vec::new(); // (param index, grad)
+                for (i, param) in group.params.iter().enumerate() {
+                    let grad = param.grad();
+                    if grad.defined() {
+                        with_grad.push((i, grad));
+                    }
+                }
+                for &(i, _) in &with_grad {
+                    let param = &group.params[i];
+                    let step_device = if fused { param.device() } else { Device::Cpu };
+                    states[i].get_or_insert_with(|| AdamState {
+                        step: Tensor::zeros([], (Kind::Float, step_device)),
+                        exp_avg: param.zeros_like(),
+                        exp_avg_sq: param.zeros_like(),
+                    });
+                }
+                let parts = by_device_and_dtype(with_grad.len(), |j| {
+                    let p = &group.params[with_grad[j].0];
+                    (p.device(), p.kind())
+                });
+                for part in parts {
+                    let (mut p, mut g, mut m, mut v, mut s) =
+                        (vec![], vec![], vec![], vec![], vec![]);
+                    for j in part {
+                        let (i, grad) = &with_grad[j];
+                        let st = states[*i].as_ref().expect("state made above");
+                        p.push(c_tensor(&group.params[*i]));
+                        g.push(c_tensor(grad));
+                        m.push(c_tensor(&st.exp_avg));
+                        v.push(c_tensor(&st.exp_avg_sq));
+                        s.push(c_tensor(&st.step));
+                    }
+                    let f = if fused {
+                        mae_adamw_fused
+                    } else {
+                        mae_adamw_foreach
+                    };
+                    let rc = unsafe {
+                        f(
+                            p.as_ptr(),
+                            g.as_ptr(),
+                            m.as_ptr(),
+                            v.as_ptr(),
+                            s.as_ptr(),
+                            p.len() as c_int,
+                            lr,
+                            weight_decay,
+                            beta1,
+                            beta2,
+                            eps,
+                        )
+                    };
+                    assert_eq!(
+                        rc,
+                        0,
+                        "libtorch failed in the {:?} AdamW update of {} tensors",
+                        self.implementation,
+                        p.len()
                     );
                 }
             }
@@ -212,7 +376,14 @@ impl AdamW {
                 (s("foreach"), Value::None),
                 (s("capturable"), Value::Bool(false)),
                 (s("differentiable"), Value::Bool(false)),
-                (s("fused"), Value::None),
+                (
+                    s("fused"),
+                    if self.implementation == AdamImpl::Fused {
+                        Value::Bool(true)
+                    } else {
+                        Value::None
+                    },
+                ),
                 (s("decoupled_weight_decay"), Value::Bool(true)),
                 (s("params"), Value::List(ids)),
             ]);
@@ -292,8 +463,14 @@ impl AdamW {
                 self.param_groups[gi].names[pi],
                 p.size()
             );
+            // torch's _process_value_according_to_param_policy: a fused optimizer's steps live
+            // on the parameter's device, the others' on the CPU
+            let step_device = match self.implementation {
+                AdamImpl::Fused => p.device(),
+                _ => Device::Cpu,
+            };
             state[gi][pi] = Some(AdamState {
-                step: t("step")?.to_kind(Kind::Float).to_device(tch::Device::Cpu),
+                step: t("step")?.to_kind(Kind::Float).to_device(step_device),
                 exp_avg: exp_avg.to_kind(p.kind()).to_device(p.device()).copy(),
                 exp_avg_sq: exp_avg_sq.to_kind(p.kind()).to_device(p.device()).copy(),
             });

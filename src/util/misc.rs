@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::cli::pyfmt::{timedelta, Stat};
+use crate::torch::amp;
 use crate::torch::distributed;
 pub use crate::torch::distributed::{
     get_rank, get_world_size, init_distributed_mode, is_main_process,
 };
-use crate::torch::optim::{Optimizer, ParamGroup};
+use crate::torch::optim::{by_device_and_dtype, Optimizer, ParamGroup};
 use crate::torch::serialization;
 use crate::torch::serialization::pickle::Value;
 use crate::torch::state_dict::{load_state_dict, state_dict};
@@ -344,18 +345,7 @@ impl NativeScalerWithGradNormCount {
             return false;
         }
         distributed::sync_gradients_or_exit();
-        // unscale_: grads *= 1 / scale (computed in double, as GradScaler), inf/NaN check
-        let inv_scale = 1. / self.scale;
-        let mut found_inf = false;
-        tch::no_grad(|| {
-            for p in optimizer.param_groups().iter().flat_map(|g| &g.params) {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(inv_scale as f32 as f64);
-                    found_inf |= g.isfinite().all().int64_value(&[]) == 0;
-                }
-            }
-        });
+        let found_inf = self.unscale_(optimizer);
         if !found_inf {
             if let Some(max_norm) = clip_grad {
                 clip_grad_norm_(optimizer.param_groups(), max_norm);
@@ -374,6 +364,44 @@ impl NativeScalerWithGradNormCount {
             }
         }
         !found_inf
+    }
+
+    /// `GradScaler.unscale_(optimizer)`: every gradient times `1 / scale` (the reciprocal taken in
+    /// double, then float32, as GradScaler does), and whether any of them holds an inf or a NaN.
+    /// One `_amp_foreach_non_finite_check_and_unscale_` kernel per device and dtype  and one read back to the host per device, as `GradScaler.step` reads its
+    /// `found_inf`, instead of a check and a host synchronisation per parameter.
+    pub fn unscale_(&self, optimizer: &mut impl Optimizer) -> bool {
+        let grads: Vec<Tensor> = optimizer
+            .param_groups()
+            .iter()
+            .flat_map(|g| &g.params)
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        let inv_scale = (1. / self.scale) as f32;
+        let mut devices: Vec<(Device, Tensor, Tensor)> = Vec::new(); // found_inf, inv_scale
+        tch::no_grad(|| {
+            let parts = by_device_and_dtype(grads.len(), |i| (grads[i].device(), grads[i].kind()));
+            for part in parts {
+                let device = grads[part[0]].device();
+                if !devices.iter().any(|(d, _, _)| *d == device) {
+                    devices.push((
+                        device,
+                        Tensor::zeros([1], (Kind::Float, device)),
+                        Tensor::from_slice(&[inv_scale]).to_device(device),
+                    ));
+                }
+                let (_, found_inf, inv) = devices
+                    .iter()
+                    .find(|(d, _, _)| *d == device)
+                    .expect("added above");
+                let part: Vec<&Tensor> = part.iter().map(|&i| &grads[i]).collect();
+                amp::foreach_non_finite_check_and_unscale_(&part, found_inf, inv);
+            }
+        });
+        devices
+            .iter()
+            .any(|(_, found_inf, _)| found_inf.double_value(&[0]) != 0.)
     }
 
     /// `GradScaler.state_dict()`: `{}` when disabled.

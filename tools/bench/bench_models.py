@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
 """Rust against the PyTorch reference, same machine, same run, alternating one step at a time.
 
-Driven by tools/bench/bench.sh (CPU) and tools/bench/gpu_bench.sh (CUDA). Each ROW is TASK:MODEL:BATCH:PRECISION
+Driven by tools/bench/bench.sh (CPU) and tools/bench/gpu_bench.sh (CUDA). Each ROW is
+TASK:MODEL:BATCH:PRECISION[:ADAMW], ADAMW one of single, foreach, fused (torch.optim.AdamW's
+foreach=False / foreach=True / fused=True; default: torch's own choice, foreach on CUDA, single on
+the CPU):
 - forward:vit_base_patch16:8:bf16 — models_vit eval forward (no_grad) against timm's
   VisionTransformer(global_pool='avg', fc_norm=True) (the official models_vit), under
   torch.autocast(device, dtype) for bf16/fp16;
 - pretrain:mae_vit_base_patch16:8:fp32 — one pre-training step as engine_pretrain runs it
   (forward under autocast, backward, AdamW(0.9, 0.95) over timm's weight-decay groups, zero_grad;
   fp16 through torch.amp.GradScaler) against HF ViTMAEForPreTraining in the official config
-  (tools/fixtures/make_parity_fixtures.py: hf_mae).
+  (tools/fixtures/make_parity_fixtures.py: hf_mae);
+- finetune:vit_mini_patch4:128:fp32 — one fine-tuning step as engine_finetune runs it (train
+  forward with drop path 0.1, LabelSmoothingCrossEntropy(0.1) on float32 logits, backward, AdamW
+  (0.9, 0.999) over util/lr_decay.param_groups_lrd (weight decay 0.05, layer decay 0.75),
+  zero_grad) against timm's VisionTransformer(drop_path_rate=0.1) and timm's loss;
+- adamw:vit_large_patch16:0:fp32:fused — the optimizer step alone (AdamW(0.9, 0.95) over timm's
+  weight-decay groups of the model's parameters, with fixed random gradients; BATCH is unused).
 The Rust side is target/release/examples/bench_step (a server: one timed step per stdin line).
 Every round runs one step of each, alternating who goes first; the table gives the medians and
 the median over rounds of the per-round speed ratio (PyTorch time / Rust time: > 1 is Rust faster),
@@ -33,23 +42,28 @@ from contextlib import nullcontext
 TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TOOLS)
 sys.path.insert(0, os.path.join(TOOLS, "fixtures"))
+sys.path.insert(0, os.path.join(TOOLS, "reference"))
 from make_parity_fixtures import MAE, VIT, hf_mae, hf_to_official, official_to_hf, randomize, timm_vit  # noqa: E402
 
 import torch  # noqa: E402
 
 DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARITY_LIMIT = 1e-5  # fp32
+VIT = dict(VIT, vit_mini_patch4=(4, 128, 6, 4))  # src/models_vit.rs, the Fashion-MNIST encoder
+ADAMW = {None: {}, "single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
 def parse_row(s):
     try:
-        task, model, batch, precision = s.split(":")
-        assert task in ("forward", "pretrain") and precision in DTYPE
-        assert model in (VIT if task == "forward" else MAE)
-        return task, model, int(batch), precision
+        task, model, batch, precision, *impl = s.split(":")
+        impl = impl[0] if impl else None
+        assert task in ("forward", "pretrain", "finetune", "adamw") and precision in DTYPE and impl in ADAMW
+        assert len(s.split(":")) <= 5 and model in (MAE if task == "pretrain" else VIT)
+        return task, model, int(batch), precision, impl
     except (ValueError, AssertionError):
-        sys.exit(f"bad row {s!r}: expected forward:VIT:BATCH:PREC or pretrain:MAE:BATCH:PREC "
-                 f"(VIT in {list(VIT)}, MAE in {list(MAE)}, PREC in {list(DTYPE)})")
+        sys.exit(f"bad row {s!r}: expected TASK:MODEL:BATCH:PREC[:ADAMW], TASK forward, finetune or adamw "
+                 f"with MODEL in {list(VIT)}, or pretrain with MODEL in {list(MAE)}; PREC in {list(DTYPE)}; "
+                 f"ADAMW in single, foreach, fused")
 
 
 def img_size(model):
@@ -65,10 +79,13 @@ def vit_blocks_flops(tokens, dim, depth):
 
 def flops_per_image(task, model):
     img = img_size(model)
-    if task == "forward":
+    if task == "adamw":
+        return 0
+    if task in ("forward", "finetune"):
         patch, dim, depth, _ = VIT[model]
         L = (img // patch) ** 2
-        return 2 * L * 3 * patch * patch * dim + vit_blocks_flops(L + 1, dim, depth) + 2 * dim * 1000
+        fwd = 2 * L * 3 * patch * patch * dim + vit_blocks_flops(L + 1, dim, depth) + 2 * dim * 1000
+        return fwd if task == "forward" else 3 * fwd
     _, patch, dim, depth, _, ddim, ddepth, _ = MAE[model]
     L = (img // patch) ** 2
     keep = 1 + int(L * (1 - 0.75))  # cls token + visible patches
@@ -93,23 +110,58 @@ def reference(task, model_name, device):
     return hf_mae(model_name, 0.75, False).to(device).train()
 
 
-def torch_stepper(task, model_name, batch, precision, device):
+def finetune_model(model_name, device):
+    """models_vit as main_finetune builds it (drop_path 0.1), in train mode."""
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    patch, dim, depth, heads = VIT[model_name]
+    return VisionTransformer(
+        img_size=img_size(model_name), patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+        mlp_ratio=4, qkv_bias=True, num_classes=1000, global_pool="avg", fc_norm=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), drop_path_rate=0.1).to(device).train()
+
+
+def torch_stepper(task, model_name, batch, precision, device, impl):
     from timm.optim import param_groups_weight_decay
 
-    model = reference(task, model_name, device)
     img = img_size(model_name)
     x = torch.randn(batch, 3, img, img, device=device)
     if task == "forward":
+        model = reference(task, model_name, device)
+
         def step():
             with torch.no_grad(), autocast(device, precision):
                 model(x)
         return step
-    opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1.5e-4, betas=(0.9, 0.95))
+    if task == "adamw":
+        model = reference("forward", model_name, device)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1.5e-4, betas=(0.9, 0.95),
+                                **ADAMW[impl])
+        return opt.step
+    if task == "finetune":
+        from official import param_groups_lrd
+        from timm.loss import LabelSmoothingCrossEntropy
+
+        model = finetune_model(model_name, device)
+        groups = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.75)
+        opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), **ADAMW[impl])
+        criterion = LabelSmoothingCrossEntropy(0.1)
+        target = torch.randint(0, 1000, (batch,), device=device)
+        forward = lambda: criterion(model(x).float(), target)  # noqa: E731
+    else:
+        model = reference(task, model_name, device)
+        opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1.5e-4, betas=(0.9, 0.95),
+                                **ADAMW[impl])
+        forward = lambda: model(pixel_values=x).loss  # noqa: E731
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def step():
         with autocast(device, precision):
-            loss = model(pixel_values=x).loss
+            loss = forward()
         if scaler is None:
             loss.backward()
             opt.step()
@@ -129,20 +181,19 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def rust_cmd(rust, task, model, batch, precision, device):
+def rust_cmd(rust, task, model, batch, precision, impl, device):
     return [rust, "--task", task, "--model", model, "--batch", str(batch), "--precision", precision,
-            "--device", str(device)]
+            "--device", str(device)] + (["--adamw", impl] if impl else [])
 
 
 def bench_row(args, row, device):
-    task, model, batch, precision = row
     proc = subprocess.Popen(rust_cmd(args.rust, *row, device), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     ready = proc.stdout.readline().split()  # ready threads N params P
     if len(ready) < 5 or ready[0] != "ready":
         proc.kill()
         sys.exit(f"bench_step {row} failed to start (exit {proc.wait()})")
-    step = torch_stepper(task, model, batch, precision, device)
+    step = torch_stepper(*row[:4], device, row[4])
     for _ in range(2):
         step()  # warm-up, as the Rust side
 
@@ -174,9 +225,11 @@ def bench_row(args, row, device):
 
 
 def label(row):
-    task, model, batch, precision = row
-    what = "eval forward" if task == "forward" else "pre-training step"
-    return f"{model} {what}, batch {batch}, {precision}"
+    task, model, batch, precision, impl = row
+    if task == "adamw":
+        return f"{model} AdamW step alone, {impl or 'torch default'}"
+    what = {"forward": "eval forward", "pretrain": "pre-training step", "finetune": "fine-tuning step"}[task]
+    return f"{model} {what}, batch {batch}, {precision}" + (f", AdamW {impl}" if impl else "")
 
 
 def print_bench(results, args):
@@ -187,10 +240,11 @@ def print_bench(results, args):
         head += " rust TFLOP/s | rust MFU | pytorch MFU |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for res in results:
-        task, model, batch, _ = res["row"]
-        line = (f"| {label(res['row'])} | {res['rust']:.4f} | {res['torch']:.4f} | {batch / res['rust']:.1f} | "
-                f"{batch / res['torch']:.1f} | {res['ratio']:.3f} | {res['best']:.3f} |")
-        if mfu:
+        task, model, batch = res["row"][:3]
+        ips = ("–", "–") if task == "adamw" else (f"{batch / res['rust']:.1f}", f"{batch / res['torch']:.1f}")
+        line = (f"| {label(res['row'])} | {res['rust']:.4f} | {res['torch']:.4f} | {ips[0]} | "
+                f"{ips[1]} | {res['ratio']:.3f} | {res['best']:.3f} |")
+        if mfu and task != "adamw":
             fl = flops_per_image(task, model) * batch
             tf_r, tf_t = fl / res["rust"] / 1e12, fl / res["torch"] / 1e12
             line += f" {tf_r:.3g} | {100 * tf_r / args.peak_tflops:.1f} % | {100 * tf_t / args.peak_tflops:.1f} % |"
@@ -208,7 +262,9 @@ def rel_err(a, b):
 def parity_row(args, row, device):
     from safetensors.torch import load_file, save_file
 
-    task, model_name, batch, precision = row
+    task, model_name, batch, precision, _ = row
+    if task in ("finetune", "adamw"):
+        task, row = "forward", ("forward",) + tuple(row[1:])  # parity of the model's eval forward
     gen = torch.Generator().manual_seed(0)
     model = reference(task, model_name, torch.device("cpu")).eval()
     img = img_size(model_name)

@@ -2,12 +2,13 @@
 """Training end to end, `mae` against the same recipe in PyTorch (tools/reference/mae_recipe.py):
 s/it and images/s of the training loop of `pretrain`, `finetune` and `linprobe`, measured on the
 second of two epochs (the first warms up), the two implementations run alternately ROUNDS times
-with the same flags, default threads, on the first N Fashion-MNIST training images at 32 px with
+with the same flags and the same intra-op threads (OMP_NUM_THREADS=--threads, default: every
+core), on the first N Fashion-MNIST training images at 32 px with
 the mini models and the official defaults otherwise (fine-tuning: RandAugment, RandomErasing
 0.25, DropPath 0.1, label smoothing 0.1, layer decay 0.75).
 
   tools/bench/bench_train.py [--recipes pretrain finetune linprobe] [--rounds 2] [--subset 8192]
-                             [--batch_size 128] [--num_workers 2] [--json OUT]
+                             [--batch_size 128] [--num_workers 2] [--threads N] [--json OUT]
 
 Prints a markdown table with the ratio (PyTorch s/it over mae s/it: above 1, mae is faster) and
 the CPU with its bf16 flags.
@@ -50,7 +51,8 @@ def run(impl, recipe, a, out):
     else:
         cmd = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tools" / "reference" / "mae_recipe.py"), recipe]
     cmd += flags(recipe, a, out)
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stdout[-1500:]}\n{p.stderr[-1500:]}")
     t = re.findall(r"Epoch: \[1\]\s+Total time: \S+ \(([0-9.]+) s / it", p.stdout)
@@ -66,6 +68,7 @@ def main():
     ap.add_argument("--subset", type=int, default=8192)
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--num_workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if not (ROOT / "target" / "release" / "mae").exists():
@@ -84,7 +87,7 @@ def main():
               flush=True)
         rows.append(dict(recipe=recipe, mae=times["mae"], torch=times["torch"], speed=t / m))
     print(f"\n{cpu_name()}; batch {a.batch_size}, {a.subset} images, --num_workers {a.num_workers}, "
-          f"median of {a.rounds} alternating runs, second epoch")
+          f"{a.threads} threads each, median of {a.rounds} alternating runs, second epoch")
     if a.json:
         a.json.write_text(json.dumps(dict(cpu=cpu_name(), batch_size=a.batch_size, subset=a.subset, rows=rows),
                                      indent=1) + "\n")

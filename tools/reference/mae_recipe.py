@@ -868,7 +868,9 @@ def main(argv=None):
     p.add_argument("--dist_eval", action="store_true")
 
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    # one thread unless OMP_NUM_THREADS says otherwise (tools/bench/bench_train.py sets it for both
+    # implementations; tools/reproduce.py sets 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     {"pretrain": pretrain, "finetune": finetune, "linprobe": linprobe}[args.cmd](args)
 
 
