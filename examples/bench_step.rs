@@ -178,6 +178,7 @@ fn dump(args: &Args, mut vs: nn::VarStore, model: &Model, device: Device) -> Res
 }
 
 fn main() -> Result<()> {
+    mae::torch::malloc::retain_freed_memory(); // as the `mae` binary
     let args = Args::parse();
     let device = parse_device(&args.device)?;
     if !args.cudnn {

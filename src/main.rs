@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() {
+    mae::torch::malloc::retain_freed_memory(); // before libtorch allocates
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => mae::interop::inspect::main(args),

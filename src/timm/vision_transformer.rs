@@ -103,16 +103,20 @@ impl Module for Attention {
             .apply(&self.qkv)
             .reshape([b, n, 3, self.num_heads, c / self.num_heads])
             .permute([2, 0, 3, 1, 4]); // [3, B, heads, N, C/heads]
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+                                       // unbind, not three selects: its backward stacks the three gradients into one tensor,
+                                       // where each select's would write its own zero-filled [3, B, heads, N, C/heads]
+                                       // and the three would then be summed
+        let qkv = qkv.unbind(0);
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
         let x = match self.attn_impl {
             AttentionImpl::Math => {
                 let attn = q.matmul(&k.transpose(-2, -1)) * self.scale;
-                attn.softmax(-1, q.kind()).matmul(&v)
+                attn.softmax(-1, q.kind()).matmul(v)
             }
             AttentionImpl::Sdpa => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
+                q,
+                k,
+                v,
                 None::<Tensor>,
                 0.,
                 false,

@@ -3,11 +3,13 @@
 //! sampler and loader (`data_loader`), `torch.optim.AdamW` and the parameter groups
 //! (`optim`), `torch.autocast` and `torch.cuda.amp.GradScaler` (`amp`),
 //! `nn.Module.state_dict` / `load_state_dict` (`state_dict`) and
-//! `torch.utils.tensorboard.SummaryWriter` (`tensorboard`).
+//! `torch.utils.tensorboard.SummaryWriter` (`tensorboard`); and glibc malloc settings for libtorch's
+//! CPU tensors (`malloc`).
 
 pub mod amp;
 pub mod data_loader;
 pub mod distributed;
+pub mod malloc;
 pub mod optim;
 pub mod serialization;
 pub mod state_dict;

@@ -147,7 +147,7 @@ def torch_stepper(task, model_name, batch, precision, device, impl):
         from timm.loss import LabelSmoothingCrossEntropy
 
         model = finetune_model(model_name, device)
-        groups = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.75)
+        groups, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.75)
         opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), **ADAMW[impl])
         criterion = LabelSmoothingCrossEntropy(0.1)
         target = torch.randint(0, 1000, (batch,), device=device)
