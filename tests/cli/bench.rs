@@ -8,11 +8,13 @@ use crate::common;
 use std::process::Command;
 use std::time::Instant;
 
-const ROWS: [&str; 4] = [
+const ROWS: [&str; 6] = [
     "vit_tiny_patch4 eval forward, batch 8, fp32",
     "vit_tiny_patch4 eval forward, batch 8, bf16",
     "mae_vit_tiny_patch4 pre-training step, batch 8, fp32",
     "mae_vit_tiny_patch4 pre-training step, batch 8, bf16",
+    "vit_tiny_patch4 fine-tuning step, batch 8, fp32",
+    "vit_tiny_patch4 AdamW step alone, fused",
 ];
 
 #[test]

@@ -40,12 +40,15 @@ mkdir -p "$OUT"
 if [ "$QUICK" = 1 ]; then
     ROUNDS=${ROUNDS:-2}
     ROWS=(forward:vit_tiny_patch4:8:fp32 forward:vit_tiny_patch4:8:bf16
-          pretrain:mae_vit_tiny_patch4:8:fp32 pretrain:mae_vit_tiny_patch4:8:bf16)
+          pretrain:mae_vit_tiny_patch4:8:fp32 pretrain:mae_vit_tiny_patch4:8:bf16
+          finetune:vit_tiny_patch4:8:fp32 adamw:vit_tiny_patch4:0:fp32:fused)
 else
     ROUNDS=${ROUNDS:-5}
     ROWS=(forward:vit_base_patch16:8:fp32 forward:vit_base_patch16:8:bf16
           forward:vit_base_patch16:32:fp32 forward:vit_base_patch16:32:bf16
-          pretrain:mae_vit_base_patch16:8:fp32 pretrain:mae_vit_base_patch16:8:bf16)
+          pretrain:mae_vit_base_patch16:8:fp32 pretrain:mae_vit_base_patch16:8:bf16
+          finetune:vit_mini_patch4:128:fp32 adamw:vit_base_patch16:0:fp32:single
+          adamw:vit_base_patch16:0:fp32:foreach adamw:vit_base_patch16:0:fp32:fused)
 fi
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -58,7 +61,7 @@ echo "## mae benchmark: $HEADER"
 LOAD_BEFORE=$(loadavg)
 echo "## load average before: $LOAD_BEFORE"
 
-echo "### forward and pre-training step (tools/bench/bench_models.py, $ROUNDS rounds)"
+echo "### forward, pre-training and fine-tuning steps, AdamW step (tools/bench/bench_models.py, $ROUNDS rounds)"
 $PY tools/bench/bench_models.py --rounds "$ROUNDS" --out "$OUT" --table "$OUT/models.md" "${ROWS[@]}"
 
 # Hooks: the other drivers print their own medians and ratios; a missing one is marked, a failing

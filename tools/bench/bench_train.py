@@ -8,7 +8,11 @@ the mini models and the official defaults otherwise (fine-tuning: RandAugment, R
 0.25, DropPath 0.1, label smoothing 0.1, layer decay 0.75).
 
   tools/bench/bench_train.py [--recipes pretrain finetune linprobe] [--rounds 2] [--subset 8192]
-                             [--batch_size 128] [--num_workers 2] [--threads N] [--json OUT]
+                             [--batch_size 128] [--num_workers 2] [--threads N] [--fused_optimizer]
+                           [--json OUT]
+
+--fused_optimizer gives both sides AdamW's fused kernel (pretrain and finetune; linprobe's LARS
+has none).
 
 Prints a markdown table with the ratio (PyTorch s/it over mae s/it: above 1, mae is faster) and
 the CPU with its bf16 flags.
@@ -38,6 +42,8 @@ def flags(recipe, a, out):
     f = ["--dataset", "fashion_mnist", "--input_size", "32", "--device", "cpu", "--num_workers", str(a.num_workers),
          "--train_subset", str(a.subset), "--batch_size", str(a.batch_size), "--epochs", "2", "--warmup_epochs", "1",
          "--model", MODELS[recipe], "--output_dir", str(out), "--seed", "0"]
+    if a.fused_optimizer and recipe != "linprobe":
+        f += ["--fused_optimizer"]
     if recipe == "pretrain":
         f += ["--norm_pix_loss", "--blr", "1.5e-4"]
     else:
@@ -69,6 +75,7 @@ def main():
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--num_workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--fused_optimizer", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if not (ROOT / "target" / "release" / "mae").exists():
@@ -87,7 +94,7 @@ def main():
               flush=True)
         rows.append(dict(recipe=recipe, mae=times["mae"], torch=times["torch"], speed=t / m))
     print(f"\n{cpu_name()}; batch {a.batch_size}, {a.subset} images, --num_workers {a.num_workers}, "
-          f"{a.threads} threads each, median of {a.rounds} alternating runs, second epoch")
+          f"{a.threads} threads each{', AdamW fused' if a.fused_optimizer else ''}, median of {a.rounds} alternating runs, second epoch")
     if a.json:
         a.json.write_text(json.dumps(dict(cpu=cpu_name(), batch_size=a.batch_size, subset=a.subset, rows=rows),
                                      indent=1) + "\n")

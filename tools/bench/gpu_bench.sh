@@ -6,7 +6,10 @@
 #  2. throughput, Rust and PyTorch alternating one step at a time: MAE ViT-L/16 pre-training step
 #     (batch 64, bf16 and fp16 with GradScaler) and ViT-B/16, ViT-L/16 eval forward (batch 64,
 #     bf16, fp16, fp32), with model FLOPs utilisation against PEAK_TFLOPS (default 790, H100 bf16
-#     dense; FLOPs counted analytically, docs/PERFORMANCE.md).
+#     dense; FLOPs counted analytically, docs/PERFORMANCE.md);
+#  3. the AdamW step alone on ViT-B/16 and ViT-L/16 parameters: single-tensor, foreach (CUDA's
+#     default in torch and here) and fused (--fused_optimizer), each against torch.optim.AdamW of
+#     the same kind.
 #
 # The GPU machine has no Rust and no internet: build here, carry the binary over, run there:
 #   cargo build --release --example bench_step      # target/release/examples/bench_step
@@ -14,7 +17,7 @@
 # Python: .venv/bin/python when present, else python3 (torch 2.11, timm, transformers).
 # libtorch: LD_LIBRARY_PATH gets /opt/torch/.venv/lib/python3.12/site-packages/torch/lib and the
 # torch/lib of that python (the binary's rpath points at this checkout's .venv).
-# Results: $OUT if set, else target/gpu_bench: parity.md, throughput.md, table.md, log.txt.
+# Results: $OUT if set, else target/gpu_bench: parity.md, throughput.md, optim.md, table.md, log.txt.
 #
 # usage: tools/bench/gpu_bench.sh [--cpu-dry-run] [--rounds N]
 #   --cpu-dry-run  the same code paths on the CPU with the tiny test models and 2 rounds
@@ -39,7 +42,7 @@ export LD_LIBRARY_PATH="/opt/torch/.venv/lib/python3.12/site-packages/torch/lib:
 "$RUST" --help >/dev/null || { echo "$RUST does not start: libtorch not on LD_LIBRARY_PATH ($LD_LIBRARY_PATH)?" >&2; exit 1; }
 OUT=${OUT:-target/gpu_bench}
 mkdir -p "$OUT"
-rm -f "$OUT"/parity.md "$OUT"/throughput.md "$OUT"/table.md
+rm -f "$OUT"/parity.md "$OUT"/throughput.md "$OUT"/optim.md "$OUT"/table.md
 PEAK=${PEAK_TFLOPS:-790}
 
 if [ "$DRY" = 1 ]; then
@@ -54,6 +57,9 @@ PARITY=()
 for p in fp32 bf16 fp16; do PARITY+=("forward:$VIT_B:$PB:$p" "pretrain:$MAE_B:$PB:$p"); done
 THROUGHPUT=("pretrain:$MAE_L:$B:bf16" "pretrain:$MAE_L:$B:fp16")
 for m in "$VIT_B" "$VIT_L"; do for p in bf16 fp16 fp32; do THROUGHPUT+=("forward:$m:$B:$p"); done; done
+# the optimizer step alone, torch.optim.AdamW's three implementations (foreach is CUDA's default)
+OPTIM=()
+for m in "$VIT_B" "$VIT_L"; do for k in single foreach fused; do OPTIM+=("adamw:$m:0:fp32:$k"); done; done
 
 {
     echo "## mae GPU benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), device $DEVICE, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -67,6 +73,10 @@ for m in "$VIT_B" "$VIT_L"; do for p in bf16 fp16 fp32; do THROUGHPUT+=("forward
     timeout 270 $PY tools/bench/bench_models.py --device "$DEVICE" --rounds "$ROUNDS" --peak_tflops "$PEAK" \
         --rust "$RUST" --out "$OUT" --table "$OUT/throughput.md" "${THROUGHPUT[@]}"
     BENCH_RC=$?
+    echo "## 3. AdamW step alone ($ROUNDS rounds)"
+    timeout 120 $PY tools/bench/bench_models.py --device "$DEVICE" --rounds "$ROUNDS" \
+        --rust "$RUST" --out "$OUT" --table "$OUT/optim.md" "${OPTIM[@]}"
+    OPTIM_RC=$?
     {
         GPU=$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
         echo "Device $DEVICE${GPU:+ ($GPU)}, $(date -u '+%Y-%m-%d'), tools/bench/gpu_bench.sh$([ "$DRY" = 1 ] && echo ' --cpu-dry-run'); MFU against $PEAK TFLOP/s."
@@ -74,9 +84,11 @@ for m in "$VIT_B" "$VIT_L"; do for p in bf16 fp16 fp32; do THROUGHPUT+=("forward
         cat "$OUT/parity.md" 2>/dev/null || echo "| parity | FAILED (exit $PARITY_RC) |"
         echo
         cat "$OUT/throughput.md" 2>/dev/null || echo "| throughput | FAILED (exit $BENCH_RC) |"
+        echo
+        cat "$OUT/optim.md" 2>/dev/null || echo "| AdamW step | FAILED (exit $OPTIM_RC) |"
     } > "$OUT/table.md"
     echo
     echo "## markdown table (also in $OUT/table.md)"
     cat "$OUT/table.md"
-    [ "$PARITY_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
+    [ "$PARITY_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$OPTIM_RC" = 0 ]
 } 2>&1 | tee "$OUT/log.txt"

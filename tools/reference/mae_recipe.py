@@ -258,6 +258,7 @@ def common_args(p, batch_size, epochs, model, warmup_epochs, num_workers=10):
     p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
     p.add_argument("--train_subset", type=int, default=None)
     p.add_argument("--precision", default=None)
+    p.add_argument("--fused_optimizer", action="store_true")  # torch.optim.AdamW(fused=True)
     p.add_argument("--world_size", type=int, default=1)
     p.add_argument("--local_rank", type=int, default=-1)
     p.add_argument("--dist_on_itp", action="store_true")
@@ -402,7 +403,7 @@ def pretrain(args):
     print("effective batch size: %d" % eff_batch_size)
 
     param_groups = check_weight_decay_groups(model, depth, ddepth, args.weight_decay)
-    optimizer = torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95), fused=args.fused_optimizer or None)
     print(optimizer)
 
     os.makedirs(args.output_dir, exist_ok=True)
@@ -732,7 +733,7 @@ def finetune(args):
     param_groups, _ = param_groups_lrd(model, args.weight_decay,
                                        no_weight_decay_list={"pos_embed", "cls_token", "dist_token"},
                                        layer_decay=args.layer_decay)
-    optimizer = torch.optim.AdamW(param_groups, lr=args.lr)
+    optimizer = torch.optim.AdamW(param_groups, lr=args.lr, fused=args.fused_optimizer or None)
     if mixup_fn is not None:
         criterion = SoftTargetCrossEntropy()  # smoothing is handled with mixup label transform
     elif args.smoothing > 0.:
