@@ -3,13 +3,14 @@
 s/it and images/s of the training loop of `pretrain`, `finetune` and `linprobe`, measured on the
 second of two epochs (the first warms up), the two implementations run alternately ROUNDS times
 with the same flags and the same intra-op threads (OMP_NUM_THREADS=--threads, default: every
-core), on the first N Fashion-MNIST training images at 32 px with
+core), on an ImageFolder of the first N Fashion-MNIST training images as PNGs (and the first
+1,000 test images as its val/; --dataset fashion_mnist reads the IDX files instead) at 32 px with
 the mini models and the official defaults otherwise (fine-tuning: RandAugment, RandomErasing
 0.25, DropPath 0.1, label smoothing 0.1, layer decay 0.75).
 
   tools/bench/bench_train.py [--recipes pretrain finetune linprobe] [--rounds 2] [--subset 8192]
                              [--batch_size 128] [--num_workers 2] [--threads N] [--fused_optimizer]
-                           [--json OUT]
+                             [--dataset imagefolder|fashion_mnist] [--json OUT]
 
 --fused_optimizer gives both sides AdamW's fused kernel (pretrain and finetune; linprobe's LARS
 has none).
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,8 +40,32 @@ def cpu_name():
     return f"{name.group(1) if name else 'unknown'} ({os.cpu_count()} cores; {', '.join(flags) or 'no bf16 flags'})"
 
 
+def imagefolder(subset):
+    """target/bench_train/fashion_mnist_png_N: train/ (the first N training images) and val/ (the
+    first 1,000 test images) as grey PNGs, one folder per class, written once."""
+    sys.path.insert(0, str(ROOT / "tools" / "reference"))
+    from mae_recipe import FASHION_MNIST_ROOT, read_idx
+    from PIL import Image
+
+    root = ROOT / "target" / "bench_train" / f"fashion_mnist_png_{subset}"
+    if (root / "done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    for split, prefix, n in (("train", "train", subset), ("val", "t10k", 1000)):
+        images = read_idx(FASHION_MNIST_ROOT, f"{prefix}-images-idx3-ubyte")[:n]
+        labels = read_idx(FASHION_MNIST_ROOT, f"{prefix}-labels-idx1-ubyte")[:n]
+        for i, (img, label) in enumerate(zip(images, labels)):
+            d = root / split / f"class{label}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, mode="L").save(d / f"{i:05d}.png")
+    (root / "done").write_text("")
+    return root
+
+
 def flags(recipe, a, out):
-    f = ["--dataset", "fashion_mnist", "--input_size", "32", "--device", "cpu", "--num_workers", str(a.num_workers),
+    data = ["--dataset", "fashion_mnist"] if a.data_path is None else \
+        ["--dataset", "imagefolder", "--data_path", str(a.data_path)]
+    f = data + ["--input_size", "32", "--device", "cpu", "--num_workers", str(a.num_workers),
          "--train_subset", str(a.subset), "--batch_size", str(a.batch_size), "--epochs", "2", "--warmup_epochs", "1",
          "--model", MODELS[recipe], "--output_dir", str(out), "--seed", "0"]
     if a.fused_optimizer and recipe != "linprobe":
@@ -76,10 +102,12 @@ def main():
     ap.add_argument("--num_workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--fused_optimizer", action="store_true")
+    ap.add_argument("--dataset", choices=["imagefolder", "fashion_mnist"], default="imagefolder")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if not (ROOT / "target" / "release" / "mae").exists():
         sys.exit("target/release/mae is missing: cargo build --release first")
+    a.data_path = imagefolder(a.subset) if a.dataset == "imagefolder" else None
     rows = []
     print(f"| recipe | mae s/it | PyTorch s/it | mae img/s | PyTorch img/s | mae speed |")
     print("|---|---|---|---|---|---|")
@@ -94,7 +122,7 @@ def main():
               flush=True)
         rows.append(dict(recipe=recipe, mae=times["mae"], torch=times["torch"], speed=t / m))
     print(f"\n{cpu_name()}; batch {a.batch_size}, {a.subset} images, --num_workers {a.num_workers}, "
-          f"{a.threads} threads each{', AdamW fused' if a.fused_optimizer else ''}, median of {a.rounds} alternating runs, second epoch")
+          f"{'an ImageFolder of PNGs' if a.data_path else 'the IDX files'}, {a.threads} threads each{', AdamW fused' if a.fused_optimizer else ''}, median of {a.rounds} alternating runs, second epoch")
     if a.json:
         a.json.write_text(json.dumps(dict(cpu=cpu_name(), batch_size=a.batch_size, subset=a.subset, rows=rows),
                                      indent=1) + "\n")

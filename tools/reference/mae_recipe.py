@@ -161,9 +161,24 @@ class FashionMNIST(torch.utils.data.Dataset):
 
 
 def data_root(args):
-    if args.dataset != "fashion_mnist":
-        sys.exit(f"--dataset {args.dataset}: this reference reads fashion_mnist only")
     return FASHION_MNIST_ROOT if args.data_path == DEFAULT_DATA_PATH else args.data_path
+
+
+def build_dataset(args, train, transform, subset=None):
+    """Fashion-MNIST from its IDX files, or (--dataset imagefolder) torchvision's ImageFolder on
+    DATA_PATH/train or DATA_PATH/val, as the official util/datasets.build_dataset; the first
+    `subset` images only when given (as --train_subset in the Rust CLI)."""
+    if args.dataset == "fashion_mnist":
+        return FashionMNIST(data_root(args), train, transform, subset)
+    if args.dataset != "imagefolder":
+        sys.exit(f"--dataset {args.dataset}: this reference reads fashion_mnist or imagefolder")
+    from torchvision import datasets
+
+    ds = datasets.ImageFolder(os.path.join(args.data_path, "train" if train else "val"), transform=transform)
+    if subset is not None and subset < len(ds):
+        ds.samples = ds.imgs = ds.samples[:subset]
+    ds.targets = np.asarray([t for _, t in ds.samples], dtype=np.int64)  # as FashionMNIST.targets
+    return ds
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -198,7 +213,7 @@ def train_loader(dataset, args):
 def eval_batches(args):
     """The test split through the (deterministic) eval transform, once, as batches of
     args.batch_size in order (SequentialSampler, drop_last=False)."""
-    ds = FashionMNIST(data_root(args), False, build_eval_transform(args.input_size))
+    ds = build_dataset(args, False, build_eval_transform(args.input_size))
     print(ds)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.from_numpy(ds.targets)
@@ -382,7 +397,7 @@ def pretrain(args):
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)])
-    dataset_train = FashionMNIST(data_root(args), True, transform_train, args.train_subset)
+    dataset_train = build_dataset(args, True, transform_train, args.train_subset)
     print(dataset_train)
     loader = train_loader(dataset_train, args)
     print(f"Sampler_train = shuffled, seed {args.seed} + epoch")
@@ -686,7 +701,7 @@ def finetune(args):
         interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     print(transform)
-    dataset_train = FashionMNIST(data_root(args), True, transform, args.train_subset)
+    dataset_train = build_dataset(args, True, transform, args.train_subset)
     print(dataset_train)
     val = eval_batches(args)
     loader = train_loader(dataset_train, args)
@@ -760,7 +775,7 @@ def linprobe(args):
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)])
-    dataset_train = FashionMNIST(data_root(args), True, transform_train, args.train_subset)
+    dataset_train = build_dataset(args, True, transform_train, args.train_subset)
     print(dataset_train)
     val = eval_batches(args)
     loader = train_loader(dataset_train, args)
