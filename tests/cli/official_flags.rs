@@ -143,8 +143,10 @@ fn eval_flags_are_official_finetune_flags() {
         "--precision",
         "--dataset",
         "--train_subset",
-        // partial fine-tuning (the paper's Figure 9), a training flag of the shared parser
+        // partial fine-tuning (the paper's Figure 9) and torch's fused AdamW, training flags of
+        // the shared parser
         "--partial_blocks",
+        "--fused_optimizer",
         // the robustness protocols (docs/EVALUATION.md)
         "--class_subset",
         "--imagenet_c",
