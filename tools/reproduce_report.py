@@ -18,7 +18,8 @@ def load(out_json):
     cells = {}
     for p in sorted(out_json.glob("*.json")):
         c = json.loads(p.read_text())
-        cells[c["cell"]] = c
+        if "cell" in c:  # not tools/bench/table2.py's table2_*.json
+            cells[c["cell"]] = c
     return cells
 
 
