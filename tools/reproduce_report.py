@@ -18,7 +18,8 @@ def load(out_json):
     cells = {}
     for p in sorted(out_json.glob("*.json")):
         c = json.loads(p.read_text())
-        cells[c["cell"]] = c
+        if "cell" in c:  # not tools/bench/table2.py's table2_*.json
+            cells[c["cell"]] = c
     return cells
 
 
@@ -136,7 +137,7 @@ def flagged(cells, flags, mask=0.75, epochs=8):
     for c in cells.values():
         if c["impl"] == "rust" and c["kind"] == "mae" and c["seed"] == 0 and c.get("pretrain_flags", []) == flags \
                 and abs(c["mask_ratio"] - mask) < 1e-9 and c.get("pretrain_epochs", 8) == epochs \
-                and not c.get("partial_blocks"):
+                and not c.get("partial_blocks") and c["model"] == "mae_vit_mini_patch4" and c["norm_pix_loss"]:
             return c
     return None
 
@@ -286,7 +287,8 @@ def curve_png(path, title, xlabel, series, xs_labels):
         for (px, py), (_, y) in zip(line, [p for p in pts if p[1] is not None]):
             d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
             d.text((px + 5, py - 18), f"{y:.1f}", fill=color, font=font)
-        d.text((x0 + 10 + 170 * k, H - 22), f"— {name}", fill=color, font=font)
+        d.line([(x0 + 10 + 170 * k, H - 14), (x0 + 24 + 170 * k, H - 14)], fill=color, width=2)
+        d.text((x0 + 28 + 170 * k, H - 22), name, fill=color, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return True
