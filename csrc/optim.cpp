@@ -53,18 +53,27 @@ int mae_adamw_update(at::Tensor* param, at::Tensor* grad, at::Tensor* exp_avg,
   }
 }
 
-// `_multi_tensor_adam` (foreach=True, the default of torch.optim.AdamW on CUDA) over one
-// parameter group's tensors of one device and dtype: one multi-tensor kernel per operation
-// instead of one kernel per parameter. The steps stay on the CPU (float32, as torch keeps them
-// when neither capturable nor fused) and the bias corrections are computed on the host from
-// them, as torch does.
-int mae_adamw_foreach(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
-                      at::Tensor** exp_avg_sqs, at::Tensor** steps, int n, double lr,
-                      double weight_decay, double beta1, double beta2, double eps) {
+// One parameter group's tensors of one device and dtype, updated by `_multi_tensor_adam`
+// (foreach=True, torch.optim.AdamW's default on CUDA: one multi-tensor kernel per operation
+// instead of one kernel per parameter) or, with `fused`, by `_fused_adam` (fused=True: the steps
+// incremented, then one `_fused_adamw_` kernel for parameters and moments; unscaling and skipping
+// on inf/NaN are done before, by the scaler). Foreach keeps the steps on the CPU (float32, as
+// torch does when neither capturable nor fused) and computes the bias corrections on the host
+// from them, as torch does; fused keeps them on the parameters' device.
+int mae_adamw_multi_tensor(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
+                           at::Tensor** exp_avg_sqs, at::Tensor** steps, int n, double lr,
+                           double weight_decay, double beta1, double beta2, double eps,
+                           int fused) {
   try {
     if (n == 0) return 0;
     auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n),
          v = list(exp_avg_sqs, n), s = list(steps, n);
+    if (fused) {
+      at::_foreach_add_(s, 1);
+      at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps,
+                        /*amsgrad=*/false, /*maximize=*/false);
+      return 0;
+    }
     if (s[0].is_cpu()) {
       at::_foreach_add_(s, at::scalar_tensor(1.0, at::kFloat), 1.0);
     } else {
@@ -90,25 +99,6 @@ int mae_adamw_foreach(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_
     at::_foreach_div_(denom, bias_correction2_sqrt);
     at::_foreach_add_(denom, eps);
     at::_foreach_addcdiv_(p, m, denom, step_size);
-    return 0;
-  } catch (...) {
-    return -1;
-  }
-}
-
-// `_fused_adam` with decoupled weight decay (fused=True): the steps (float32, on the
-// parameters' device) are incremented, then one `_fused_adamw_` kernel updates parameters and
-// moments. Unscaling and skipping on inf/NaN are done before, by the scaler.
-int mae_adamw_fused(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
-                    at::Tensor** exp_avg_sqs, at::Tensor** steps, int n, double lr,
-                    double weight_decay, double beta1, double beta2, double eps) {
-  try {
-    if (n == 0) return 0;
-    auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n),
-         v = list(exp_avg_sqs, n), s = list(steps, n);
-    at::_foreach_add_(s, 1);
-    at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
     return 0;
   } catch (...) {
     return -1;

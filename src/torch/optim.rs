@@ -39,7 +39,7 @@ extern "C" {
         step_size: f64,
         bias_correction2_sqrt: f64,
     ) -> c_int;
-    fn mae_adamw_foreach(
+    fn mae_adamw_multi_tensor(
         params: *const *mut c_void,
         grads: *const *mut c_void,
         exp_avgs: *const *mut c_void,
@@ -51,19 +51,7 @@ extern "C" {
         beta1: f64,
         beta2: f64,
         eps: f64,
-    ) -> c_int;
-    fn mae_adamw_fused(
-        params: *const *mut c_void,
-        grads: *const *mut c_void,
-        exp_avgs: *const *mut c_void,
-        exp_avg_sqs: *const *mut c_void,
-        steps: *const *mut c_void,
-        n: c_int,
-        lr: f64,
-        weight_decay: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
+        fused: c_int,
     ) -> c_int;
 }
 
@@ -304,13 +292,8 @@ impl AdamW {
                         v.push(c_tensor(&st.exp_avg_sq));
                         s.push(c_tensor(&st.step));
                     }
-                    let f = if fused {
-                        mae_adamw_fused
-                    } else {
-                        mae_adamw_foreach
-                    };
                     let rc = unsafe {
-                        f(
+                        mae_adamw_multi_tensor(
                             p.as_ptr(),
                             g.as_ptr(),
                             m.as_ptr(),
@@ -322,6 +305,7 @@ impl AdamW {
                             beta1,
                             beta2,
                             eps,
+                            fused.into(),
                         )
                     };
                     assert_eq!(
