@@ -9,7 +9,8 @@
 //!   (GradScaler semantics: scaled backward, unscale, inf check, step);
 //! - `--task finetune`: one step of engine_finetune's loop on random images and labels: models_vit
 //!   train forward (drop path 0.1) under autocast, LabelSmoothingCrossEntropy(0.1) on float32
-//!   logits, backward, AdamW (0.9, 0.999) over util/lr_decay's groups (layer decay 0.75), zero_grad;
+//!   logits, backward, AdamW (0.9, 0.999) over util/lr_decay's groups (layer decay 0.75),
+//!   zero_grad;
 //! - `--task adamw`: the AdamW step alone over the models_vit parameters, gradients fixed.
 //!
 //! `--adamw single|foreach|fused` picks the optimizer's kernels (default: torch's choice for the

@@ -24,9 +24,10 @@ impl nn::ModuleT for DropPath {
         let mut shape = vec![x.size()[0]];
         shape.resize(x.dim(), 1);
         let random_tensor = (Tensor::rand(&shape, (x.kind(), x.device())) + keep_prob).floor(); // binarize
-                                                                                                // timm 0.3.2 writes x.div(keep_prob) * random_tensor; the scale goes on the [B, 1, ...]
-                                                                                                // mask instead, as later timm does: one pass over x (and over its gradient) instead of
-                                                                                                // two, the same values up to the rounding of one multiplication
+
+        // timm 0.3.2 writes x.div(keep_prob) * random_tensor; the scale goes on the [B, 1, ...]
+        // mask instead, as later timm does: one pass over x (and over its gradient) instead of
+        // two, the same values up to the rounding of one multiplication
         x * random_tensor.g_div_scalar(keep_prob)
     }
 }

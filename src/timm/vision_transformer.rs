@@ -103,9 +103,10 @@ impl Module for Attention {
             .apply(&self.qkv)
             .reshape([b, n, 3, self.num_heads, c / self.num_heads])
             .permute([2, 0, 3, 1, 4]); // [3, B, heads, N, C/heads]
-                                       // unbind, not three selects: its backward stacks the three gradients into one tensor,
-                                       // where each select's would write its own zero-filled [3, B, heads, N, C/heads]
-                                       // and the three would then be summed
+
+        // unbind, not three selects: its backward stacks the three gradients into one tensor,
+        // where each select's would write its own zero-filled [3, B, heads, N, C/heads] and the
+        // three would then be summed
         let qkv = qkv.unbind(0);
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
         let x = match self.attn_impl {

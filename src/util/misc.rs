@@ -368,8 +368,9 @@ impl NativeScalerWithGradNormCount {
 
     /// `GradScaler.unscale_(optimizer)`: every gradient times `1 / scale` (the reciprocal taken in
     /// double, then float32, as GradScaler does), and whether any of them holds an inf or a NaN.
-    /// One `_amp_foreach_non_finite_check_and_unscale_` kernel per device and dtype  and one read back to the host per device, as `GradScaler.step` reads its
-    /// `found_inf`, instead of a check and a host synchronisation per parameter.
+    /// One `_amp_foreach_non_finite_check_and_unscale_` kernel per device and dtype and one read
+    /// back to the host per device, as `GradScaler.step` reads its `found_inf`, instead of a
+    /// check and a host synchronisation per parameter.
     pub fn unscale_(&self, optimizer: &mut impl Optimizer) -> bool {
         let grads: Vec<Tensor> = optimizer
             .param_groups()

@@ -4,7 +4,7 @@
 //! - pretrain_steps: `engine_pretrain` against HF ViTMAE + torch.optim.AdamW
 //! - finetune_steps: `param_groups_lrd` and `engine_finetune` against timm + torch.optim.AdamW
 //! - linprobe_steps: linear probing with LARS against main_linprobe.py
-//! - optim_kernels: AdamW single-tensor / foreach / fused and the fp16 scaler's unscale against torch
+//! - optim_kernels: AdamW single-tensor / foreach / fused and the fp16 unscale against torch
 //! - bf16: `--precision bf16` steps against torch.autocast, loss curve and accuracy against fp32
 //! - pretrain: lr schedule, weight-decay groups, exact resume, atomic saves, crops, Fashion-MNIST
 //! - finetune: checkpoints, logs, resume and `--eval` of `mae finetune` and `mae linprobe`
