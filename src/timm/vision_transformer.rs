@@ -101,14 +101,21 @@ impl Module for Attention {
         let (b, n, c) = x.size3().unwrap();
         let qkv = x
             .apply(&self.qkv)
-            .reshape([b, n, 3, self.num_heads, c / self.num_heads])
-            .permute([2, 0, 3, 1, 4]); // [3, B, heads, N, C/heads]
+            .reshape([b, n, 3, self.num_heads, c / self.num_heads]); // [B, N, 3, heads, C/heads]
 
-        // unbind, not three selects: its backward stacks the three gradients into one tensor,
-        // where each select's would write its own zero-filled [3, B, heads, N, C/heads] and the
-        // three would then be summed
-        let qkv = qkv.unbind(0);
-        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+        // timm: `.permute(2, 0, 3, 1, 4).unbind(0)`. Unbinding dim 2 and transposing each part
+        // gives the same three views (same strides, same values), but a cheaper backward: the
+        // gradients of q, k and v arrive in [B, N, heads, C/heads] memory, so unbind's backward
+        // stacks them straight into a contiguous [B, N, 3, heads, C/heads] and the reshape back to
+        // [B, N, 3C] is a view; timm's stacks into [3, B, heads, N, C/heads] and then copies the
+        // whole qkv gradient once more to undo the permute. (Unbind, not three selects: each
+        // select's backward would zero-fill its own qkv-sized tensor, and the three be summed.)
+        let qkv = qkv.unbind(2);
+        let (q, k, v) = (
+            &qkv[0].transpose(1, 2),
+            &qkv[1].transpose(1, 2),
+            &qkv[2].transpose(1, 2),
+        ); // [B, heads, N, C/heads] each
         let x = match self.attn_impl {
             AttentionImpl::Math => {
                 let attn = q.matmul(&k.transpose(-2, -1)) * self.scale;
