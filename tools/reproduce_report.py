@@ -142,16 +142,38 @@ def flagged(cells, flags, mask=0.75, epochs=8):
     return None
 
 
+def same_recipe(a, b):
+    """a and b differ at most in their seed."""
+    keys = ("impl", "kind", "mask_ratio", "norm_pix_loss", "model", "pretrain_flags", "pretrain_epochs",
+            "partial_blocks")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def seeds_row(cells, c):
+    """row(c), or with second seeds present: each seed's value in seed order, then their mean."""
+    sibs = sorted((x for x in cells.values() if same_recipe(x, c)), key=lambda x: x["seed"])
+    if len(sibs) < 2:
+        return row(c)
+    cols = []
+    for stage in ("finetune", "linprobe"):
+        xs = [last(x, stage) for x in sibs]
+        done = [x for x in xs if x is not None]
+        cols.append(" / ".join(fmt(x) for x in xs) + (f" (mean {statistics.mean(done):.2f})" if len(done) > 1 else ""))
+    losses = [x["pretrain"]["train_loss"][-1] if x.get("pretrain") else None for x in sibs]
+    cols.append(" / ".join(fmt(x, 4) for x in losses))
+    return tuple(cols)
+
+
 def ablations(cells, central):
     """Sections 6-11: the options of `mae` that the official code does not have."""
-    out = []
+    out = ["Sections 6-11: seed 0, unless a cell shows several values (seed 0 / seed 1, then their mean).\n"]
 
     def table(title, head, rows):
         out.append(f"### {title}\n")
         out.append(f"| {head} | fine-tune top-1 | linear probe top-1 | final pre-training loss | paper ft | paper lin |")
         out.append("|---|---|---|---|---|---|")
         for name, c, pft, plin in rows:
-            r = row(c) if c else ("not run yet", "—", "—")
+            r = seeds_row(cells, c) if c else ("not run yet", "—", "—")
             out.append(f"| {name} | {r[0]} | {r[1]} | {r[2]} | {pft} | {plin} |")
         out.append("")
 
