@@ -146,7 +146,7 @@ def same_recipe(a, b):
     """a and b differ at most in their seed."""
     keys = ("impl", "kind", "mask_ratio", "norm_pix_loss", "model", "pretrain_flags", "pretrain_epochs",
             "partial_blocks")
-    return all(a.get(k) == b.get(k) for k in keys)
+    return all((a.get(k) or None) == (b.get(k) or None) for k in keys)  # older cells: None for []
 
 
 def seeds_row(cells, c):
