@@ -53,8 +53,9 @@ def row(c):
 
 def tables(cells):
     out = []
-    every = cells
-    cells = {k: c for k, c in cells.items() if plain(c)}
+    reruns = [c for c in cells.values() if c.get("rerun")]
+    every = {k: c for k, c in cells.items() if not c.get("rerun")}
+    cells = {k: c for k, c in every.items() if plain(c)}
     rust = {k: c for k, c in cells.items() if c["impl"] == "rust"}
 
     def pick(impl, kind, seed=0, mask=0.75, pix=True, dec1=False):
@@ -128,9 +129,44 @@ def tables(cells):
                   and abs(c["mask_ratio"] - 0.75) < 1e-9 and c["norm_pix_loss"] and not c["model"].endswith("d1b")]
             out.append(f"- {name}, {'Rust' if impl == 'rust' else 'PyTorch'}: {mean_sd(xs)}")
     out.append("")
+    out.extend(machine_table(reruns, every))
     out.extend(ablations(every, pick("rust", "mae")))
-    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(every)) + ".")
+    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(cells_all(every, reruns))) + ".")
     return "\n".join(out)
+
+
+def cells_all(every, reruns):
+    return list(every) + [c["cell"] for c in reruns]
+
+
+def agree(a, b, tol=1e-4):
+    """How many leading pre-training iterations have the same loss in a and b (to tol)."""
+    n = 0
+    for x, y in zip(a, b):
+        if abs(x - y) > tol:
+            break
+        n += 1
+    return n
+
+
+def machine_table(reruns, cells):
+    """A cell run again, same recipe and seed, on another CPU: how much the machine alone moves it."""
+    if not reruns:
+        return []
+    out = ["The same cell on two CPUs (same recipe, flags and seed; fp32; one thread each):\n",
+           "| cell | CPU | fine-tune top-1 | linear probe top-1 | final pre-training loss | "
+           "leading iterations with the same loss (±1e-4) |",
+           "|---|---|---|---|---|---|"]
+    for r in reruns:
+        o = cells.get(r["rerun"])
+        if o is None:
+            continue
+        n = agree(o["pretrain"].get("iter_loss", []), r["pretrain"].get("iter_loss", []))
+        total = len(o["pretrain"].get("iter_loss", []))
+        for c, same in [(o, "—"), (r, f"{n} of {total}")]:
+            out.append(f"| `{c['cell']}` | {c.get('cpu', '—')} | " + " | ".join(row(c)) + f" | {same} |")
+    out.append("")
+    return out
 
 
 def flagged(cells, flags, mask=0.75, epochs=8):
@@ -372,8 +408,9 @@ def ablation_figures(cells):
 def report(out_json, _cells, _recipe):
     cells = load(out_json)
     text = tables(cells)
-    has_fig = figure(cells)
-    made = ablation_figures(cells)
+    main = {k: c for k, c in cells.items() if not c.get("rerun")}  # controls stay in their table
+    has_fig = figure(main)
+    made = ablation_figures(main)
     if made:
         print("wrote " + ", ".join(f"docs/reproduction/{m}" for m in made))
     doc = DOC.read_text() if DOC.exists() else "<!-- tables:begin -->\n<!-- tables:end -->\n"
