@@ -200,6 +200,13 @@ def seeds_row(cells, c):
     return tuple(cols)
 
 
+def seed_mean(cells, c, stage):
+    """The mean over c's seeds (cells of the same recipe) of the stage's final top-1."""
+    xs = [last(x, stage) for x in cells.values() if same_recipe(x, c)]
+    xs = [x for x in xs if x is not None]
+    return statistics.mean(xs) if xs else None
+
+
 def ablations(cells, central):
     """Sections 6-11: the options of `mae` that the official code does not have."""
     out = ["Sections 6-11: seed 0, unless a cell shows several values (seed 0 / seed 1, then their mean).\n"]
@@ -360,7 +367,7 @@ def ablation_figures(cells):
     made = []
     sched = [flagged(cells, [], epochs=e) for e in (8, 16, 32)]
     if sum(c is not None for c in sched) > 1:
-        series = [(name, color, [(i, last(c, stage) if c else None) for i, c in enumerate(sched)])
+        series = [(name, color, [(i, seed_mean(cells, c, stage) if c else None) for i, c in enumerate(sched)])
                   for name, stage, color in [("fine-tuning", "finetune", (40, 40, 160)),
                                              ("linear probing", "linprobe", (160, 40, 40))]]
         if curve_png(OUT / "schedule.png", "top-1 (%) against pre-training epochs (Figure 7)", "epochs",
