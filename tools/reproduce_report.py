@@ -347,7 +347,8 @@ def curve_png(path, title, xlabel, series, xs_labels):
             d.line(line, fill=color, width=2)
         for (px, py), (_, y) in zip(line, [p for p in pts if p[1] is not None]):
             d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
-            d.text((px + 5, py - 18), f"{y:.1f}", fill=color, font=font)
+            lx = px + 5 if px < x0 + pw - 40 else px - 40  # the last point's label inside the frame
+            d.text((lx, py - 18), f"{y:.1f}", fill=color, font=font)
         d.line([(x0 + 10 + 170 * k, H - 14), (x0 + 24 + 170 * k, H - 14)], fill=color, width=2)
         d.text((x0 + 28 + 170 * k, H - 22), name, fill=color, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +365,7 @@ def ablation_figures(cells):
         series = [(name, color, [(i, seed_mean(cells, c, stage) if c else None) for i, c in enumerate(sched)])
                   for name, stage, color in [("fine-tuning", "finetune", (40, 40, 160)),
                                              ("linear probing", "linprobe", (160, 40, 40))]]
-        if curve_png(OUT / "schedule.png", "top-1 (%) against pre-training epochs (Figure 7)", "epochs",
+        if curve_png(OUT / "schedule.png", "top-1 (%) against pre-training epochs, mean of the seeds (Figure 7)", "epochs",
                      series, [8, 16, 32]):
             made.append("schedule.png")
     part = next((c for c in cells.values() if c.get("partial_blocks")), None)
