@@ -46,7 +46,7 @@ CELLS = {}
 
 
 def cell(impl, kind, seed, mask_ratio=0.75, norm_pix=True, model="mae_vit_mini_patch4", exps=(),
-         pre=(), tag="", epochs=None, partial=()):
+         pre=(), tag="", epochs=None, partial=(), rerun=None):
     if kind == "scratch":
         name = f"{impl}_scratch_seed{seed}"
     else:
@@ -55,6 +55,8 @@ def cell(impl, kind, seed, mask_ratio=0.75, norm_pix=True, model="mae_vit_mini_p
     CELLS[name] = dict(impl=impl, kind=kind, seed=seed, mask_ratio=mask_ratio, norm_pix_loss=norm_pix,
                        model=model, experiments=list(exps), pretrain_flags=list(pre),
                        pretrain_epochs=epochs or RECIPE["pretrain"]["epochs"], partial_blocks=list(partial))
+    if rerun:
+        CELLS[name]["rerun"] = rerun
 
 
 # In the order they run: the baseline and its scratch twin first, then the ablations.
@@ -103,6 +105,14 @@ cell("rust", "mae", 1, mask_ratio=0.50, pre=["--mask_sampling", "block"], tag="_
 # decoder width 32: -1.2 / -1.3; width 128: fine-tuning -0.6 (its linear -5.9 is resolved)
 cell("rust", "mae", 1, pre=["--decoder_embed_dim", "32"], tag="_decw32", exps=["decoder_width"])
 cell("rust", "mae", 1, pre=["--decoder_embed_dim", "128"], tag="_decw128", exps=["decoder_width"])
+# pre-training length: 16 epochs +1.0 / +1.7 and 32 epochs' linear +3.6 (within twice the larger
+# linear spread) against the central cell's seed 0
+cell("rust", "mae", 1, epochs=32, tag="_ep32", exps=["schedule"])
+cell("rust", "mae", 1, epochs=16, tag="_ep16", exps=["schedule"])
+# A control, not an ablation: the central cell ran on an Intel Xeon (AMX), the ablation cells on an
+# AMD EPYC. The same recipe, seed and flags again on the EPYC says how much the machine alone moves
+# a cell (fp32 on both; the kernels' summation order differs).
+cell("rust", "mae", 0, tag="_rerun", exps=["machine"], rerun="rust_mask0.75_seed0")
 
 GIT_LOCK = threading.Lock()
 
@@ -146,7 +156,7 @@ def run_cell(name, log):
     result = dict(cell=name, impl=impl, kind=c["kind"], seed=seed, mask_ratio=c["mask_ratio"],
                   norm_pix_loss=c["norm_pix_loss"], model=c["model"], experiments=c["experiments"],
                   pretrain_flags=c["pretrain_flags"], pretrain_epochs=c["pretrain_epochs"],
-                  partial_blocks=c["partial_blocks"],
+                  partial_blocks=c["partial_blocks"], **({"rerun": c["rerun"]} if "rerun" in c else {}),
                   recipe=RECIPE, commit=git("rev-parse", "--short", "HEAD"), cpu=cpu_name(),
                   started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     ckpt = None

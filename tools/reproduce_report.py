@@ -53,8 +53,9 @@ def row(c):
 
 def tables(cells):
     out = []
-    every = cells
-    cells = {k: c for k, c in cells.items() if plain(c)}
+    reruns = [c for c in cells.values() if c.get("rerun")]
+    every = {k: c for k, c in cells.items() if not c.get("rerun")}
+    cells = {k: c for k, c in every.items() if plain(c)}
     rust = {k: c for k, c in cells.items() if c["impl"] == "rust"}
 
     def pick(impl, kind, seed=0, mask=0.75, pix=True, dec1=False):
@@ -128,9 +129,38 @@ def tables(cells):
                   and abs(c["mask_ratio"] - 0.75) < 1e-9 and c["norm_pix_loss"] and not c["model"].endswith("d1b")]
             out.append(f"- {name}, {'Rust' if impl == 'rust' else 'PyTorch'}: {mean_sd(xs)}")
     out.append("")
+    out.extend(machine_table(reruns, every))
     out.extend(ablations(every, pick("rust", "mae")))
-    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(every)) + ".")
+    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(cells_all(every, reruns))) + ".")
     return "\n".join(out)
+
+
+def cells_all(every, reruns):
+    return list(every) + [c["cell"] for c in reruns]
+
+
+def largest_gap(a, b):
+    """The largest difference between two runs' per-iteration pre-training losses."""
+    return max((abs(x - y) for x, y in zip(a, b)), default=None)
+
+
+def machine_table(reruns, cells):
+    """A cell run again, same recipe and seed, on another CPU: how much the machine alone moves it."""
+    if not reruns:
+        return []
+    out = ["The same cell on two CPUs (same recipe, flags and seed; fp32; one thread each):\n",
+           "| cell | CPU | fine-tune top-1 | linear probe top-1 | final pre-training loss | "
+           "largest difference in pre-training loss, any iteration (stored to 5 decimals) |",
+           "|---|---|---|---|---|---|"]
+    for r in reruns:
+        o = cells.get(r["rerun"])
+        if o is None:
+            continue
+        gap = largest_gap(o["pretrain"].get("iter_loss", []), r["pretrain"].get("iter_loss", []))
+        for c, same in [(o, "—"), (r, "—" if gap is None else f"{gap:.1e} ({len(r['pretrain']['iter_loss'])} iterations)")]:
+            out.append(f"| `{c['cell']}` | {c.get('cpu', '—')} | " + " | ".join(row(c)) + f" | {same} |")
+    out.append("")
+    return out
 
 
 def flagged(cells, flags, mask=0.75, epochs=8):
@@ -162,6 +192,13 @@ def seeds_row(cells, c):
     losses = [x["pretrain"]["train_loss"][-1] if x.get("pretrain") else None for x in sibs]
     cols.append(" / ".join(fmt(x, 4) for x in losses))
     return tuple(cols)
+
+
+def seed_mean(cells, c, stage):
+    """The mean over c's seeds (cells of the same recipe) of the stage's final top-1."""
+    xs = [last(x, stage) for x in cells.values() if same_recipe(x, c)]
+    xs = [x for x in xs if x is not None]
+    return statistics.mean(xs) if xs else None
 
 
 def ablations(cells, central):
@@ -310,7 +347,8 @@ def curve_png(path, title, xlabel, series, xs_labels):
             d.line(line, fill=color, width=2)
         for (px, py), (_, y) in zip(line, [p for p in pts if p[1] is not None]):
             d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
-            d.text((px + 5, py - 18), f"{y:.1f}", fill=color, font=font)
+            lx = px + 5 if px < x0 + pw - 40 else px - 40  # the last point's label inside the frame
+            d.text((lx, py - 18), f"{y:.1f}", fill=color, font=font)
         d.line([(x0 + 10 + 170 * k, H - 14), (x0 + 24 + 170 * k, H - 14)], fill=color, width=2)
         d.text((x0 + 28 + 170 * k, H - 22), name, fill=color, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,10 +362,10 @@ def ablation_figures(cells):
     made = []
     sched = [flagged(cells, [], epochs=e) for e in (8, 16, 32)]
     if sum(c is not None for c in sched) > 1:
-        series = [(name, color, [(i, last(c, stage) if c else None) for i, c in enumerate(sched)])
+        series = [(name, color, [(i, seed_mean(cells, c, stage) if c else None) for i, c in enumerate(sched)])
                   for name, stage, color in [("fine-tuning", "finetune", (40, 40, 160)),
                                              ("linear probing", "linprobe", (160, 40, 40))]]
-        if curve_png(OUT / "schedule.png", "top-1 (%) against pre-training epochs (Figure 7)", "epochs",
+        if curve_png(OUT / "schedule.png", "top-1 (%) against pre-training epochs, mean of the seeds (Figure 7)", "epochs",
                      series, [8, 16, 32]):
             made.append("schedule.png")
     part = next((c for c in cells.values() if c.get("partial_blocks")), None)
@@ -372,8 +410,9 @@ def ablation_figures(cells):
 def report(out_json, _cells, _recipe):
     cells = load(out_json)
     text = tables(cells)
-    has_fig = figure(cells)
-    made = ablation_figures(cells)
+    main = {k: c for k, c in cells.items() if not c.get("rerun")}  # controls stay in their table
+    has_fig = figure(main)
+    made = ablation_figures(main)
     if made:
         print("wrote " + ", ".join(f"docs/reproduction/{m}" for m in made))
     doc = DOC.read_text() if DOC.exists() else "<!-- tables:begin -->\n<!-- tables:end -->\n"
