@@ -59,11 +59,14 @@ impl Detected {
     /// One line for people, e.g. `vit_base_patch16 (fine-tuned, global pool, 1000 classes) ...`.
     pub fn describe(&self) -> String {
         let what = match &self.kind {
-            Kind::MaePretrain => format!(
-                "MAE pre-training model with decoder ({}-d, {} blocks)",
-                self.decoder_embed_dim.unwrap_or(0),
-                self.decoder_depth.unwrap_or(0)
-            ),
+            Kind::MaePretrain => {
+                let depth = self.decoder_depth.unwrap_or(0);
+                format!(
+                    "MAE pre-training model with decoder ({}-d, {depth} block{})",
+                    self.decoder_embed_dim.unwrap_or(0),
+                    if depth == 1 { "" } else { "s" }
+                )
+            }
             Kind::MaeEncoder => {
                 "MAE pre-trained encoder without decoder (fine-tune or linear-probe it)".into()
             }

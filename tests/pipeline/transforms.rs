@@ -131,3 +131,83 @@ fn loader_errors_name_the_file() {
         "{err}"
     );
 }
+
+/// `mae pretrain --pretrain_aug` (the paper's Table 1(e)) as docs/REPRODUCTION.md defines it:
+/// none = the evaluation transform whatever the generator; crop_fixed = a square of side
+/// 0.875·min(W, H) anywhere in the image; crop_rand = the official RandomResizedCrop's boxes;
+/// crop_color = crop_rand then ColorJitter, so that a flat grey image changes only with it.
+#[test]
+fn pretrain_augmentations_follow_their_definitions() {
+    use mae::main_pretrain::PretrainAug;
+    use mae::torch::data_loader::Transform;
+    use mae::torchvision::transforms::{pretrain_crop_params, SampleRng};
+    let apply = |t: &Transform, img: &image::RgbImage, seed: u64| match t {
+        Transform::Fn(f) => f(img, &mut SampleRng::new(seed, 0, 0)),
+        Transform::Crop(c) => c.apply(img, &mut SampleRng::new(seed, 0, 0)),
+    };
+    let photo = pil_loader(&common::shared_image("chelsea.png")).unwrap();
+
+    let none = PretrainAug::None.transform(32);
+    let want = eval_transform(&photo, 32);
+    for seed in [1, 2, 3] {
+        assert!(apply(&none, &photo, seed).equal(&want), "none, seed {seed}");
+    }
+
+    let Transform::Crop(fixed) = PretrainAug::CropFixed.transform(32) else {
+        panic!("crop_fixed is not a crop");
+    };
+    for (w, h) in [(40u32, 30u32), (64, 64), (100, 37)] {
+        let side = (0.875 * w.min(h) as f64).round() as i64;
+        let (mut tops, mut lefts) = (Vec::new(), Vec::new());
+        for seed in 0..400 {
+            let (top, left, bh, bw) = (fixed.params)(w, h, &mut SampleRng::new(seed, 0, 0));
+            assert_eq!((bh, bw), (side, side), "{w}x{h}");
+            assert!((0..=h as i64 - side).contains(&top), "{w}x{h}: top {top}");
+            assert!(
+                (0..=w as i64 - side).contains(&left),
+                "{w}x{h}: left {left}"
+            );
+            tops.push(top);
+            lefts.push(left);
+        }
+        // every position is drawn: both edges of the free range are reached
+        for (v, free) in [(&tops, h as i64 - side), (&lefts, w as i64 - side)] {
+            assert!(v.contains(&0) && v.contains(&free), "{w}x{h}: {free} free");
+        }
+    }
+    assert_eq!(
+        apply(&Transform::Crop(fixed), &photo, 0).size(),
+        [3, 32, 32]
+    );
+
+    let Transform::Crop(rand) = PretrainAug::CropRand.transform(32) else {
+        panic!("crop_rand is not a crop");
+    };
+    for seed in 0..50 {
+        let a = (rand.params)(300, 200, &mut SampleRng::new(seed, 0, 0));
+        let b = pretrain_crop_params(300, 200, &mut SampleRng::new(seed, 0, 0));
+        assert_eq!(a, b, "seed {seed}");
+    }
+
+    // a flat grey image: every crop and flip of it is the same; only the colour jitter moves it
+    let grey = image::RgbImage::from_pixel(48, 40, image::Rgb([100, 100, 100]));
+    let color = PretrainAug::CropColor.transform(32);
+    let plain = Transform::Crop(rand);
+    let first = apply(&plain, &grey, 0);
+    let mut moved = 0;
+    for seed in 0..8 {
+        assert!(
+            apply(&plain, &grey, seed).equal(&first),
+            "crop_rand, seed {seed}"
+        );
+        let diff = (apply(&color, &grey, seed) - &first)
+            .abs()
+            .max()
+            .double_value(&[]);
+        moved += (diff > 1e-3) as usize;
+    }
+    assert!(
+        moved >= 6,
+        "colour jitter changed {moved} of 8 grey samples"
+    );
+}

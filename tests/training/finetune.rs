@@ -184,3 +184,68 @@ fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
         assert!(before.equal(after), "the encoder moved");
     }
 }
+
+/// `--partial_blocks K` (the paper's Figure 9): from an MAE checkpoint, only the last K blocks,
+/// the final norm (fc_norm with the default global pool) and the head train; every other weight
+/// leaves the run exactly as it was loaded. K = 0 trains the norm and the head only.
+#[test]
+fn partial_blocks_train_only_the_last_blocks_the_norm_and_the_head() {
+    let dir = common::scratch();
+    let data = image_folder(&dir);
+    let path = dir.join("mae_tiny.pth");
+    {
+        tch::manual_seed(0);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let cfg = mae::models_mae::MaeConfig::default();
+        let _m = mae::models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
+        let sd = mae::torch::optim::named_parameters(&vs);
+        mae::torch::serialization::save_state_dict(&path, &sd).unwrap();
+    }
+    let loaded = model_of(&path);
+    // vit_tiny_patch4: 2 blocks of 64-d; fc_norm 2 × 64, head 64 × 2 + 2
+    for (k, trained_blocks, n_trainable) in [(0usize, 0usize, 258i64), (1, 1, 258 + 49_984)] {
+        let out = dir.join(format!("partial{k}"));
+        let flags = argv!(
+            "--epochs 1 --partial_blocks {} --finetune {}",
+            k,
+            path.display()
+        );
+        let text = finetune(&data, &out, flags);
+        assert!(
+            text.contains(&format!("partial fine-tuning: the last {k} of 2 blocks")),
+            "{text}"
+        );
+        let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(v["n_parameters"].as_i64(), Some(n_trainable), "K = {k}");
+        let sd = model_of(&out.join("checkpoint-0.pth"));
+        let mut moved = Vec::new();
+        for (name, after) in &sd {
+            let trained = match name.strip_prefix("blocks.") {
+                Some(rest) => rest.starts_with('1') && trained_blocks == 1,
+                None => name.starts_with("fc_norm.") || name.starts_with("head."),
+            };
+            let before = loaded.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+            match (trained, before) {
+                (false, Some(before)) => assert!(before.equal(after), "K = {k}: {name} moved"),
+                (false, None) => panic!("K = {k}: {name} is neither loaded nor trained"),
+                (true, Some(before)) => {
+                    if !before.equal(after) {
+                        moved.push(name.clone());
+                    }
+                }
+                (true, None) => moved.push(name.clone()), // the new head and fc_norm
+            }
+        }
+        assert!(
+            moved.iter().any(|n| n == "head.weight"),
+            "K = {k}: {moved:?}"
+        );
+        if trained_blocks == 1 {
+            assert!(
+                moved.iter().any(|n| n == "blocks.1.attn.qkv.weight"),
+                "{moved:?}"
+            );
+        }
+    }
+}

@@ -577,3 +577,75 @@ fn grad_scaler_semantics() {
     assert_eq!(restored, scaler);
     assert_eq!(Scaler::new(false).state_dict().to_string(), "{}");
 }
+
+/// The ablation options of `mae pretrain` write checkpoints that say what was built: a decoder
+/// of `--decoder_embed_dim` × `--decoder_depth` (`mae inspect` names it, `mae visualize`
+/// rebuilds it without the flags), and `--encoder_mask_token` adds that one key and changes no
+/// other (the paper's Table 1(a, b, c)).
+#[test]
+fn ablation_checkpoints_record_what_was_built() {
+    let dir = common::scratch();
+    let data = image_folder(&dir, 8);
+    let run = |name: &str, flags: &str| {
+        let out = dir.join(name);
+        #[rustfmt::skip]
+        let mut args = argv!(
+            "pretrain --model mae_vit_tiny_patch4 --input_size 32 --batch_size 4 --epochs 1 \
+             --warmup_epochs 0 --device cpu --num_workers 1 --data_path {} --output_dir {}",
+            data.display(), out.display()
+        );
+        args.extend(argv!(flags));
+        let text = common::mae_ok(&args);
+        (out.join("checkpoint-0.pth"), text)
+    };
+    let keys_shapes = |p: &Path| -> Vec<(String, Vec<i64>)> {
+        let sd = serialization::load_state_dict(p).unwrap();
+        sd.iter().map(|(k, t)| (k.clone(), t.size())).collect()
+    };
+    let (plain, _) = run("plain", "");
+    let (narrow, _) = run("narrow", "--decoder_embed_dim 32 --decoder_depth 1");
+    let (encmask, text) = run("encmask", "--encoder_mask_token --mask_sampling block");
+    assert!(text.contains("Forward GFLOPs per image"), "{text}");
+
+    let got = keys_shapes(&narrow);
+    let shape = |k: &str| got.iter().find(|(n, _)| n == k).map(|(_, s)| s.clone());
+    assert_eq!(shape("decoder_embed.weight"), Some(vec![32, 64]));
+    assert_eq!(shape("mask_token"), Some(vec![1, 1, 32]));
+    assert_eq!(shape("decoder_pred.weight"), Some(vec![48, 32]));
+    assert!(shape("decoder_blocks.0.attn.qkv.weight").is_some());
+    assert!(
+        !got.iter().any(|(k, _)| k.starts_with("decoder_blocks.1.")),
+        "{got:?}"
+    );
+    let inspect = common::mae_ok(["inspect", s(&narrow)]);
+    assert!(inspect.contains("decoder (32-d, 1 block)"), "{inspect}");
+    let png = dir.join("narrow.png");
+    let image = common::shared_image("astronaut.png");
+    #[rustfmt::skip]
+    let shown = common::mae_ok(argv!(
+        "visualize --checkpoint {} --image {} --out {} --device cpu",
+        narrow.display(), image.display(), png.display()
+    ));
+    assert!(shown.contains("loss ") && png.exists(), "{shown}");
+
+    let (mut want, mut got) = (keys_shapes(&plain), keys_shapes(&encmask));
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(k, _)| !want.iter().any(|(w, _)| w == k))
+        .collect();
+    assert_eq!(extra.len(), 1, "{extra:?}");
+    assert_eq!(
+        extra[0],
+        &("encoder_mask_token".to_string(), vec![1, 1, 64])
+    );
+    got.retain(|(k, _)| k != "encoder_mask_token");
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    #[rustfmt::skip]
+    let shown = common::mae_ok(argv!(
+        "visualize --checkpoint {} --image {} --out {} --device cpu --mask_sampling block",
+        encmask.display(), image.display(), dir.join("encmask.png").display()
+    ));
+    assert!(shown.contains("loss "), "{shown}");
+}
