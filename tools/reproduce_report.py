@@ -51,11 +51,11 @@ def row(c):
             fmt(c["pretrain"]["train_loss"][-1], 4) if c.get("pretrain") else "—")
 
 
-def tables(cells):
+def tables(cells, reruns=()):
+    """The markdown of sections 1-11; `reruns` are control cells, kept to their own table."""
     out = []
-    reruns = [c for c in cells.values() if c.get("rerun")]
-    every = {k: c for k, c in cells.items() if not c.get("rerun")}
-    cells = {k: c for k, c in every.items() if plain(c)}
+    every = cells
+    cells = {k: c for k, c in cells.items() if plain(c)}
     rust = {k: c for k, c in cells.items() if c["impl"] == "rust"}
 
     def pick(impl, kind, seed=0, mask=0.75, pix=True, dec1=False):
@@ -131,12 +131,9 @@ def tables(cells):
     out.append("")
     out.extend(machine_table(reruns, every))
     out.extend(ablations(every, pick("rust", "mae")))
-    out.append("Cells present: " + ", ".join(f"`{k}`" for k in sorted(cells_all(every, reruns))) + ".")
+    present = sorted(list(every) + [r["cell"] for r in reruns])
+    out.append("Cells present: " + ", ".join(f"`{k}`" for k in present) + ".")
     return "\n".join(out)
-
-
-def cells_all(every, reruns):
-    return list(every) + [c["cell"] for c in reruns]
 
 
 def largest_gap(a, b):
@@ -409,8 +406,9 @@ def ablation_figures(cells):
 
 def report(out_json, _cells, _recipe):
     cells = load(out_json)
-    text = tables(cells)
+    reruns = [c for c in cells.values() if c.get("rerun")]
     main = {k: c for k, c in cells.items() if not c.get("rerun")}  # controls stay in their table
+    text = tables(main, reruns)
     has_fig = figure(main)
     made = ablation_figures(main)
     if made:
