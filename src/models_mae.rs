@@ -637,7 +637,23 @@ pub fn mae_vit_tiny_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderVi
 /// Not in the reference: the 32×32 model pre-trained on Fashion-MNIST (28×28 upsampled by the
 /// RandomResizedCrop) and shipped in weights/: 8×8 patches of 4, 6 blocks of 128-d, decoder 4×64-d.
 pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
+    MaskedAutoencoderViT::new(vs, &mini(cfg))
+}
+
+/// Not in the reference: `mae_vit_mini_patch4` with a 1-block decoder (the decoder-depth ablation
+/// of the paper's Table 1(a), docs/REPRODUCTION.md).
+pub fn mae_vit_mini_patch4_dec64d1b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
     let cfg = MaeConfig {
+        decoder_depth: 1,
+        ..mini(cfg)
+    };
+    MaskedAutoencoderViT::new(vs, &cfg)
+}
+
+/// The mini's configuration (`cfg` keeps its keyword arguments), as `dec512d8b` is the official
+/// presets' decoder.
+fn mini(cfg: MaeConfig) -> MaeConfig {
+    MaeConfig {
         img_size: 32,
         patch_size: 4,
         embed_dim: 128,
@@ -648,20 +664,7 @@ pub fn mae_vit_mini_patch4(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderVi
         decoder_num_heads: 4,
         mlp_ratio: 4.,
         ..cfg
-    };
-    MaskedAutoencoderViT::new(vs, &cfg)
-}
-
-/// Not in the reference: `mae_vit_mini_patch4` with a 1-block decoder (the decoder-depth ablation
-/// of the paper's Table 1(a), docs/REPRODUCTION.md).
-pub fn mae_vit_mini_patch4_dec64d1b(vs: &nn::Path, cfg: MaeConfig) -> MaskedAutoencoderViT {
-    mae_vit_mini_patch4(
-        vs,
-        MaeConfig {
-            decoder_depth: 1,
-            ..cfg
-        },
-    )
+    }
 }
 
 // set recommended archs

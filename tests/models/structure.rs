@@ -262,3 +262,35 @@ fn unknown_model_names_list_the_valid_ones() {
     );
     assert!(vs.is_empty());
 }
+
+/// The project's small presets build the decoder their docs and names give (the official three
+/// are checked key by key against their state_dicts above): a preset whose field update let the
+/// base preset's depth win would build the wrong model without any error.
+#[test]
+fn small_presets_build_the_decoder_they_name() {
+    let presets = [
+        ("mae_vit_tiny_patch4", 32, 2),
+        ("mae_vit_mini_patch4", 64, 4),
+        ("mae_vit_mini_patch4_dec64d1b", 64, 1),
+    ];
+    for (name, width, depth) in presets {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = models_mae::build(name, &vs.root(), MaeConfig::default()).unwrap();
+        assert_eq!(m.decoder_blocks.len(), depth, "{name}: decoder blocks");
+        assert_eq!(m.mask_token.size(), [1, 1, width], "{name}: decoder width");
+        let s = shapes(&vs);
+        assert!(s.contains_key(&format!("decoder_blocks.{}.norm1.weight", depth - 1)));
+        assert!(
+            !s.contains_key(&format!("decoder_blocks.{depth}.norm1.weight")),
+            "{name}"
+        );
+    }
+    for (name, _) in models_mae::MODELS {
+        if name.contains("_patch4") {
+            assert!(
+                presets.iter().any(|p| p.0 == name),
+                "{name} is not checked here"
+            );
+        }
+    }
+}
