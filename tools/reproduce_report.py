@@ -173,7 +173,9 @@ def same_recipe(a, b):
     """a and b differ at most in their seed."""
     keys = ("impl", "kind", "mask_ratio", "norm_pix_loss", "model", "pretrain_flags", "pretrain_epochs",
             "partial_blocks")
-    return all((a.get(k) or None) == (b.get(k) or None) for k in keys)  # older cells: None for []
+    # older cells lack the later fields: None for [] and for the default 8 pre-training epochs
+    norm = lambda c, k: (c.get(k) or None) if k != "pretrain_epochs" else c.get(k) or 8  # noqa: E731
+    return all(norm(a, k) == norm(b, k) for k in keys)
 
 
 def seeds_row(cells, c):
