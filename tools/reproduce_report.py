@@ -173,9 +173,9 @@ def same_recipe(a, b):
     """a and b differ at most in their seed."""
     keys = ("impl", "kind", "mask_ratio", "norm_pix_loss", "model", "pretrain_flags", "pretrain_epochs",
             "partial_blocks")
-    # older cells lack the later fields: None for [] and for the default 8 pre-training epochs
-    norm = lambda c, k: (c.get(k) or None) if k != "pretrain_epochs" else c.get(k) or 8  # noqa: E731
-    return all(norm(a, k) == norm(b, k) for k in keys)
+    # older cells lack the later fields: those read as empty, or as the recipe's 8 epochs
+    default = {"pretrain_epochs": 8}
+    return all((a.get(k) or default.get(k)) == (b.get(k) or default.get(k)) for k in keys)
 
 
 def seeds_row(cells, c):
