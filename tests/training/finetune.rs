@@ -35,6 +35,19 @@ fn finetune(data: &Path, out: &Path, extra: Vec<String>) -> String {
     text
 }
 
+/// DIR/mae_tiny.pth: a mae_vit_tiny_patch4 pre-training checkpoint (encoder + decoder, official
+/// keys), freshly initialised.
+fn mae_tiny_checkpoint(dir: &Path) -> PathBuf {
+    let path = dir.join("mae_tiny.pth");
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let cfg = mae::models_mae::MaeConfig::default();
+    let _m = mae::models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
+    let sd = mae::torch::optim::named_parameters(&vs);
+    mae::torch::serialization::save_state_dict(&path, &sd).unwrap();
+    path
+}
+
 fn model_of(path: &Path) -> Vec<(String, Tensor)> {
     mae::torch::serialization::load_state_dict(path).unwrap()
 }
@@ -124,22 +137,7 @@ fn pretrained_checkpoint_of_another_architecture_is_refused() {
 fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
     let dir = common::scratch();
     let data = image_folder(&dir);
-    // a mae_vit_tiny_patch4 pre-training checkpoint (encoder + decoder, official keys)
-    let path = dir.join("mae_tiny.pth");
-    {
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let _m = mae::models_mae::build(
-            "mae_vit_tiny_patch4",
-            &vs.root(),
-            mae::models_mae::MaeConfig::default(),
-        )
-        .unwrap();
-        mae::torch::serialization::save_state_dict(
-            &path,
-            &mae::torch::optim::named_parameters(&vs),
-        )
-        .unwrap();
-    }
+    let path = mae_tiny_checkpoint(&dir);
     for pool in ["--cls_token", "--global_pool"] {
         let out = dir.join(format!("linprobe{pool}"));
         #[rustfmt::skip]
@@ -192,15 +190,7 @@ fn linprobe_from_an_mae_checkpoint_with_either_pooling() {
 fn partial_blocks_train_only_the_last_blocks_the_norm_and_the_head() {
     let dir = common::scratch();
     let data = image_folder(&dir);
-    let path = dir.join("mae_tiny.pth");
-    {
-        tch::manual_seed(0);
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let cfg = mae::models_mae::MaeConfig::default();
-        let _m = mae::models_mae::build("mae_vit_tiny_patch4", &vs.root(), cfg).unwrap();
-        let sd = mae::torch::optim::named_parameters(&vs);
-        mae::torch::serialization::save_state_dict(&path, &sd).unwrap();
-    }
+    let path = mae_tiny_checkpoint(&dir);
     let loaded = model_of(&path);
     // vit_tiny_patch4: 2 blocks of 64-d; fc_norm 2 × 64, head 64 × 2 + 2
     for (k, trained_blocks, n_trainable) in [(0usize, 0usize, 258i64), (1, 1, 258 + 49_984)] {
